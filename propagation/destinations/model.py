@@ -1,0 +1,133 @@
+"""``Destination``: one resolved target, whatever its source (env var, binding, service)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+from ..oauth import ClientCredentials
+
+__all__ = ["Destination", "Properties", "USER_AUTHENTICATIONS"]
+
+#: Authentication types that carry the calling user and therefore need a user token.
+USER_AUTHENTICATIONS = frozenset(
+    {
+        "OAuth2JWTBearer",
+        "OAuth2UserTokenExchange",
+        "OAuth2TokenExchange",
+        "OAuth2SAMLBearerAssertion",
+        "PrincipalPropagation",
+    }
+)
+
+_CANONICAL_AUTH = {
+    name.lower(): name
+    for name in (
+        "NoAuthentication",
+        "BasicAuthentication",
+        "OAuth2ClientCredentials",
+        "OAuth2Password",
+        "OAuth2JWTBearer",
+        "OAuth2UserTokenExchange",
+        "OAuth2TokenExchange",
+        "OAuth2SAMLBearerAssertion",
+        "PrincipalPropagation",
+        "ClientCertificateAuthentication",
+    )
+}
+
+
+def canonical_authentication(value: str) -> str | None:
+    """The canonical spelling of an Authentication type, or ``None`` if unknown."""
+    return _CANONICAL_AUTH.get(value.strip().lower())
+
+
+class Properties(Mapping[str, Any]):
+    """Destination properties with case-insensitive keys (as the Destination service treats them)."""
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        self._data: dict[str, tuple[str, Any]] = {}
+        for key, value in (data or {}).items():
+            self._data[str(key).lower()] = (str(key), value)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key.lower()][1]
+
+    def __iter__(self) -> Iterator[str]:
+        return (original for original, _ in self._data.values())
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._data
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        """A property as a stripped string (``None``/empty → ``default``)."""
+        value = self.get(key)
+        if value is None:
+            return default
+        value = str(value).strip()
+        return value or default
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.get(key)
+        if value is None or value == "":
+            return default
+        if isinstance(value, bool):
+            return value
+        return str(value).strip().lower() in ("true", "1", "yes", "on")
+
+    def prefixed(self, prefix: str) -> dict[str, str]:
+        """``{suffix: value}`` of every property named ``<prefix><suffix>`` (case-insensitive prefix)."""
+        lowered = prefix.lower()
+        out: dict[str, str] = {}
+        for low, (original, value) in self._data.items():
+            if low.startswith(lowered) and len(low) > len(lowered) and value is not None:
+                out[original[len(prefix):]] = str(value)
+        return out
+
+    def __repr__(self) -> str:  # values may be secrets
+        return f"Properties(keys={sorted(k for k in self)!r})"
+
+
+@dataclass(frozen=True, repr=False)
+class Destination:
+    """A destination: where to call and how to authenticate. ``repr`` shows no secrets."""
+
+    name: str
+    url: str
+    authentication: str = "NoAuthentication"
+    proxy_type: str = "Internet"
+    properties: Properties = field(default_factory=Properties)
+    source: str = ""
+    forward_auth_token: bool = False
+    timeout: float | None = None  # seconds
+    proxy_host: str | None = None
+    proxy_port: int | None = None
+    strict_ssl: bool = True
+    client: ClientCredentials | None = None
+    token_service_url: str | None = None
+
+    @property
+    def needs_user(self) -> bool:
+        """True when this destination can only be called as the calling user."""
+        if self.authentication == "NoAuthentication":
+            return self.forward_auth_token
+        if self.authentication == "OAuth2SAMLBearerAssertion" and self.properties.text("SystemUser"):
+            return False
+        return self.authentication in USER_AUTHENTICATIONS
+
+    @property
+    def on_premise(self) -> bool:
+        return self.proxy_type.lower() == "onpremise"
+
+    @property
+    def location_id(self) -> str | None:
+        return self.properties.text("CloudConnectorLocationId")
+
+    def __repr__(self) -> str:
+        return (
+            f"Destination(name={self.name!r}, url={self.url!r}, authentication={self.authentication!r}, "
+            f"proxy_type={self.proxy_type!r}, source={self.source!r})"
+        )

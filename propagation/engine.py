@@ -7,10 +7,19 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
+from .auth import Authorizer, OutboundAuth
 from .bindings import Bindings
+from .cache import MemoryTokenCache, TokenCache
+from .context import as_user_token, current_token
+from .destinations.model import Destination
+from .destinations.resolver import DestinationResolver
+from .oauth import OAuthClient
 from .tokens import UserToken
+
+if TYPE_CHECKING:
+    from .http import DestinationSession
 
 __all__ = ["Propagator", "default_propagator", "set_default_propagator"]
 
@@ -24,11 +33,18 @@ class Propagator:
         bindings: Bindings | None = None,
         environ: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        oauth: OAuthClient | None = None,
+        cache: TokenCache | None = None,
+        validator: Any = None,
     ) -> None:
         self.environ: Mapping[str, str] = dict(os.environ if environ is None else environ)
         self.cwd = cwd
         self.bindings = bindings if bindings is not None else Bindings.from_env(self.environ, cwd=cwd)
-        self._validator: Any = None
+        self.oauth = oauth if oauth is not None else OAuthClient()
+        self.cache: TokenCache = cache if cache is not None else MemoryTokenCache()
+        self.authorizer = Authorizer(self.oauth, self.cache)
+        self.resolver = DestinationResolver(self.environ, self.bindings, cwd=cwd)
+        self._validator: Any = validator
         self._lock = threading.Lock()
 
     @classmethod
@@ -53,6 +69,29 @@ class Propagator:
         Raises :class:`~propagation.errors.InvalidTokenError`.
         """
         return self.validator.validate(raw)
+
+    # -- outbound -----------------------------------------------------------------
+    @staticmethod
+    def _user(user_token: str | UserToken | None) -> UserToken | None:
+        return as_user_token(user_token) if user_token is not None else current_token()
+
+    def destination(self, name: str, *, user_token: str | UserToken | None = None) -> Destination:
+        """Resolve ``name`` (DESIGN §3). Raises :class:`~propagation.errors.DestinationNotFoundError`."""
+        return self.resolver.resolve(name, self._user(user_token))
+
+    def headers(self, name: str, *, user_token: str | UserToken | None = None) -> dict[str, str]:
+        """The headers a call to ``name`` carries for the user — for clients other than ``requests``."""
+        user = self._user(user_token)
+        return dict(self.authorize(self.resolver.resolve(name, user), user).headers)
+
+    def authorize(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+        return self.authorizer.authorize(destination, user)
+
+    def session(self, name: str, *, user_token: str | UserToken | None = None) -> "DestinationSession":
+        """A ``requests.Session`` bound to destination ``name``, calling as the current (or given) user."""
+        from .http import DestinationSession
+
+        return DestinationSession(self, name, user_token=user_token)
 
 
 _default: Propagator | None = None

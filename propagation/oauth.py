@@ -3,15 +3,28 @@ token exchange (RFC 8693); client authentication by secret (Basic or form body) 
 X.509 (mTLS). Every call has a timeout; 5xx and connection errors retry with bounded
 backoff; a 4xx answer raises :class:`~propagation.errors.TokenExchangeError` carrying the
 OAuth ``error`` field. No token, secret or key ever appears in a message or a log line.
-
-INTERFACE (fixed; implementation by the oauth/cache owner):
 """
 
 from __future__ import annotations
 
+import base64
+import math
+import os
+import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from http import HTTPStatus
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any, Callable, Mapping
+from urllib.parse import quote_plus, urlsplit, urlunsplit
+
+import requests
+
+from ._log import logger
+from .errors import ConfigurationError, TokenExchangeError
+from .tokens import fingerprint
 
 __all__ = [
     "GRANT_CLIENT_CREDENTIALS",
@@ -67,3 +80,403 @@ class TokenResponse:
         from .tokens import fingerprint
 
         return f"TokenResponse(token_type={self.token_type!r}, expires_at={self.expires_at!r}, fingerprint={fingerprint(self.access_token)!r})"
+
+
+# -- helpers ------------------------------------------------------------------------------
+#: Short grant names for messages and logs (the URNs are long and say nothing more).
+_GRANT_NAMES = {
+    GRANT_CLIENT_CREDENTIALS: "client_credentials",
+    GRANT_PASSWORD: "password",
+    GRANT_JWT_BEARER: "jwt-bearer",
+    GRANT_TOKEN_EXCHANGE: "token-exchange",
+}
+
+#: Headers this client owns. A ``tokenServiceURL.headers.*`` entry naming one of them is a
+#: configuration error, raised loudly: silently replacing the client authentication or the
+#: body framing would send credentials somewhere, or in a shape, nobody asked for.
+_RESERVED_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "content-type", "content-length", "transfer-encoding", "host"}
+)
+
+#: Form fields that carry a credential: never logged, redacted from error texts.
+_SECRET_FIELDS = ("client_secret", "password", "assertion", "subject_token", "actor_token", "refresh_token", "code")
+
+#: Answer fields that are tokens themselves: kept out of ``TokenResponse.extra``.
+_TOKEN_FIELDS = frozenset({"access_token", "refresh_token", "id_token"})
+#: Answer fields mapped to ``TokenResponse`` attributes.
+_MAPPED_FIELDS = frozenset({"token_type", "expires_in", "scope", "issued_token_type"})
+
+_JWT_LIKE = re.compile(r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_MAX_TEXT = 200
+
+
+def _grant_name(grant_type: str) -> str:
+    return _GRANT_NAMES.get(grant_type, grant_type)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without user info, query or fragment: those may carry secrets."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _sanitize(text: Any, secrets: tuple[str, ...], limit: int = _MAX_TEXT) -> str | None:
+    """An IdP-supplied string made safe for a message: no control characters, no echo of
+    anything we sent as a credential, nothing shaped like a JWT, bounded length."""
+    if not isinstance(text, str):
+        return None
+    clean = _CONTROL.sub(" ", text).strip()
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            clean = clean.replace(secret, "[redacted]")
+    clean = _JWT_LIKE.sub("[redacted]", clean)
+    if len(clean) > limit:
+        clean = clean[: limit - 1] + "…"
+    return clean or None
+
+
+def _basic_header(client_id: str, client_secret: str) -> str:
+    """RFC 6749 §2.3.1: id and secret are form-urlencoded *before* Basic encoding."""
+    raw = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode("utf-8")
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def _expires_in(value: Any) -> float | None:
+    """``expires_in`` as a number; IdPs send ints, floats or numeric strings."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+class _ClientCertFiles:
+    """PEM certificate and key in a private temp dir for exactly one token request.
+
+    ``requests`` only takes client certificates as file paths. The directory comes from
+    :func:`tempfile.mkdtemp` (mode 0700), the files are created 0600 with ``O_EXCL``, and
+    the whole directory is removed on exit, also when the request failed.
+    """
+
+    def __init__(self, certificate: str, key: str) -> None:
+        self._certificate = certificate
+        self._key = key
+        self.directory: str | None = None
+
+    def __enter__(self) -> tuple[str, str]:
+        self.directory = tempfile.mkdtemp(prefix="propagation-mtls-")
+        try:
+            cert_file = self._write("client.crt", self._certificate)
+            key_file = self._write("client.key", self._key)
+        except BaseException:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+        return cert_file, key_file
+
+    def _write(self, name: str, pem: str) -> str:
+        assert self.directory is not None
+        path = os.path.join(self.directory, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(pem if pem.endswith("\n") else pem + "\n")
+        return path
+
+    def __exit__(self, *exc: object) -> None:
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+
+# -- the client ------------------------------------------------------------------------------
+class OAuthClient:
+    """A token endpoint client, shared by the whole engine (it holds no per-user state).
+
+    ``timeout`` goes to every request (``(connect, read)`` seconds). A 5xx answer or a
+    connection error/timeout is retried ``retries`` times after ``backoff * 2**attempt``
+    seconds (via ``sleep``, injectable for tests); a 4xx answer is final. ``clock`` is the
+    wall clock that turns ``expires_in`` into ``TokenResponse.expires_at``.
+
+    Redirects are not followed: a token endpoint that redirects would receive the client
+    credentials and the user's assertion at an address nobody configured. When this client
+    creates its own session, that session refuses cookies, so no IdP session is shared
+    between users; a ``session`` passed in is used as it is.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float | tuple[float, float] = (5.0, 15.0),
+        retries: int = 2,
+        backoff: float = 0.25,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        if backoff < 0:
+            raise ValueError("backoff must be >= 0")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.sleep = sleep
+        self.clock = clock
+        if session is None:
+            session = requests.Session()
+            session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        self.session = session
+
+    def __repr__(self) -> str:
+        return f"OAuthClient(timeout={self.timeout!r}, retries={self.retries!r}, backoff={self.backoff!r})"
+
+    # -- grants ---------------------------------------------------------------------------
+    def client_credentials(self, token_url: str, client: ClientCredentials, **kw: Any) -> TokenResponse:
+        """A technical token for the client itself (no user)."""
+        return self.request_token(token_url, client, GRANT_CLIENT_CREDENTIALS, kw.pop("form", None), **kw)
+
+    def password(self, token_url: str, client: ClientCredentials, username: str, password: str, **kw: Any) -> TokenResponse:
+        """Resource owner password grant (destinations of type ``OAuth2Password``)."""
+        form = {"username": username, "password": password, **(kw.pop("form", None) or {})}
+        return self.request_token(token_url, client, GRANT_PASSWORD, form, **kw)
+
+    def jwt_bearer(self, token_url: str, client: ClientCredentials, assertion: str, **kw: Any) -> TokenResponse:
+        """RFC 7523: the user's JWT as ``assertion`` buys a token for the same user."""
+        form = {"assertion": assertion, **(kw.pop("form", None) or {})}
+        return self.request_token(token_url, client, GRANT_JWT_BEARER, form, **kw)
+
+    def token_exchange(
+        self,
+        token_url: str,
+        client: ClientCredentials,
+        subject_token: str,
+        subject_token_type: str = "urn:ietf:params:oauth:token-type:access_token",
+        **kw: Any,
+    ) -> TokenResponse:
+        """RFC 8693 token exchange; ``form`` adds ``requested_token_type``, ``resource``…"""
+        form = {
+            "subject_token": subject_token,
+            "subject_token_type": subject_token_type,
+            **(kw.pop("form", None) or {}),
+        }
+        return self.request_token(token_url, client, GRANT_TOKEN_EXCHANGE, form, **kw)
+
+    # -- the one request ------------------------------------------------------------------
+    def request_token(
+        self,
+        token_url: str,
+        client: ClientCredentials,
+        grant_type: str,
+        form: Mapping[str, str] | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+        credentials_in_body: bool = True,
+    ) -> TokenResponse:
+        """POST one token request and parse the answer.
+
+        The body is ``grant_type`` + ``form`` + the client's authentication fields (those
+        last, so ``form`` can never replace or add client credentials). Client
+        authentication: mTLS when the client has a certificate and key (``client_id`` in
+        the body, no secret anywhere); else the secret in the body
+        (``credentials_in_body``, the Destination service default) or HTTP Basic with
+        ``client_id`` still in the body; a public client sends ``client_id`` only.
+
+        Raises :class:`TokenExchangeError` (4xx, exhausted retries, unusable 2xx) and
+        :class:`ConfigurationError` when ``headers`` names a header this client owns.
+        """
+        grant = _grant_name(grant_type)
+        safe_url = _safe_url(token_url)
+        host = urlsplit(token_url).hostname or ""
+
+        body: dict[str, str] = {"grant_type": grant_type}
+        for name, value in (form or {}).items():
+            if value is not None and name not in ("grant_type", "client_id", "client_secret"):
+                body[name] = str(value)
+        body["client_id"] = client.client_id
+
+        request_headers: dict[str, str] = {"Accept": "application/json"}
+        for name, value in (headers or {}).items():
+            if name.strip().lower() in _RESERVED_HEADERS:
+                raise ConfigurationError(
+                    f"Token request to {safe_url}: header '{name.strip()}' is set by the OAuth client "
+                    f"and cannot be configured (tokenServiceURL.headers.{name.strip()})."
+                )
+            request_headers[name] = value
+        request_headers["Content-Type"] = "application/x-www-form-urlencoded"
+
+        if client.uses_mtls:
+            auth_mode = "mtls"
+        elif client.client_secret:
+            if credentials_in_body:
+                auth_mode = "body"
+                body["client_secret"] = client.client_secret
+            else:
+                auth_mode = "basic"
+                request_headers["Authorization"] = _basic_header(client.client_id, client.client_secret)
+        else:
+            auth_mode = "public"
+
+        secrets = tuple(
+            v for v in (client.client_secret, client.key, *(body.get(f) for f in _SECRET_FIELDS)) if v
+        )
+        context = _RequestContext(safe_url, host, grant, client.client_id, secrets)
+
+        if client.uses_mtls:
+            assert client.certificate is not None and client.key is not None
+            with _ClientCertFiles(client.certificate, client.key) as cert:
+                return self._send(token_url, body, request_headers, dict(query or {}), cert, auth_mode, context)
+        return self._send(token_url, body, request_headers, dict(query or {}), None, auth_mode, context)
+
+    def _send(
+        self,
+        token_url: str,
+        body: dict[str, str],
+        headers: dict[str, str],
+        query: dict[str, str],
+        cert: tuple[str, str] | None,
+        auth_mode: str,
+        ctx: "_RequestContext",
+    ) -> TokenResponse:
+        """The retry loop: 5xx and connection problems retry, everything else is final."""
+        attempts = self.retries + 1
+        for attempt in range(attempts):
+            logger.debug(
+                "token request host=%s grant=%s client=%s auth=%s attempt=%d/%d",
+                ctx.host, ctx.grant, ctx.client_id, auth_mode, attempt + 1, attempts,
+            )
+            started = self.clock()
+            try:
+                response = self.session.post(
+                    token_url,
+                    data=body,
+                    headers=headers,
+                    params=query or None,
+                    cert=cert,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
+            except requests.exceptions.SSLError as exc:
+                # A TLS failure (untrusted IdP, rejected client certificate) does not heal.
+                logger.debug("token request host=%s grant=%s failed: %s", ctx.host, ctx.grant, type(exc).__name__)
+                raise TokenExchangeError(
+                    f"{ctx.prefix()} failed: TLS error ({type(exc).__name__}).", url=ctx.url
+                ) from exc
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                logger.debug("token request host=%s grant=%s failed: %s", ctx.host, ctx.grant, type(exc).__name__)
+                if attempt + 1 < attempts:
+                    self._pause(attempt, ctx)
+                    continue
+                raise TokenExchangeError(
+                    f"{ctx.prefix()} failed: {type(exc).__name__} after {attempts} attempt(s).", url=ctx.url
+                ) from exc
+            except requests.exceptions.RequestException as exc:
+                raise TokenExchangeError(
+                    f"{ctx.prefix()} failed: {type(exc).__name__}.", url=ctx.url
+                ) from exc
+
+            status = response.status_code
+            logger.debug("token response host=%s grant=%s client=%s status=%d", ctx.host, ctx.grant, ctx.client_id, status)
+            if status >= 500 and attempt + 1 < attempts:
+                response.close()
+                self._pause(attempt, ctx)
+                continue
+            if 200 <= status < 300:
+                return self._parse_success(response, started, ctx)
+            raise self._error(response, ctx, attempts if status >= 500 else None)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _pause(self, attempt: int, ctx: "_RequestContext") -> None:
+        delay = self.backoff * (2**attempt)
+        logger.debug("token request host=%s grant=%s: retrying in %.3fs", ctx.host, ctx.grant, delay)
+        self.sleep(delay)
+
+    def _parse_success(self, response: requests.Response, started: float, ctx: "_RequestContext") -> TokenResponse:
+        """A 2xx answer must be a JSON object with a string ``access_token``."""
+        status = response.status_code
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise TokenExchangeError(f"{ctx.prefix()} failed: {status} answer is not a JSON object.", status=status, url=ctx.url)
+        access_token = data.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            error = _sanitize(data.get("error"), ctx.secrets, 64)
+            description = _sanitize(data.get("error_description"), ctx.secrets)
+            detail = f" ({error}{': ' + description if description else ''})" if error else ""
+            raise TokenExchangeError(
+                f"{ctx.prefix()} failed: {status} answer without an access_token{detail}.",
+                status=status, error=error, error_description=description, url=ctx.url,
+            )
+        lifetime = _expires_in(data.get("expires_in"))
+        token_type = data.get("token_type")
+        scope = data.get("scope")
+        issued = data.get("issued_token_type")
+        result = TokenResponse(
+            access_token=access_token,
+            token_type=token_type if isinstance(token_type, str) and token_type else "bearer",
+            # From the request's start: the IdP issued the token after that, so this errs early.
+            expires_at=started + lifetime if lifetime is not None else None,
+            scope=scope if isinstance(scope, str) else None,
+            issued_token_type=issued if isinstance(issued, str) else None,
+            extra={k: v for k, v in data.items() if k not in _TOKEN_FIELDS and k not in _MAPPED_FIELDS},
+        )
+        logger.debug(
+            "token issued host=%s grant=%s client=%s fingerprint=%s expires_in=%s",
+            ctx.host, ctx.grant, ctx.client_id, fingerprint(access_token), lifetime,
+        )
+        return result
+
+    def _error(self, response: requests.Response, ctx: "_RequestContext", attempts: int | None) -> TokenExchangeError:
+        """RFC 6749 §5.2 error answer → TokenExchangeError; tolerant of HTML and plain text."""
+        status = response.status_code
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        error = description = None
+        if isinstance(data, dict):
+            error = _sanitize(data.get("error"), ctx.secrets, 64)
+            description = _sanitize(data.get("error_description"), ctx.secrets)
+        if error:
+            what = f"{status} {error}" + (f": {description}" if description else "")
+        else:
+            try:
+                what = f"{status} {HTTPStatus(status).phrase}"
+            except ValueError:
+                what = str(status)
+        if 300 <= status < 400:
+            what += " (redirects are not followed for token requests)"
+        if attempts is not None and attempts > 1:
+            what += f" after {attempts} attempts"
+        logger.debug("token request host=%s grant=%s client=%s refused: %s", ctx.host, ctx.grant, ctx.client_id, what)
+        return TokenExchangeError(
+            f"{ctx.prefix()} failed: {what}", status=status, error=error, error_description=description, url=ctx.url
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class _RequestContext:
+    """What messages and logs may say about one token request (and what they must not)."""
+
+    url: str
+    host: str
+    grant: str
+    client_id: str
+    secrets: tuple[str, ...]
+
+    def prefix(self) -> str:
+        return f"Token request to {self.url} (grant {self.grant})"
+
+    def __repr__(self) -> str:
+        return f"_RequestContext(url={self.url!r}, grant={self.grant!r}, client_id={self.client_id!r})"

@@ -1,0 +1,72 @@
+"""propagation — principal propagation for Python APIs on SAP BTP.
+
+Carry the calling user's JWT from the inbound request to every outbound call, exchange
+it per destination, and fail closed: a destination that needs the user never gets a
+technical user instead.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .context import current_token, use_token
+from .engine import Propagator, default_propagator, set_default_propagator
+from .errors import (
+    ConfigurationError,
+    DestinationNotFoundError,
+    InvalidTokenError,
+    MissingUserTokenError,
+    PropagationError,
+    TokenExchangeError,
+)
+from .tokens import UserToken
+
+if TYPE_CHECKING:
+    from .destinations.model import Destination
+    from .http import DestinationSession
+    from .wsgi import PropagationMiddleware
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PropagationMiddleware",
+    "Propagator",
+    "UserToken",
+    "current_token",
+    "use_token",
+    "session",
+    "destination",
+    "headers",
+    "default_propagator",
+    "set_default_propagator",
+    "PropagationError",
+    "MissingUserTokenError",
+    "InvalidTokenError",
+    "TokenExchangeError",
+    "DestinationNotFoundError",
+    "ConfigurationError",
+]
+
+
+def session(name: str, *, user_token: str | UserToken | None = None) -> "DestinationSession":
+    """A ``requests.Session`` bound to destination ``name`` (default engine)."""
+    return default_propagator().session(name, user_token=user_token)
+
+
+def destination(name: str, *, user_token: str | UserToken | None = None) -> "Destination":
+    """Resolve destination ``name`` (default engine)."""
+    return default_propagator().destination(name, user_token=user_token)
+
+
+def headers(name: str, *, user_token: str | UserToken | None = None) -> dict[str, str]:
+    """The headers a call to ``name`` carries for the current user (default engine)."""
+    return default_propagator().headers(name, user_token=user_token)
+
+
+def __getattr__(attr: str) -> Any:
+    # The WSGI middleware is imported lazily so `import propagation` stays light.
+    if attr == "PropagationMiddleware":
+        from .wsgi import PropagationMiddleware
+
+        return PropagationMiddleware
+    raise AttributeError(f"module 'propagation' has no attribute {attr!r}")

@@ -1,0 +1,231 @@
+"""Per destination Authentication type: which headers the outbound call carries, and
+whether it needs the calling user (fail closed: never a silent technical user).
+
+One :class:`Authorizer` per engine; it owns no state but the OAuth client and the cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+from ._log import logger
+from .cache import CacheKey, TokenCache
+from .destinations.model import Destination
+from .errors import ConfigurationError, MissingUserTokenError
+from .oauth import (
+    GRANT_CLIENT_CREDENTIALS,
+    GRANT_JWT_BEARER,
+    GRANT_PASSWORD,
+    GRANT_TOKEN_EXCHANGE,
+    ClientCredentials,
+    OAuthClient,
+    TokenResponse,
+)
+from .tokens import UserToken
+
+__all__ = ["OutboundAuth", "Authorizer", "TOKEN_TYPE_URNS", "expand_token_type"]
+
+#: RFC 8693 token type short names (as SAP documents them) → URNs.
+TOKEN_TYPE_URNS = {
+    "access_token": "urn:ietf:params:oauth:token-type:access_token",
+    "id_token": "urn:ietf:params:oauth:token-type:id_token",
+    "jwt": "urn:ietf:params:oauth:token-type:jwt",
+    "refresh_token": "urn:ietf:params:oauth:token-type:refresh_token",
+    "saml2": "urn:ietf:params:oauth:token-type:saml2",
+    "saml2-header": "urn:ietf:params:oauth:token-type:saml2-header",
+}
+
+
+def expand_token_type(value: str) -> str:
+    """``access_token`` → ``urn:ietf:params:oauth:token-type:access_token``; URNs pass through."""
+    return TOKEN_TYPE_URNS.get(value.strip(), value.strip())
+
+
+@dataclass
+class OutboundAuth:
+    """What one outbound call carries. ``cache_key`` is set when a token came from an exchange."""
+
+    strategy: str
+    headers: dict[str, str] = field(default_factory=dict)
+    cache_key: CacheKey | None = None
+    user: UserToken | None = None
+
+    def __repr__(self) -> str:  # headers hold secrets
+        return f"OutboundAuth(strategy={self.strategy!r}, headers={sorted(self.headers)!r})"
+
+
+class Authorizer:
+    """Turns (destination, user) into the headers of the outbound call."""
+
+    def __init__(self, oauth: OAuthClient, cache: TokenCache) -> None:
+        self.oauth = oauth
+        self.cache = cache
+        self._strategies: dict[str, Callable[[Destination, UserToken | None], OutboundAuth]] = {
+            "NoAuthentication": self._no_authentication,
+            "BasicAuthentication": self._basic,
+            "OAuth2ClientCredentials": self._client_credentials,
+            "OAuth2Password": self._password,
+            "OAuth2JWTBearer": self._jwt_bearer,
+            "OAuth2UserTokenExchange": self._jwt_bearer,
+            "OAuth2TokenExchange": self._token_exchange,
+        }
+
+    def authorize(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+        """Headers for one call to ``destination`` as ``user``.
+
+        Raises :class:`MissingUserTokenError` *before any request* when the destination
+        needs a user and none is known, :class:`ConfigurationError` when the destination
+        lacks what its type needs.
+        """
+        if user is not None and not user.is_user:
+            # A technical token carries no principal: treat it as "no user" for user types.
+            logger.debug("token %s is a client_credentials token: no user to propagate", user.fingerprint)
+            user = None if destination.needs_user else user
+        if destination.needs_user and user is None:
+            raise MissingUserTokenError(
+                destination.name,
+                destination.authentication
+                if destination.authentication != "NoAuthentication"
+                else "NoAuthentication with forwardAuthToken",
+                hint="Run the call inside a request validated by PropagationMiddleware, "
+                "inside `with propagation.use_token(jwt):`, or pass user_token=.",
+            )
+        strategy = self._strategies.get(destination.authentication)
+        if strategy is None:
+            raise ConfigurationError(
+                f"Destination '{destination.name}' ({destination.source}): Authentication "
+                f"'{destination.authentication}' needs the Destination service; it cannot be "
+                f"served from this configuration source."
+            )
+        result = strategy(destination, user)
+        for header, value in destination.properties.prefixed("URL.headers.").items():
+            result.headers.setdefault(header, value)
+        logger.debug(
+            "destination=%s strategy=%s user=%s",
+            destination.name,
+            result.strategy,
+            user.fingerprint if user else None,
+        )
+        return result
+
+    # -- strategies -----------------------------------------------------------------
+    def _no_authentication(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+        if destination.forward_auth_token and user is not None:
+            return OutboundAuth("forward", {"Authorization": f"Bearer {user.raw}"}, user=user)
+        return OutboundAuth("none")
+
+    def _basic(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+        name = destination.properties.text("User")
+        password = destination.properties.get("Password")
+        if not name or password is None:
+            raise ConfigurationError(
+                f"Destination '{destination.name}' ({destination.source}): BasicAuthentication needs 'User' and 'Password'."
+            )
+        raw = f"{name}:{password}".encode("utf-8")
+        return OutboundAuth("basic", {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")})
+
+    def _client_credentials(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+        tenant = user.tenant if user is not None else None
+        return self._exchange(destination, None, tenant, GRANT_CLIENT_CREDENTIALS, {}, "client_credentials")
+
+    def _password(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+        name = destination.properties.text("User")
+        password = destination.properties.get("Password")
+        if not name or password is None:
+            raise ConfigurationError(
+                f"Destination '{destination.name}' ({destination.source}): OAuth2Password needs 'User' and 'Password'."
+            )
+        form = {"username": name, "password": str(password)}
+        tenant = user.tenant if user is not None else None
+        return self._exchange(destination, None, tenant, GRANT_PASSWORD, form, "password", extra=name)
+
+    def _jwt_bearer(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+        assert user is not None
+        return self._exchange(destination, user, user.tenant, GRANT_JWT_BEARER, {"assertion": user.raw}, "jwt-bearer")
+
+    def _token_exchange(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+        assert user is not None
+        form = {
+            "subject_token": user.raw,
+            "subject_token_type": TOKEN_TYPE_URNS["access_token"],
+        }
+        return self._exchange(destination, user, user.tenant, GRANT_TOKEN_EXCHANGE, form, "token-exchange")
+
+    # -- shared OAuth path ---------------------------------------------------------
+    def _exchange(
+        self,
+        destination: Destination,
+        user: UserToken | None,
+        tenant: str | None,
+        grant: str,
+        form: dict[str, str],
+        strategy: str,
+        *,
+        extra: str = "",
+    ) -> OutboundAuth:
+        client, token_url = self._client(destination, user)
+        props = destination.properties
+        body = dict(form)
+        for param, value in props.prefixed("tokenService.body.").items():
+            if param in ("subject_token_type", "requested_token_type", "actor_token_type"):
+                value = expand_token_type(value)
+            body[param] = value
+        scope = props.text("scope")
+        if scope:
+            body.setdefault("scope", scope)
+        headers = props.prefixed("tokenServiceURL.headers.")
+        query = props.prefixed("tokenServiceURL.queries.")
+        in_body = props.flag("tokenService.addClientCredentialsInBody", True)
+        shape = json.dumps(
+            [token_url, sorted((k, v) for k, v in body.items() if k not in ("assertion", "subject_token", "password")),
+             sorted(headers.items()), sorted(query.items()), in_body, extra],
+            sort_keys=True,
+        )
+        key = CacheKey(
+            destination=destination.name,
+            grant=grant,
+            client=client.client_id,
+            tenant=tenant,
+            user=user.fingerprint if user is not None else None,
+            extra=hashlib.sha256(shape.encode("utf-8")).hexdigest(),
+        )
+
+        def fetch() -> TokenResponse:
+            return self.oauth.request_token(
+                token_url, client, grant, body, headers=headers, query=query, credentials_in_body=in_body
+            )
+
+        token, hit = self.cache.get_or_fetch(key, fetch)
+        logger.debug(
+            "destination=%s grant=%s cache=%s user=%s",
+            destination.name,
+            strategy,
+            "hit" if hit else "miss",
+            user.fingerprint if user is not None else None,
+        )
+        return OutboundAuth(strategy, {"Authorization": f"Bearer {token.access_token}"}, cache_key=key, user=user)
+
+    def _client(self, destination: Destination, user: UserToken | None) -> tuple[ClientCredentials, str]:
+        if destination.client is None or not destination.token_service_url:
+            raise ConfigurationError(
+                f"Destination '{destination.name}' ({destination.source}): {destination.authentication} needs "
+                f"'tokenServiceURL' and 'clientId' with 'clientSecret' (or a service binding's OAuth client)."
+            )
+        token_url = destination.token_service_url
+        if (
+            user is not None
+            and user.subdomain
+            and (destination.properties.text("tokenServiceURLType") or "").lower() == "common"
+        ):
+            # Common token URL: the subscriber's subdomain replaces the first host label.
+            parts = urlsplit(token_url)
+            host = parts.hostname or ""
+            rest = host.split(".", 1)[1] if "." in host else host
+            netloc = f"{user.subdomain}.{rest}" + (f":{parts.port}" if parts.port else "")
+            token_url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return destination.client, token_url

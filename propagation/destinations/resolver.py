@@ -1,0 +1,63 @@
+"""Resolve a destination NAME in the order of DESIGN §3: the ``destinations`` environment
+variable, then a service binding of that instance name, then the Destination service."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Mapping
+
+from ..bindings import Bindings
+from ..errors import DestinationNotFoundError
+from ..tokens import UserToken
+from .model import Destination
+
+__all__ = ["DestinationResolver"]
+
+
+class DestinationResolver:
+    """Looks a destination up by name. Environment sources are parsed once, on first use."""
+
+    def __init__(
+        self,
+        environ: Mapping[str, str],
+        bindings: Bindings,
+        *,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.environ = environ
+        self.bindings = bindings
+        self.cwd = cwd
+        self._env_destinations: dict[str, Destination] | None = None
+        self._lock = threading.Lock()
+
+    def env_destinations(self) -> dict[str, Destination]:
+        """Destinations of the ``destinations`` variable (or ``default-env.json``), parsed once."""
+        if self._env_destinations is None:
+            from .env import destinations_from_env
+
+            with self._lock:
+                if self._env_destinations is None:
+                    self._env_destinations = destinations_from_env(self.environ, self.bindings, cwd=self.cwd)
+        return self._env_destinations
+
+    def resolve(self, name: str, user: UserToken | None = None) -> Destination:
+        """The destination ``name``; :class:`DestinationNotFoundError` names every place looked in."""
+        from .env import destination_from_binding
+
+        found = self.env_destinations().get(name)
+        if found is not None:
+            return found
+        binding = self.bindings.find(name=name)
+        if binding is not None:
+            destination = destination_from_binding(binding)
+            if destination is not None:
+                return destination
+        searched = ["the 'destinations' environment variable (or default-env.json)"]
+        sources = ", ".join(self.bindings.sources) or "no binding source present"
+        searched.append(
+            f"service bindings named '{name}' with a URL and an OAuth client ({sources})"
+            + ("" if binding is None else f"; binding '{name}' ({binding.label}) has no URL and OAuth client")
+        )
+        searched.append("the Destination service (no 'destination' binding)")
+        raise DestinationNotFoundError(name, searched)

@@ -1,0 +1,131 @@
+"""ASGI middleware: validate the caller's bearer JWT and make it the current user.
+
+No framework dependency: it speaks raw ASGI 3, so it wraps Starlette, FastAPI, Quart, or
+Django's ASGI handler alike.
+
+.. code-block:: python
+
+    app = PropagationASGIMiddleware(app, public_paths=["/health"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable, Iterable, MutableMapping
+
+from .context import ENVIRON_KEY, reset_current, set_current
+from .engine import Propagator
+from .errors import InvalidTokenError
+from .inbound import InboundGate, unauthorized
+from .tokens import UserToken
+
+__all__ = ["PropagationASGIMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: WebSocket close code for a refused handshake (RFC 6455 "policy violation"); servers
+#: answer a close before ``websocket.accept`` with HTTP 403.
+WS_POLICY_VIOLATION = 1008
+
+
+class PropagationASGIMiddleware:
+    """Authenticate every HTTP request and WebSocket handshake by its bearer JWT.
+
+    Security stance and options are those of :class:`propagation.wsgi.PropagationMiddleware`:
+    fail closed, 401 ``invalid_token`` JSON + ``WWW-Authenticate`` for every bad or missing
+    token (never a 500, never the app), rejections logged with the fingerprint only.
+
+    On success the :class:`~propagation.UserToken` is in ``scope["propagation.token"]`` and
+    ``scope["state"]["propagation.token"]`` (what Starlette's ``request.state`` reads), and
+    :func:`~propagation.current_token` returns it for the whole downstream call, streaming
+    ``send``\\ s included (tasks the app spawns inherit it).
+
+    WebSockets are validated the same way (``Authorization`` header of the handshake); a
+    refused handshake is closed with code 1008, which servers turn into HTTP 403. Browsers
+    cannot set that header on WebSockets; tokens in query strings are deliberately not read.
+    ``lifespan`` and other scope types pass through untouched.
+
+    Validation of a token not yet cached may block on sap-xssec's synchronous key fetch
+    (the first request per IdP key, every 15 minutes), so a cache miss is validated in a
+    worker thread (``asyncio.to_thread``); cached tokens are answered on the event loop.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        propagator: Propagator | None = None,
+        public_paths: Iterable[str] = (),
+        require_token: bool = True,
+    ) -> None:
+        self.app = app
+        self.propagator = propagator if propagator is not None else Propagator.from_env()
+        self.gate = InboundGate(self.propagator, public_paths=public_paths, require_token=require_token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope.get("type")
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path") or "/"
+        if self.gate.is_public(path):
+            await self._run(scope, receive, send, None)
+            return
+        raw: str | None = None
+        try:
+            raw = self.gate.raw_token(_authorization(scope))
+            token = await self._validate(raw) if raw is not None else None
+        except InvalidTokenError as exc:
+            method = scope.get("method", "WEBSOCKET") if kind == "http" else "WEBSOCKET"
+            self.gate.rejected(exc, raw, f"{method} {path}")
+            await self._refuse(kind, exc, receive, send)
+            return
+        if token is not None:
+            scope = dict(scope)
+            scope[ENVIRON_KEY] = token
+            scope["state"] = {**(scope.get("state") or {}), ENVIRON_KEY: token}
+        await self._run(scope, receive, send, token)
+
+    async def _validate(self, raw: str) -> UserToken:
+        hit = self.gate.cached(raw)
+        if hit is not None:
+            return hit
+        return await asyncio.to_thread(self.gate.validate, raw)
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send, token: UserToken | None) -> None:
+        handle = set_current(token)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            reset_current(handle)
+
+    @staticmethod
+    async def _refuse(kind: str, exc: InvalidTokenError, receive: Receive, send: Send) -> None:
+        if kind == "websocket":
+            message = await receive()  # websocket.connect
+            if message.get("type") == "websocket.connect":
+                await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": ""})
+            return
+        body, headers = unauthorized(exc)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _authorization(scope: Scope) -> str | None:
+    """The ``Authorization`` header (latin-1, as WSGI does); several of them are refused."""
+    values = [v for k, v in scope.get("headers") or () if bytes(k).lower() == b"authorization"]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidTokenError("More than one Authorization header.")
+    return bytes(values[0]).decode("latin-1")

@@ -1,0 +1,107 @@
+"""Flask extension: :class:`PropagationMiddleware` wired into an app, app-factory friendly.
+
+.. code-block:: python
+
+    from propagation.flask import Propagation
+
+    propagation_ext = Propagation(public_paths=["/health"])
+
+    def create_app() -> Flask:
+        app = Flask(__name__)
+        propagation_ext.init_app(app)
+        return app
+
+Config keys read by :meth:`Propagation.init_app` (optional): ``PROPAGATION_PUBLIC_PATHS``
+(list, or comma-separated string; added to the constructor's ``public_paths``) and
+``PROPAGATION_REQUIRE_TOKEN`` (bool or ``"true"``/``"false"``; overrides ``require_token``).
+
+This is the only module of the package that imports Flask.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from flask import Flask
+
+from .context import current_token
+from .engine import Propagator
+from .errors import ConfigurationError
+from .wsgi import PropagationMiddleware
+
+__all__ = ["Propagation", "current_token"]
+
+EXTENSION_KEY = "propagation"
+
+
+class Propagation:
+    """Authenticates every request of the app (see :class:`PropagationMiddleware`).
+
+    Wrapping ``app.wsgi_app`` (rather than a ``before_request`` hook) means the user is
+    known before Flask routes the request and stays set while a streamed response is
+    generated.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        propagator: Propagator | None = None,
+        public_paths: Iterable[str] = (),
+        require_token: bool = True,
+    ) -> None:
+        self.propagator = propagator
+        self.public_paths = tuple([public_paths] if isinstance(public_paths, str) else public_paths)
+        self.require_token = require_token
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Wrap ``app.wsgi_app`` and register as ``app.extensions["propagation"]``.
+
+        The middleware reads the environment now (unless a ``propagator`` was given), so a
+        missing XSUAA/IAS binding fails here, at startup.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError("Propagation is already initialised for this app.")
+        public_paths = self.public_paths + _paths(app.config.get("PROPAGATION_PUBLIC_PATHS"))
+        require_token = _flag(app.config.get("PROPAGATION_REQUIRE_TOKEN"), self.require_token)
+        middleware = PropagationMiddleware(
+            app.wsgi_app,  # type: ignore[arg-type]
+            propagator=self.propagator,
+            public_paths=public_paths,
+            require_token=require_token,
+        )
+        app.wsgi_app = middleware  # type: ignore[method-assign]
+        app.extensions[EXTENSION_KEY] = self
+
+    @staticmethod
+    def middleware(app: Flask) -> PropagationMiddleware:
+        """The middleware installed on ``app`` (its propagator, gate, public paths)."""
+        wsgi_app: Any = app.wsgi_app
+        while wsgi_app is not None and not isinstance(wsgi_app, PropagationMiddleware):
+            wsgi_app = getattr(wsgi_app, "app", None)
+        if wsgi_app is None:
+            raise RuntimeError("Propagation.init_app() was not called for this app.")
+        return wsgi_app
+
+
+def _paths(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(p.strip() for p in value.split(",") if p.strip())
+    return tuple(value)
+
+
+def _flag(value: Any, default: bool) -> bool:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"PROPAGATION_REQUIRE_TOKEN must be a boolean, not {value!r}.")

@@ -1,0 +1,135 @@
+"""WSGI middleware: validate the caller's bearer JWT and make it the current user.
+
+.. code-block:: python
+
+    app.wsgi_app = PropagationMiddleware(app.wsgi_app, public_paths=["/health"])
+"""
+
+from __future__ import annotations
+
+from contextvars import Token
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+from .context import ENVIRON_KEY, reset_current, set_current
+from .engine import Propagator
+from .errors import InvalidTokenError
+from .inbound import InboundGate, PublicPaths, unauthorized
+from .tokens import UserToken
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["PropagationMiddleware"]
+
+
+class PropagationMiddleware:
+    """Authenticate every request with its ``Authorization: Bearer <JWT>`` header.
+
+    Security stance: fail closed. Unless the path is public, a request reaches ``app`` only
+    with a token sap-xssec validated against the app's XSUAA or IAS binding (signature,
+    expiry, audience, issuer). Everything else — no header, another scheme, a malformed,
+    unsigned, HMAC-signed, expired, forged or foreign token — is answered here with ``401``
+    ``{"error": "invalid_token", "error_description": ...}`` and a ``WWW-Authenticate``
+    challenge (RFC 6750), never a 500 and never the app. Rejections are logged at info with
+    the token's fingerprint; the token and the request headers are never logged.
+
+    On success the :class:`~propagation.UserToken` is put in ``environ["propagation.token"]``
+    and made :func:`~propagation.current_token` while ``app`` runs *and* while its response
+    iterable is iterated and closed (streaming responses keep the user); outside of that the
+    context is left as it was. Nothing is removed from ``environ``.
+
+    :param app: The WSGI application to wrap.
+    :param propagator: Engine whose validator checks tokens; default
+        :meth:`Propagator.from_env` — read once, here, so a missing binding fails at startup.
+    :param public_paths: Paths (``PATH_INFO``) that skip authentication entirely: exact
+        (``/health``) or a prefix ending in ``/`` or ``*`` (``/static/``, ``/health*``). Paths
+        with ``.``/``..`` segments never match. A token sent to a public path is ignored.
+    :param require_token: With ``False`` a request *without* an ``Authorization`` header
+        passes anonymously (``current_token()`` is ``None``); a header that is present but
+        bad is still a 401.
+    """
+
+    def __init__(
+        self,
+        app: "WSGIApplication",
+        *,
+        propagator: Propagator | None = None,
+        public_paths: Iterable[str] = (),
+        require_token: bool = True,
+    ) -> None:
+        self.app = app
+        self.propagator = propagator if propagator is not None else Propagator.from_env()
+        self.gate = InboundGate(self.propagator, public_paths=public_paths, require_token=require_token)
+
+    @property
+    def public_paths(self) -> PublicPaths:
+        return self.gate.public_paths
+
+    @property
+    def require_token(self) -> bool:
+        return self.gate.require_token
+
+    def __call__(self, environ: "WSGIEnvironment", start_response: "StartResponse") -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if self.gate.is_public(path):
+            return self._run(environ, start_response, None)
+        raw: str | None = None
+        try:
+            raw = self.gate.raw_token(environ.get("HTTP_AUTHORIZATION"))
+            token = self.gate.validate(raw) if raw is not None else None
+        except InvalidTokenError as exc:
+            self.gate.rejected(exc, raw, f"{environ.get('REQUEST_METHOD', '?')} {path}")
+            body, headers = unauthorized(exc)
+            start_response("401 Unauthorized", headers)
+            return [body]
+        if token is not None:
+            environ[ENVIRON_KEY] = token
+        return self._run(environ, start_response, token)
+
+    def _run(self, environ: "WSGIEnvironment", start_response: "StartResponse", token: UserToken | None) -> Iterable[bytes]:
+        # Anonymous and public requests run with no user either, so nothing set earlier on
+        # this thread can pass for the caller.
+        handle = set_current(token)
+        try:
+            result = self.app(environ, start_response)
+        finally:
+            reset_current(handle)
+        return _ContextIterable(result, token)
+
+
+class _ContextIterable:
+    """The app's response iterable with the user set around each ``next()`` and ``close()``.
+
+    Servers iterate after ``__call__`` returned (same thread, maybe another context), so
+    the user is set per chunk and reset right after: a generator body sees
+    ``current_token()``, and nothing of it survives on the server's thread.
+    """
+
+    __slots__ = ("_iterable", "_iterator", "_token")
+
+    def __init__(self, iterable: Iterable[bytes], token: UserToken | None) -> None:
+        self._iterable = iterable
+        self._iterator: Iterator[bytes] | None = None
+        self._token = token
+
+    def __iter__(self) -> "_ContextIterable":
+        return self
+
+    def __next__(self) -> bytes:
+        handle = set_current(self._token)
+        try:
+            if self._iterator is None:
+                self._iterator = iter(self._iterable)
+            return next(self._iterator)
+        finally:
+            reset_current(handle)
+
+    def close(self) -> None:
+        close: Callable[[], Any] | None = getattr(self._iterable, "close", None)
+        if close is None:
+            return
+        handle: Token[UserToken | None] = set_current(self._token)
+        try:
+            close()
+        finally:
+            reset_current(handle)

@@ -20,7 +20,6 @@ from propagation.cache import MemoryTokenCache
 from propagation.oauth import OAuthClient
 from propagation.tokens import UserToken
 
-from jwtkit import Xsuaa
 
 TOKEN_URL = "https://idp.example.com/oauth/token"
 TARGET = "https://backend.example.com/odata/v4"
@@ -67,11 +66,6 @@ def dest(authentication: str, **extra: Any) -> dict[str, Any]:
 def rsps():
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         yield mock
-
-
-@pytest.fixture
-def xsuaa() -> Xsuaa:
-    return Xsuaa()
 
 
 # -- every type: exact traffic -------------------------------------------------------------

@@ -59,6 +59,17 @@ class OutboundAuth:
         return f"OutboundAuth(strategy={self.strategy!r}, headers={sorted(self.headers)!r})"
 
 
+def _user_and_password(destination: Destination) -> tuple[str, str]:
+    """``User``/``Password`` of a Basic or OAuth2Password destination, or a clear error."""
+    name = destination.properties.text("User")
+    password = destination.properties.get("Password")
+    if not name or password is None:
+        raise ConfigurationError(
+            f"Destination '{destination.name}' ({destination.source}): {destination.authentication} needs 'User' and 'Password'."
+        )
+    return name, str(password)
+
+
 class Authorizer:
     """Turns (destination, user) into the headers of the outbound call."""
 
@@ -120,12 +131,7 @@ class Authorizer:
         return OutboundAuth("none")
 
     def _basic(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
-        name = destination.properties.text("User")
-        password = destination.properties.get("Password")
-        if not name or password is None:
-            raise ConfigurationError(
-                f"Destination '{destination.name}' ({destination.source}): BasicAuthentication needs 'User' and 'Password'."
-            )
+        name, password = _user_and_password(destination)
         raw = f"{name}:{password}".encode("utf-8")
         return OutboundAuth("basic", {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")})
 
@@ -134,13 +140,8 @@ class Authorizer:
         return self._exchange(destination, None, tenant, GRANT_CLIENT_CREDENTIALS, {}, "client_credentials")
 
     def _password(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
-        name = destination.properties.text("User")
-        password = destination.properties.get("Password")
-        if not name or password is None:
-            raise ConfigurationError(
-                f"Destination '{destination.name}' ({destination.source}): OAuth2Password needs 'User' and 'Password'."
-            )
-        form = {"username": name, "password": str(password)}
+        name, password = _user_and_password(destination)
+        form = {"username": name, "password": password}
         tenant = user.tenant if user is not None else None
         return self._exchange(destination, None, tenant, GRANT_PASSWORD, form, "password", extra=name)
 

@@ -331,3 +331,20 @@ def test_logs_contain_no_token_or_secret(rsps, xsuaa, caplog):
     assert "destination=S4" in text
     for secret in (user, SECRET, "at-alice@example.com-1", "at-alice@example.com-2", xsuaa.clientsecret):
         assert secret not in text
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        pytest.param({"name": "S4", "url": TARGET, "Authentication": "BasicAuthentication", "User": "u"},
+                     "BasicAuthentication needs 'User' and 'Password'", id="basic-without-password"),
+        pytest.param(dest("OAuth2Password", Password="pw-VALUE"), "OAuth2Password needs 'User' and 'Password'",
+                     id="password-grant-without-user"),
+        pytest.param(dest("ClientCertificateAuthentication"), "needs the Destination service", id="client-certificate"),
+    ],
+)
+def test_incomplete_destination_is_a_configuration_error(rsps, xsuaa, entry, message):
+    with propagation.use_token(xsuaa.token()), pytest.raises(ConfigurationError, match=message) as info:
+        engine([entry]).session("S4").get("/x")
+    assert "pw-VALUE" not in str(info.value) and SECRET not in str(info.value)
+    assert len(rsps.calls) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -348,3 +349,28 @@ def test_incomplete_destination_is_a_configuration_error(rsps, xsuaa, entry, mes
         engine([entry]).session("S4").get("/x")
     assert "pw-VALUE" not in str(info.value) and SECRET not in str(info.value)
     assert len(rsps.calls) == 0
+
+
+def test_binding_destination_with_x509_client_uses_mtls_and_leaves_no_key_file(rsps, xsuaa):
+    from test_oauth import self_signed
+
+    cert_pem, key_pem = self_signed()
+    seen: dict[str, Any] = {}
+
+    def token_endpoint(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        certfile, keyfile = request.req_kwargs["cert"]
+        with open(certfile) as c, open(keyfile) as k:
+            seen.update(cert=c.read(), key=k.read(), paths=(certfile, keyfile), form=parse_qs(request.body))
+        return 200, {}, json.dumps({"access_token": "at-mtls", "expires_in": 600})
+
+    rsps.add_callback(responses.POST, TOKEN_URL, callback=token_endpoint, content_type="application/json")
+    rsps.post("https://cpi.example.com/http/iflow", json={})
+    cpi = Binding(name="my-cpi", label="it-rt", credentials={"oauth": {
+        "url": "https://cpi.example.com", "tokenurl": TOKEN_URL, "clientid": "cpi", "certificate": cert_pem, "key": key_pem}})
+    user = xsuaa.token()
+    Propagator(environ={}, bindings=Bindings([cpi])).session("my-cpi", user_token=user).post("/http/iflow")
+    assert (seen["cert"], seen["key"]) == (cert_pem, key_pem)
+    assert seen["form"]["client_id"] == ["cpi"] and "client_secret" not in seen["form"]
+    assert seen["form"]["assertion"] == [user]
+    assert rsps.calls[1].request.headers["Authorization"] == "Bearer at-mtls"
+    assert not any(os.path.exists(p) for p in seen["paths"])

@@ -10,7 +10,7 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from ._log import logger
@@ -27,6 +27,9 @@ from .oauth import (
     TokenResponse,
 )
 from .tokens import UserToken
+
+if TYPE_CHECKING:
+    from .connectivity import Connectivity
 
 __all__ = ["OutboundAuth", "Authorizer", "TOKEN_TYPE_URNS", "expand_token_type"]
 
@@ -48,15 +51,27 @@ def expand_token_type(value: str) -> str:
 
 @dataclass
 class OutboundAuth:
-    """What one outbound call carries. ``cache_key`` is set when a token came from an exchange."""
+    """What one outbound call carries. ``cache_key`` is set when a token came from an exchange.
+
+    On-premise calls also set ``proxy_url`` (the Connectivity proxy) and ``proxy_cache_key``
+    (the proxy token's key); their proxy headers are part of ``headers``.
+    """
 
     strategy: str
     headers: dict[str, str] = field(default_factory=dict)
     cache_key: CacheKey | None = None
     user: UserToken | None = None
+    proxy_url: str | None = None
+    proxy_cache_key: CacheKey | None = None
 
     def __repr__(self) -> str:  # headers hold secrets
         return f"OutboundAuth(strategy={self.strategy!r}, headers={sorted(self.headers)!r})"
+
+
+def _is_proxy_header(header: str) -> bool:
+    """``Proxy-Authorization`` and ``SAP-Connectivity-*`` are set by the library only."""
+    low = header.strip().lower()
+    return low == "proxy-authorization" or low.startswith("sap-connectivity-")
 
 
 def _user_and_password(destination: Destination) -> tuple[str, str]:
@@ -73,9 +88,10 @@ def _user_and_password(destination: Destination) -> tuple[str, str]:
 class Authorizer:
     """Turns (destination, user) into the headers of the outbound call."""
 
-    def __init__(self, oauth: OAuthClient, cache: TokenCache) -> None:
+    def __init__(self, oauth: OAuthClient, cache: TokenCache, connectivity: "Connectivity | None" = None) -> None:
         self.oauth = oauth
         self.cache = cache
+        self.connectivity = connectivity
         self._strategies: dict[str, Callable[[Destination, UserToken | None], OutboundAuth]] = {
             "NoAuthentication": self._no_authentication,
             "BasicAuthentication": self._basic,
@@ -84,6 +100,7 @@ class Authorizer:
             "OAuth2JWTBearer": self._jwt_bearer,
             "OAuth2UserTokenExchange": self._jwt_bearer,
             "OAuth2TokenExchange": self._token_exchange,
+            "PrincipalPropagation": self._principal_propagation,
         }
 
     def authorize(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
@@ -113,9 +130,33 @@ class Authorizer:
                 f"'{destination.authentication}' needs the Destination service; it cannot be "
                 f"served from this configuration source."
             )
+        if destination.on_premise:
+            if self.connectivity is None:
+                raise ConfigurationError(
+                    f"Destination '{destination.name}' ({destination.source}) has ProxyType OnPremise: "
+                    f"it needs a 'connectivity' service binding (the Connectivity proxy)."
+                )
+            if urlsplit(destination.url).scheme.lower() == "https":
+                # Through an HTTP proxy an https:// request is a CONNECT tunnel: the proxy headers
+                # would travel inside the tunnel to the target instead of to the proxy.
+                raise ConfigurationError(
+                    f"Destination '{destination.name}' ({destination.source}) has ProxyType OnPremise and an "
+                    f"https:// URL: use the Cloud Connector's http:// virtual host (the Cloud Connector speaks "
+                    f"https to the backend); the Connectivity proxy headers must never reach the target."
+                )
+            self.connectivity.config(destination)  # no binding: fail before any token request
         result = strategy(destination, user)
         for header, value in destination.properties.prefixed("URL.headers.").items():
-            result.headers.setdefault(header, value)
+            if not _is_proxy_header(header):
+                result.headers.setdefault(header, value)
+        if destination.on_premise:
+            assert self.connectivity is not None
+            proxy = self.connectivity.authorize(
+                destination, user, propagate_user=destination.authentication == "PrincipalPropagation"
+            )
+            result.headers.update(proxy.headers)
+            result.proxy_url = proxy.proxy_url
+            result.proxy_cache_key = proxy.cache_key
         logger.debug(
             "destination=%s strategy=%s user=%s",
             destination.name,
@@ -125,6 +166,16 @@ class Authorizer:
         return result
 
     # -- strategies -----------------------------------------------------------------
+    def _principal_propagation(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+        # No Authorization for the target: the Cloud Connector maps the user carried to the
+        # Connectivity proxy (added by authorize() for on-premise destinations).
+        if not destination.on_premise:
+            raise ConfigurationError(
+                f"Destination '{destination.name}' ({destination.source}): Authentication PrincipalPropagation "
+                f"needs ProxyType OnPremise (it is carried by the Connectivity proxy), not {destination.proxy_type}."
+            )
+        return OutboundAuth("principal-propagation", user=user)
+
     def _no_authentication(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
         if destination.forward_auth_token and user is not None:
             return OutboundAuth("forward", {"Authorization": f"Bearer {user.raw}"}, user=user)

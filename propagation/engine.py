@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from .auth import Authorizer, OutboundAuth
 from .bindings import Bindings
 from .cache import MemoryTokenCache, TokenCache
+from .connectivity import MODE_ENV, Connectivity
 from .context import as_user_token, current_token
 from .destinations.model import Destination
 from .destinations.resolver import DestinationResolver
@@ -25,7 +26,12 @@ __all__ = ["Propagator", "default_propagator", "set_default_propagator"]
 
 
 class Propagator:
-    """Engine: validate inbound tokens, resolve destinations, exchange and cache tokens."""
+    """Engine: validate inbound tokens, resolve destinations, exchange and cache tokens.
+
+    ``connectivity_mode`` (``"exchange"``, the default, or ``"header"``; else the env var
+    ``PROPAGATION_CONNECTIVITY_MODE``) says how OnPremise ``PrincipalPropagation`` carries the
+    user to the Connectivity proxy (see :mod:`propagation.connectivity`).
+    """
 
     def __init__(
         self,
@@ -36,13 +42,16 @@ class Propagator:
         oauth: OAuthClient | None = None,
         cache: TokenCache | None = None,
         validator: Any = None,
+        connectivity_mode: str | None = None,
     ) -> None:
         self.environ: Mapping[str, str] = dict(os.environ if environ is None else environ)
         self.cwd = cwd
         self.bindings = bindings if bindings is not None else Bindings.from_env(self.environ, cwd=cwd)
         self.oauth = oauth if oauth is not None else OAuthClient()
         self.cache: TokenCache = cache if cache is not None else MemoryTokenCache()
-        self.authorizer = Authorizer(self.oauth, self.cache)
+        mode = connectivity_mode or self.environ.get(MODE_ENV) or "exchange"
+        self.connectivity = Connectivity(self.bindings, self.oauth, self.cache, mode)
+        self.authorizer = Authorizer(self.oauth, self.cache, self.connectivity)
         self.resolver = DestinationResolver(self.environ, self.bindings, cwd=cwd)
         self._validator: Any = validator
         self._lock = threading.Lock()

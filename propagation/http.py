@@ -73,13 +73,15 @@ class DestinationAuth(AuthBase):
         request.headers.update(outbound.headers)
 
     def _handle_401(self, response: requests.Response, **kwargs: Any) -> requests.Response:
-        """A 401 from the destination host: drop the cached token, re-exchange, resend once."""
+        """A 401 from the destination host (or a 407 from the Connectivity proxy): drop the
+        cached token (the proxy token for 407), re-exchange, resend once."""
         request = response.request
         outbound: OutboundAuth | None = getattr(request, "_propagation_outbound", None)
+        if outbound is None:
+            return response
+        stale = {401: outbound.cache_key, 407: outbound.proxy_cache_key}.get(response.status_code)
         if (
-            response.status_code != 401
-            or outbound is None
-            or outbound.cache_key is None
+            stale is None
             or getattr(request, "_propagation_retried", False)
             or _origin(request.url or "") != _origin(self.session.destination.url)
         ):
@@ -87,9 +89,12 @@ class DestinationAuth(AuthBase):
         if request.body is not None and not isinstance(request.body, (bytes, str)):
             return response  # a streamed body cannot be sent twice
         logger.info(
-            "destination=%s answered 401: dropping cached token and retrying once", self.session.destination.name
+            "destination=%s answered %d: dropping cached %s token and retrying once",
+            self.session.destination.name,
+            response.status_code,
+            "proxy" if response.status_code == 407 else "destination",
         )
-        self.session.propagator.cache.invalidate(outbound.cache_key)
+        self.session.propagator.cache.invalidate(stale)
         response.content  # consume so the connection can be reused
         response.close()
         retry = request.copy()
@@ -126,8 +131,14 @@ class DestinationSession(requests.Session):
         self.destination = destination or propagator.destination(name, user_token=self._explicit_user or current_token())
         self.auth = DestinationAuth(self)
         self.verify = self.destination.strict_ssl
-        if self.destination.proxy_host and self.destination.proxy_port:
-            proxy = f"http://{self.destination.proxy_host}:{self.destination.proxy_port}"
+        if self.destination.on_premise:
+            # The Connectivity proxy (none yet when the binding is missing: authorize() raises).
+            self._use_proxy(propagator.connectivity.proxy_url(self.destination))
+        elif self.destination.proxy_host and self.destination.proxy_port:
+            self._use_proxy(f"http://{self.destination.proxy_host}:{self.destination.proxy_port}")
+
+    def _use_proxy(self, proxy: str | None) -> None:
+        if proxy:
             self.proxies.update({"http": proxy, "https": proxy})
 
     @property
@@ -136,7 +147,11 @@ class DestinationSession(requests.Session):
         return self._explicit_user if self._explicit_user is not None else current_token()
 
     def authorize(self) -> OutboundAuth:
-        return self.propagator.authorizer.authorize(self.destination, self.user)
+        outbound = self.propagator.authorizer.authorize(self.destination, self.user)
+        if outbound.proxy_url:
+            # Session proxies are merged into the request after auth ran: this request uses it.
+            self._use_proxy(outbound.proxy_url)
+        return outbound
 
     # -- requests.Session overrides ---------------------------------------------------
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
@@ -155,12 +170,21 @@ class DestinationSession(requests.Session):
         return super().request(method, url, *args, **kwargs)
 
     def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
-        """On a redirect to another host, carry no credentials of ours (nor the app's)."""
+        """On a redirect to another host, carry no credentials of ours (nor the app's).
+
+        On a same-host redirect of an on-premise call, the proxy headers are set again
+        (``rebuild_proxies`` has dropped ``Proxy-Authorization``; the token comes from the cache).
+        """
         super().rebuild_auth(prepared_request, response)
         if _origin(prepared_request.url or "") != _origin(self.destination.url):
             for header in list(prepared_request.headers):
                 if header.lower() == "authorization" or _is_protected(header):
                     del prepared_request.headers[header]
+        elif self.destination.on_premise and urlsplit(prepared_request.url or "").scheme.lower() == "http":
+            outbound = self.authorize()
+            for header in [h for h in prepared_request.headers if _is_protected(h)]:
+                del prepared_request.headers[header]
+            prepared_request.headers.update({k: v for k, v in outbound.headers.items() if _is_protected(k)})
 
     def rebuild_proxies(self, prepared_request: requests.PreparedRequest, proxies: Any) -> Any:
         result = super().rebuild_proxies(prepared_request, proxies)

@@ -1,0 +1,243 @@
+"""On-premise calls through the SAP BTP Connectivity proxy (DESIGN §5, "Connectivity binding").
+
+A destination with ``ProxyType: OnPremise`` is called through the HTTP proxy of the
+``connectivity`` binding. The proxy needs ``Proxy-Authorization`` and, to reach the Cloud
+Connector of the right location, ``SAP-Connectivity-SCC-Location_ID``. The calling user
+(``PrincipalPropagation``) is carried in one of two ways:
+
+* ``exchange`` (default, SAP's recommendation): ``Proxy-Authorization: Bearer <token>``,
+  the token from jwt-bearer at the connectivity token endpoint with the connectivity client
+  and the user JWT as ``assertion`` (``token_format=jwt``, ``response_type=token``), cached
+  per user fingerprint and tenant;
+* ``header`` (backward-compatible): ``Proxy-Authorization: Bearer <client_credentials
+  token of the connectivity client>`` (cached per tenant) plus
+  ``SAP-Connectivity-Authentication: Bearer <user JWT>``.
+
+Other Authentication types over OnPremise keep their own ``Authorization`` and get the
+client_credentials proxy token (no user headers). The mode comes from the destination
+property ``connectivityMode``, else ``Propagator(connectivity_mode=…)``, else the env var
+``PROPAGATION_CONNECTIVITY_MODE``, else ``exchange``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from ._log import logger
+from .bindings import Binding, Bindings
+from .cache import CacheKey, TokenCache
+from .destinations.model import Destination
+from .errors import ConfigurationError
+from .oauth import GRANT_CLIENT_CREDENTIALS, GRANT_JWT_BEARER, ClientCredentials, OAuthClient
+from .tokens import UserToken
+
+__all__ = [
+    "MODES",
+    "MODE_ENV",
+    "CACHE_DESTINATION",
+    "ConnectivityConfig",
+    "ProxyAuth",
+    "Connectivity",
+    "normalize_mode",
+]
+
+MODES = ("exchange", "header")
+MODE_ENV = "PROPAGATION_CONNECTIVITY_MODE"
+#: ``CacheKey.destination`` of connectivity proxy tokens (no destination name can contain "<").
+CACHE_DESTINATION = "<connectivity>"
+
+HEADER_PROXY_AUTHORIZATION = "Proxy-Authorization"
+HEADER_USER = "SAP-Connectivity-Authentication"
+HEADER_LOCATION = "SAP-Connectivity-SCC-Location_ID"
+
+
+def normalize_mode(value: Any, where: str) -> str:
+    """``exchange`` or ``header`` (case-insensitive), else :class:`ConfigurationError`."""
+    mode = str(value).strip().lower()
+    if mode not in MODES:
+        raise ConfigurationError(f"{where}: connectivity mode {str(value).strip()[:40]!r} is not one of {', '.join(MODES)}.")
+    return mode
+
+
+def _text(creds: Mapping[str, Any], key: str) -> str | None:
+    value = creds.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return value.strip()
+
+
+def _token_url(base: str) -> str:
+    """``{base}/oauth/token`` unless ``base`` already is the token endpoint."""
+    base = base.rstrip("/")
+    return base if base.endswith("/oauth/token") else base + "/oauth/token"
+
+
+@dataclass(frozen=True, repr=False)
+class ConnectivityConfig:
+    """What the ``connectivity`` binding says: the OAuth client, its token URL and the proxy."""
+
+    client: ClientCredentials
+    token_url: str
+    proxy_host: str
+    proxy_port: int
+    uaadomain: str | None = None
+    binding_name: str = ""
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{self.proxy_host}:{self.proxy_port}"
+
+    @classmethod
+    def from_binding(cls, binding: Binding) -> "ConnectivityConfig":
+        creds = binding.credentials
+        where = f"Connectivity binding '{binding.name}'"
+        client_id = _text(creds, "clientid")
+        certificate, key = _text(creds, "certificate"), _text(creds, "key")
+        secret = _text(creds, "clientsecret")
+        mtls = bool(certificate and key)
+        if not client_id or not (secret or mtls):
+            raise ConfigurationError(f"{where} needs 'clientid' with 'clientsecret' (or 'certificate' and 'key').")
+        base = (_text(creds, "certurl") if mtls else None) or _text(creds, "token_service_url") or _text(creds, "url")
+        if not base:
+            raise ConfigurationError(f"{where} needs 'token_service_url' (or 'url').")
+        host = _text(creds, "onpremise_proxy_host")
+        port_text = _text(creds, "onpremise_proxy_http_port") or _text(creds, "onpremise_proxy_port")
+        try:
+            port = int(port_text) if port_text else 0
+        except ValueError:
+            port = 0
+        if not host or not 0 < port < 65536:
+            raise ConfigurationError(
+                f"{where} needs 'onpremise_proxy_host' and 'onpremise_proxy_http_port' (or 'onpremise_proxy_port')."
+            )
+        client = ClientCredentials(
+            client_id=client_id,
+            client_secret=None if mtls else secret,
+            certificate=certificate if mtls else None,
+            key=key if mtls else None,
+        )
+        return cls(client, _token_url(base), host, port, _text(creds, "uaadomain"), binding.name)
+
+    def token_url_for(self, user: UserToken | None) -> str:
+        """The token URL of the user's (subscriber) tenant: an XSUAA token endpoint under the
+        binding's ``uaadomain`` gets the user's subdomain as first host label, so the proxy
+        token belongs to the user's tenant (and reaches that tenant's Cloud Connector)."""
+        if user is None or not user.subdomain or not self.uaadomain:
+            return self.token_url
+        parts = urlsplit(self.token_url)
+        host = (parts.hostname or "").lower()
+        suffix = "." + self.uaadomain.lower()
+        if not host.endswith(suffix) or host.count(".") != suffix.count("."):
+            return self.token_url
+        netloc = f"{user.subdomain}{suffix}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+    def __repr__(self) -> str:
+        return f"ConnectivityConfig(binding={self.binding_name!r}, client={self.client!r}, proxy={self.proxy_url!r})"
+
+
+@dataclass
+class ProxyAuth:
+    """The proxy headers of one on-premise call and the cache key of the proxy token."""
+
+    proxy_url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    cache_key: CacheKey | None = None
+    mode: str = "client_credentials"
+
+    def __repr__(self) -> str:  # headers hold secrets
+        return f"ProxyAuth(proxy_url={self.proxy_url!r}, mode={self.mode!r}, headers={sorted(self.headers)!r})"
+
+
+class Connectivity:
+    """Proxy headers for OnPremise destinations; one per engine (shares its OAuth client and cache)."""
+
+    def __init__(self, bindings: Bindings, oauth: OAuthClient, cache: TokenCache, mode: str = "exchange") -> None:
+        self.bindings = bindings
+        self.oauth = oauth
+        self.cache = cache
+        self.mode = normalize_mode(mode, "Propagator")
+        self._config: ConnectivityConfig | None = None
+
+    def __repr__(self) -> str:
+        return f"Connectivity(mode={self.mode!r})"
+
+    def config(self, destination: Destination) -> ConnectivityConfig:
+        """The connectivity binding's configuration, or a :class:`ConfigurationError` naming ``destination``."""
+        if self._config is None:
+            binding = self.bindings.find(label="connectivity")
+            if binding is None:
+                raise ConfigurationError(
+                    f"Destination '{destination.name}' ({destination.source}) has ProxyType OnPremise: "
+                    f"it needs a 'connectivity' service binding (the Connectivity proxy), and none is bound."
+                )
+            self._config = ConnectivityConfig.from_binding(binding)
+        return self._config
+
+    def proxy_url(self, destination: Destination) -> str | None:
+        """The proxy URL when ``destination`` is on-premise and a binding exists, else ``None``."""
+        if not destination.on_premise:
+            return None
+        try:
+            return self.config(destination).proxy_url
+        except ConfigurationError:
+            return None
+
+    def mode_for(self, destination: Destination) -> str:
+        value = destination.properties.text("connectivityMode")
+        if value is None:
+            return self.mode
+        return normalize_mode(value, f"Destination '{destination.name}' ({destination.source}) property connectivityMode")
+
+    def authorize(self, destination: Destination, user: UserToken | None, *, propagate_user: bool) -> ProxyAuth:
+        """Proxy headers for one call. ``propagate_user``: the user travels to the Cloud
+        Connector (PrincipalPropagation); ``user`` must then be set."""
+        config = self.config(destination)
+        mode = self.mode_for(destination)
+        token_url = config.token_url_for(user)
+        tenant = user.tenant if user is not None else None
+        headers: dict[str, str] = {}
+        if propagate_user and user is not None and mode == "exchange":
+            grant = GRANT_JWT_BEARER
+            form = {"assertion": user.raw, "token_format": "jwt", "response_type": "token"}
+            key_user: str | None = user.fingerprint
+            label = "exchange"
+        else:
+            grant = GRANT_CLIENT_CREDENTIALS
+            form = {}
+            key_user = None
+            label = "header" if propagate_user else "client_credentials"
+        key = CacheKey(
+            destination=CACHE_DESTINATION,
+            grant=grant,
+            client=config.client.client_id,
+            tenant=tenant,
+            user=key_user,
+            extra=hashlib.sha256(token_url.encode("utf-8")).hexdigest(),
+        )
+
+        def fetch() -> Any:
+            return self.oauth.request_token(token_url, config.client, grant, form)
+
+        token, hit = self.cache.get_or_fetch(key, fetch)
+        headers[HEADER_PROXY_AUTHORIZATION] = f"Bearer {token.access_token}"
+        if propagate_user and user is not None and mode == "header":
+            headers[HEADER_USER] = f"Bearer {user.raw}"
+        location = destination.location_id
+        if location:
+            headers[HEADER_LOCATION] = location
+        logger.debug(
+            "destination=%s connectivity mode=%s cache=%s user=%s tenant=%s location=%s",
+            destination.name,
+            label,
+            "hit" if hit else "miss",
+            user.fingerprint if propagate_user and user is not None else None,
+            tenant,
+            location,
+        )
+        return ProxyAuth(config.proxy_url, headers, key, label)

@@ -48,9 +48,10 @@ __all__ = [
 ]
 
 
-def session(name: str, *, user_token: str | UserToken | None = None) -> "DestinationSession":
-    """A ``requests.Session`` bound to destination ``name`` (default engine)."""
-    return default_propagator().session(name, user_token=user_token)
+def session(name: str, *, user_token: str | UserToken | None = None, csrf: bool = True) -> "DestinationSession":
+    """A ``requests.Session`` bound to destination ``name`` (default engine); ``csrf=False``
+    turns off the automatic ``X-CSRF-Token`` for modifying calls."""
+    return default_propagator().session(name, user_token=user_token, csrf=csrf)
 
 
 def destination(name: str, *, user_token: str | UserToken | None = None) -> "Destination":

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ._log import logger
 from .cache import CacheKey, TokenCache
-from .destinations.model import Destination
+from .destinations.model import SERVICE_TOKEN_AUTHENTICATIONS, Destination
 from .errors import ConfigurationError, MissingUserTokenError
 from .oauth import (
     GRANT_CLIENT_CREDENTIALS,
@@ -124,6 +124,10 @@ class Authorizer:
                 "inside `with propagation.use_token(jwt):`, or pass user_token=.",
             )
         strategy = self._strategies.get(destination.authentication)
+        if destination.service is not None and destination.authentication in SERVICE_TOKEN_AUTHENTICATIONS:
+            strategy = self._service_tokens  # the Destination service did the exchange
+        elif destination.service is not None and destination.authentication == "ClientCertificateAuthentication":
+            strategy = self._client_certificate
         if strategy is None:
             raise ConfigurationError(
                 f"Destination '{destination.name}' ({destination.source}): Authentication "
@@ -166,6 +170,17 @@ class Authorizer:
         return result
 
     # -- strategies -----------------------------------------------------------------
+    def _service_tokens(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+        # The Destination service's authTokens are the headers; cache_key is its answer's key,
+        # so a 401 from the target drops that answer and the retry looks it up again.
+        assert destination.service is not None
+        headers, key = destination.service.auth_headers(destination, user)
+        return OutboundAuth("destination-service", headers, cache_key=key, user=user)
+
+    def _client_certificate(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+        # No header: DestinationSession presents the service's certificate (mTLS).
+        return OutboundAuth("client-certificate")
+
     def _principal_propagation(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
         # No Authorization for the target: the Cloud Connector maps the user carried to the
         # Connectivity proxy (added by authorize() for on-premise destinations).

@@ -52,7 +52,7 @@ class Propagator:
         mode = connectivity_mode or self.environ.get(MODE_ENV) or "exchange"
         self.connectivity = Connectivity(self.bindings, self.oauth, self.cache, mode)
         self.authorizer = Authorizer(self.oauth, self.cache, self.connectivity)
-        self.resolver = DestinationResolver(self.environ, self.bindings, cwd=cwd)
+        self.resolver = DestinationResolver(self.environ, self.bindings, cwd=cwd, oauth=self.oauth, cache=self.cache)
         self._validator: Any = validator
         self._lock = threading.Lock()
 
@@ -96,11 +96,13 @@ class Propagator:
     def authorize(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
         return self.authorizer.authorize(destination, user)
 
-    def session(self, name: str, *, user_token: str | UserToken | None = None) -> "DestinationSession":
-        """A ``requests.Session`` bound to destination ``name``, calling as the current (or given) user."""
+    def session(self, name: str, *, user_token: str | UserToken | None = None, csrf: bool = True) -> "DestinationSession":
+        """A ``requests.Session`` bound to destination ``name``, calling as the current (or given) user.
+
+        ``csrf=False`` turns off the automatic ``X-CSRF-Token`` fetch for modifying calls."""
         from .http import DestinationSession
 
-        return DestinationSession(self, name, user_token=user_token)
+        return DestinationSession(self, name, user_token=user_token, csrf=csrf)
 
 
 _default: Propagator | None = None

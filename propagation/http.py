@@ -14,6 +14,7 @@ from requests.auth import AuthBase
 from ._log import logger
 from .auth import OutboundAuth
 from .context import as_user_token, current_token
+from .csrf import CsrfHandler, UserCookieJars
 from .destinations.model import Destination
 from .tokens import UserToken
 
@@ -113,8 +114,12 @@ class DestinationSession(requests.Session):
 
     Relative URLs are joined to the destination URL (keeping its path), the
     destination's authentication is injected per request, ``URL.queries.*`` and
-    ``sap-client`` are added, and a default timeout applies.
+    ``sap-client`` are added, and a default timeout applies. Modifying calls get an
+    ``X-CSRF-Token`` (``csrf=False`` to opt out), and cookies are kept per user
+    (see :mod:`propagation.csrf`).
     """
+
+    cookies = UserCookieJars()  # one jar per user fingerprint: no backend session leaks across users
 
     def __init__(
         self,
@@ -123,6 +128,7 @@ class DestinationSession(requests.Session):
         *,
         user_token: str | UserToken | None = None,
         destination: Destination | None = None,
+        csrf: bool = True,
     ) -> None:
         super().__init__()
         self.propagator = propagator
@@ -130,6 +136,7 @@ class DestinationSession(requests.Session):
         self._explicit_user = None if user_token is None else as_user_token(user_token)
         self.destination = destination or propagator.destination(name, user_token=self._explicit_user or current_token())
         self.auth = DestinationAuth(self)
+        self.csrf: CsrfHandler | None = CsrfHandler(self) if csrf else None
         self.verify = self.destination.strict_ssl
         if self.destination.on_premise:
             # The Connectivity proxy (none yet when the binding is missing: authorize() raises).
@@ -167,7 +174,19 @@ class DestinationSession(requests.Session):
                 kwargs["params"] = merged
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.destination.timeout if self.destination.timeout else DEFAULT_TIMEOUT
-        return super().request(method, url, *args, **kwargs)
+        from .destinations.service import client_certificate
+
+        with client_certificate(self.destination, url) as cert:  # ClientCertificateAuthentication: mTLS, files for this call only
+            if cert is not None:
+                kwargs["cert"] = cert
+            if self.csrf is not None:
+                return self.csrf.request(
+                    method.decode() if isinstance(method, bytes) else method,
+                    url,
+                    kwargs,
+                    lambda kw: super(DestinationSession, self).request(method, url, *args, **kw),
+                )
+            return super().request(method, url, *args, **kwargs)
 
     def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
         """On a redirect to another host, carry no credentials of ours (nor the app's).

@@ -169,7 +169,7 @@ def test_binding_destination_jwt_bearer_for_user(rsps, xsuaa):
         "url": "https://cpi.example.com", "tokenurl": TOKEN_URL, "clientid": "cpi", "clientsecret": SECRET}})
     e = Propagator(environ={}, bindings=Bindings([cpi]))
     user = xsuaa.token("carol@example.com")
-    r = e.session("my-cpi", user_token=user).post("/http/iflow", json={"x": 1})
+    r = e.session("my-cpi", user_token=user, csrf=False).post("/http/iflow", json={"x": 1})
     assert r.status_code == 200
     assert form(rsps.calls[0])["grant_type"] == JWT_BEARER
     assert form(rsps.calls[0])["assertion"] == user
@@ -368,7 +368,7 @@ def test_binding_destination_with_x509_client_uses_mtls_and_leaves_no_key_file(r
     cpi = Binding(name="my-cpi", label="it-rt", credentials={"oauth": {
         "url": "https://cpi.example.com", "tokenurl": TOKEN_URL, "clientid": "cpi", "certificate": cert_pem, "key": key_pem}})
     user = xsuaa.token()
-    Propagator(environ={}, bindings=Bindings([cpi])).session("my-cpi", user_token=user).post("/http/iflow")
+    Propagator(environ={}, bindings=Bindings([cpi])).session("my-cpi", user_token=user, csrf=False).post("/http/iflow")
     assert (seen["cert"], seen["key"]) == (cert_pem, key_pem)
     assert seen["form"]["client_id"] == ["cpi"] and "client_secret" not in seen["form"]
     assert seen["form"]["assertion"] == [user]

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from ..oauth import ClientCredentials
 
-__all__ = ["Destination", "Properties", "USER_AUTHENTICATIONS"]
+if TYPE_CHECKING:
+    from .service import ServiceLink
+
+__all__ = ["Destination", "Properties", "USER_AUTHENTICATIONS", "SERVICE_TOKEN_AUTHENTICATIONS"]
+
+#: Types whose headers the Destination service delivers as ``authTokens`` (no exchange by us).
+SERVICE_TOKEN_AUTHENTICATIONS = frozenset(
+    {
+        "BasicAuthentication",
+        "OAuth2ClientCredentials",
+        "OAuth2Password",
+        "OAuth2JWTBearer",
+        "OAuth2UserTokenExchange",
+        "OAuth2TokenExchange",
+        "OAuth2SAMLBearerAssertion",
+    }
+)
 
 #: Authentication types that carry the calling user and therefore need a user token.
 USER_AUTHENTICATIONS = frozenset(
@@ -108,6 +124,8 @@ class Destination:
     strict_ssl: bool = True
     client: ClientCredentials | None = None
     token_service_url: str | None = None
+    #: Set for destinations found by the Destination service: their authTokens and certificate.
+    service: "ServiceLink | None" = field(default=None, compare=False)
 
     @property
     def needs_user(self) -> bool:

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from ..bindings import Bindings
-from ..errors import DestinationNotFoundError
+from ..errors import ConfigurationError, DestinationNotFoundError
 from ..tokens import UserToken
 from .model import Destination
+
+if TYPE_CHECKING:
+    from ..cache import TokenCache
+    from ..oauth import OAuthClient
+    from .service import DestinationService
 
 __all__ = ["DestinationResolver"]
 
@@ -24,12 +29,40 @@ class DestinationResolver:
         bindings: Bindings,
         *,
         cwd: str | os.PathLike[str] | None = None,
+        oauth: "OAuthClient | None" = None,
+        cache: "TokenCache | None" = None,
     ) -> None:
         self.environ = environ
         self.bindings = bindings
         self.cwd = cwd
+        self.oauth = oauth
+        self.cache = cache
         self._env_destinations: dict[str, Destination] | None = None
+        self._service: "DestinationService | None" = None
+        self._service_built = False
         self._lock = threading.Lock()
+
+    def destination_service(self) -> "DestinationService | None":
+        """The Destination service client when a ``destination`` binding exists (built once)."""
+        if not self._service_built:
+            from ..cache import MemoryTokenCache
+            from ..oauth import OAuthClient
+            from .service import DEFAULT_CONFIG_TTL, TTL_ENV, DestinationService
+
+            with self._lock:
+                if not self._service_built:
+                    raw_ttl = self.environ.get(TTL_ENV)
+                    try:
+                        ttl = float(raw_ttl) if raw_ttl not in (None, "") else DEFAULT_CONFIG_TTL
+                    except ValueError:
+                        raise ConfigurationError(f"{TTL_ENV} must be a number of seconds.") from None
+                    if self.oauth is None:
+                        self.oauth = OAuthClient()
+                    if self.cache is None:
+                        self.cache = MemoryTokenCache()
+                    self._service = DestinationService.from_bindings(self.bindings, self.oauth, self.cache, config_ttl=ttl)
+                    self._service_built = True
+        return self._service
 
     def env_destinations(self) -> dict[str, Destination]:
         """Destinations of the ``destinations`` variable (or ``default-env.json``), parsed once."""
@@ -53,11 +86,18 @@ class DestinationResolver:
             destination = destination_from_binding(binding)
             if destination is not None:
                 return destination
+        service = self.destination_service()
+        if service is not None:
+            destination = service.find(name, user)
+            if destination is not None:
+                return destination
         searched = ["the 'destinations' environment variable (or default-env.json)"]
         sources = ", ".join(self.bindings.sources) or "no binding source present"
         searched.append(
             f"service bindings named '{name}' with a URL and an OAuth client ({sources})"
             + ("" if binding is None else f"; binding '{name}' ({binding.label}) has no URL and OAuth client")
         )
-        searched.append("the Destination service (no 'destination' binding)")
+        searched.append(
+            service.searched(name, user) if service is not None else "the Destination service (no 'destination' binding)"
+        )
         raise DestinationNotFoundError(name, searched)

@@ -1,0 +1,587 @@
+"""The SAP BTP Destination service (DESIGN §3 step 3, §5 "Destination binding").
+
+A ``destination`` binding (``clientid``, ``clientsecret`` or ``certificate``/``key``,
+``url``/``certurl`` = XSUAA token server, ``uri`` = the API) lets the library *find* a
+destination by name: ``GET {uri}/destination-configuration/v1/destinations/{name}`` with a
+service token (client_credentials, one per tenant) as bearer. For Basic, OAuth2* and SAML
+types the service runs the token flow itself and answers ``authTokens``: their
+``http_header`` is what the target call carries — the library does no second exchange.
+
+Lookup in two steps, because the Authentication type is unknown before the first answer:
+
+1. *Configuration* lookup without any user header, cached per (tenant, name) for
+   ``config_ttl`` seconds (default 300 s, the SAP Cloud SDK's destination cache time; shorter
+   when an ``authTokens`` entry expires sooner). Resolving a name needs only this one.
+2. For a type that needs the user: a *user* lookup with ``X-user-token: <user JWT>``
+   (``OAuth2TokenExchange``: ``X-Subject-Token`` + ``X-Subject-Token-Type``), cached per
+   (user fingerprint, tenant, name) until the smallest ``expires_in`` of its ``authTokens``
+   (the token cache subtracts its skew). It is made only after the authorizer has checked
+   that a user is known, so without a user the service is asked once (step 1) and the
+   target never. Non-user types send no user header at all, so one cached answer serves
+   every user of a tenant.
+
+This is the ``X-user-token`` variant. The SAP Cloud SDK for JS uses, for a *provider*-tenant
+XSUAA user, a jwt-bearer token of the binding's client as the find call's bearer instead;
+that variant is not implemented here.
+
+Tenants: a user whose XSUAA tenant (``zid``) differs from the binding's (``tenantid`` /
+``identityzoneid``) is a subscriber: the service token comes from the binding's token URL
+with the user's subdomain (``ext_attr.zdn``) as first host label, and every cache key
+carries that tenant. IAS user tokens use the binding's (provider) token URL.
+
+Answers live in the engine's :class:`~propagation.cache.TokenCache` (as a
+:class:`TokenResponse` whose ``access_token`` is the answer's JSON, so a cache that
+encrypts tokens encrypts them too); :attr:`OutboundAuth.cache_key` is the answer's key, so
+the 401 handler of :mod:`propagation.http` drops a rejected answer and retries once.
+Nothing logged or raised here contains a token, secret or key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import requests
+
+from .._log import logger
+from ..bindings import Binding, Bindings
+from ..cache import CacheKey, TokenCache
+from ..errors import ConfigurationError, DestinationNotFoundError, TokenExchangeError
+from ..oauth import (
+    GRANT_CLIENT_CREDENTIALS,
+    ClientCredentials,
+    OAuthClient,
+    TokenResponse,
+    _ClientCertFiles,
+    _expires_in,
+    _safe_url,
+    _sanitize,
+)
+from ..tokens import UserToken
+from .model import Destination, Properties, canonical_authentication
+
+__all__ = [
+    "DestinationService",
+    "DestinationServiceConfig",
+    "ServiceLink",
+    "DEFAULT_CONFIG_TTL",
+    "TTL_ENV",
+    "FIND_PATH",
+    "client_certificate",
+]
+
+#: Seconds a configuration answer (no user) is reused; the SAP Cloud SDK caches 5 minutes.
+DEFAULT_CONFIG_TTL = 300.0
+#: Environment variable overriding :data:`DEFAULT_CONFIG_TTL` (seconds).
+TTL_ENV = "PROPAGATION_DESTINATION_CACHE_TTL"
+FIND_PATH = "/destination-configuration/v1/destinations/"
+
+#: ``CacheKey.destination`` of the service token (no destination name can contain "<").
+_SERVICE_TOKEN_KEY = "<destination-service>"
+_GRANT_CONFIG = "destination-service:find"
+_GRANT_USER = "destination-service:find-user"
+_PROXY_TYPES = {"internet": "Internet", "onpremise": "OnPremise", "privatelink": "PrivateLink"}
+_ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.S)
+
+
+def _text(creds: Mapping[str, Any], key: str) -> str | None:
+    value = creds.get(key)
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _with_first_label(url: str, label: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    rest = host.split(".", 1)[1] if "." in host else host
+    netloc = f"{label}.{rest}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Tenant:
+    id: str
+    token_url: str
+    subscriber: bool
+
+
+@dataclass(frozen=True, repr=False)
+class DestinationServiceConfig:
+    """What the ``destination`` binding says: the OAuth client, token URL, API URI, tenant."""
+
+    binding_name: str
+    client: ClientCredentials
+    token_url: str
+    uri: str
+    tenant_id: str | None = None
+    identityzone: str | None = None
+
+    @classmethod
+    def from_binding(cls, binding: Binding) -> "DestinationServiceConfig":
+        creds = binding.credentials
+        where = f"Destination service binding '{binding.name}' ({binding.source or 'bindings'})"
+        client_id = _text(creds, "clientid")
+        secret = _text(creds, "clientsecret")
+        certificate, key = _text(creds, "certificate"), _text(creds, "key")
+        mtls = bool(certificate and key)
+        if not client_id or not (secret or mtls):
+            raise ConfigurationError(f"{where} needs 'clientid' with 'clientsecret' (or 'certificate' and 'key').")
+        base = (_text(creds, "certurl") if mtls else None) or _text(creds, "url")
+        uri = _text(creds, "uri")
+        for field_name, value in (("url", base), ("uri", uri)):
+            parts = urlsplit(value or "")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigurationError(f"{where} needs '{field_name}' as an absolute http(s) URL.")
+        assert base is not None and uri is not None
+        base = base.rstrip("/")
+        token_url = base if base.endswith("/oauth/token") else base + "/oauth/token"
+        client = ClientCredentials(
+            client_id=client_id,
+            client_secret=None if mtls else secret,
+            certificate=certificate if mtls else None,
+            key=key if mtls else None,
+        )
+        tenant_id = _text(creds, "tenantid") or _text(creds, "identityzoneid")
+        return cls(binding.name, client, token_url, uri.rstrip("/"), tenant_id, _text(creds, "identityzone"))
+
+    def tenant_for(self, user: UserToken | None) -> _Tenant:
+        """The tenant of the lookup and the token URL of its service token."""
+        provider = _Tenant(self.tenant_id or self.identityzone or "provider", self.token_url, False)
+        if user is None or user.kind != "xsuaa":
+            return provider
+        tenant, subdomain = user.tenant, user.subdomain
+        if not tenant or not subdomain or tenant == self.tenant_id:
+            return provider
+        if self.tenant_id is None and subdomain == self.identityzone:
+            return provider
+        return _Tenant(tenant, _with_first_label(self.token_url, subdomain), True)
+
+    def __repr__(self) -> str:
+        return f"DestinationServiceConfig(binding={self.binding_name!r}, client={self.client!r}, uri={self.uri!r})"
+
+
+@dataclass(frozen=True, repr=False)
+class ServiceLink:
+    """Attached to a :class:`Destination` found by the service (``Destination.service``):
+    how the authorizer gets its ``authTokens`` for a user, and its client certificate."""
+
+    service: "DestinationService"
+    name: str
+    certificate: tuple[str, str] | None = None  # (PEM chain, PEM key) for ClientCertificateAuthentication
+
+    def auth_headers(self, destination: Destination, user: UserToken | None) -> tuple[dict[str, str], CacheKey]:
+        return self.service.auth_headers(destination, user)
+
+    def __repr__(self) -> str:
+        return f"ServiceLink(binding={self.service.config.binding_name!r}, name={self.name!r})"
+
+
+class DestinationService:
+    """Client of one Destination service instance; shares the engine's OAuth client and cache."""
+
+    def __init__(
+        self,
+        config: DestinationServiceConfig,
+        oauth: OAuthClient,
+        cache: TokenCache,
+        *,
+        config_ttl: float = DEFAULT_CONFIG_TTL,
+    ) -> None:
+        if config_ttl < 0:
+            raise ValueError("config_ttl must be >= 0")
+        self.config = config
+        self.oauth = oauth
+        self.cache = cache
+        self.config_ttl = config_ttl
+
+    @classmethod
+    def from_bindings(
+        cls, bindings: Bindings, oauth: OAuthClient, cache: TokenCache, *, config_ttl: float = DEFAULT_CONFIG_TTL
+    ) -> "DestinationService | None":
+        binding = bindings.find(label="destination")
+        if binding is None:
+            return None
+        return cls(DestinationServiceConfig.from_binding(binding), oauth, cache, config_ttl=config_ttl)
+
+    def __repr__(self) -> str:
+        return f"DestinationService(binding={self.config.binding_name!r}, config_ttl={self.config_ttl!r})"
+
+    @property
+    def source(self) -> str:
+        return f"Destination service ({self.config.binding_name})"
+
+    def searched(self, name: str, user: UserToken | None) -> str:
+        """How a failed step 3 is named in :class:`DestinationNotFoundError`."""
+        tenant = self.config.tenant_for(user)
+        return f"the Destination service (binding '{self.config.binding_name}', tenant '{tenant.id}'): not found"
+
+    # -- step 3 of the resolver ---------------------------------------------------------
+    def find(self, name: str, user: UserToken | None) -> Destination | None:
+        """The destination ``name`` from its configuration lookup, or ``None`` (404)."""
+        answer, _, _ = self._config_answer(name, user)
+        if answer is None:
+            return None
+        return self._destination(name, answer)
+
+    def _destination(self, name: str, answer: Mapping[str, Any]) -> Destination:
+        where = f"Destination '{name}' ({self.source})"
+        configuration = answer.get("destinationConfiguration")
+        if not isinstance(configuration, Mapping):
+            raise TokenExchangeError(f"{where}: the answer has no 'destinationConfiguration' object.")
+        props = Properties(configuration)
+        kind = props.text("Type")
+        if kind is not None and kind.upper() != "HTTP":
+            raise ConfigurationError(f"{where} has Type {kind[:20]!r}: only HTTP destinations can be called.")
+        url = props.text("URL")
+        parts = urlsplit(url or "")
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(f"{where} has no absolute http(s) 'URL'.")
+        raw_auth = props.text("Authentication") or "NoAuthentication"
+        authentication = canonical_authentication(raw_auth)
+        if authentication is None:
+            raise ConfigurationError(f"{where}: Authentication {raw_auth[:40]!r} is not supported.")
+        proxy_type = _PROXY_TYPES.get((props.text("ProxyType") or "Internet").lower())
+        if proxy_type is None:
+            raise ConfigurationError(f"{where}: ProxyType {str(props.text('ProxyType'))[:20]!r} is not supported.")
+        certificate = None
+        if authentication == "ClientCertificateAuthentication":
+            certificate = _client_certificate(where, props, answer.get("certificates"))
+        assert url is not None
+        return Destination(
+            name=name,
+            url=url,
+            authentication=authentication,
+            proxy_type=proxy_type,
+            properties=props,
+            source=self.source,
+            forward_auth_token=props.flag("forwardAuthToken", False),
+            strict_ssl=not props.flag("TrustAll", False),
+            service=ServiceLink(self, name, certificate),
+        )
+
+    # -- the authorizer's part -----------------------------------------------------------
+    def auth_headers(self, destination: Destination, user: UserToken | None) -> tuple[dict[str, str], CacheKey]:
+        """The target call's headers from ``authTokens`` and the key of the answer they came
+        from. A user type makes the user lookup (the caller has checked ``user`` is set)."""
+        name = destination.name
+        if destination.needs_user:
+            assert user is not None, "the authorizer raises MissingUserTokenError first"
+            answer, key = self._user_answer(destination, user)
+        else:
+            config_answer, key, _ = self._config_answer(name, user)
+            if config_answer is None:
+                raise DestinationNotFoundError(name, [self.searched(name, user)])
+            answer = config_answer
+        try:
+            headers = self._headers(name, destination.authentication, answer, user)
+        except TokenExchangeError:
+            self.cache.invalidate(key)  # never serve an answer with an error again
+            raise
+        return headers, key
+
+    def _headers(self, name: str, authentication: str, answer: Mapping[str, Any], user: UserToken | None) -> dict[str, str]:
+        where = f"Destination '{name}' ({self.source}, {authentication})"
+        tokens = answer.get("authTokens")
+        if not isinstance(tokens, list) or not tokens:
+            raise TokenExchangeError(f"{where}: the Destination service returned no authTokens; nothing was sent.")
+        secrets = tuple(s for s in (user.raw if user else None,) if s)
+        headers: dict[str, str] = {}
+        for index, token in enumerate(tokens):
+            if not isinstance(token, Mapping):
+                raise TokenExchangeError(f"{where}: authTokens[{index}] is not an object; nothing was sent.")
+            values = tuple(str(v) for v in (token.get("value"), (token.get("http_header") or {}).get("value")) if v)
+            error = token.get("error")
+            if error:
+                text = _sanitize(str(error), secrets + values) or "error"
+                raise TokenExchangeError(
+                    f"{where}: the Destination service could not get a token: {text}. Nothing was sent.",
+                    error=text,
+                )
+            header = token.get("http_header")
+            if isinstance(header, Mapping) and isinstance(header.get("key"), str) and isinstance(header.get("value"), str):
+                headers[header["key"]] = header["value"]
+            elif isinstance(token.get("type"), str) and isinstance(token.get("value"), str):
+                headers["Authorization"] = f"{token['type']} {token['value']}"
+            else:
+                raise TokenExchangeError(f"{where}: authTokens[{index}] has no http_header; nothing was sent.")
+        return headers
+
+    # -- lookups (cached) ----------------------------------------------------------------
+    def _config_answer(
+        self, name: str, user: UserToken | None
+    ) -> tuple[dict[str, Any] | None, CacheKey, bool]:
+        tenant = self.config.tenant_for(user)
+        key = CacheKey(
+            destination=name,
+            grant=_GRANT_CONFIG,
+            client=self.config.client.client_id,
+            tenant=tenant.id,
+            extra=_digest(self.config.uri, tenant.token_url),
+        )
+
+        def fetch() -> TokenResponse:
+            return self._fetch(name, tenant, {}, user=None, authentication=None)
+
+        try:
+            cached, hit = self.cache.get_or_fetch(key, fetch)
+        except _NotFound:
+            return None, key, False
+        return json.loads(cached.access_token), key, hit
+
+    def _user_answer(self, destination: Destination, user: UserToken) -> tuple[dict[str, Any], CacheKey]:
+        tenant = self.config.tenant_for(user)
+        if destination.authentication == "OAuth2TokenExchange":
+            token_type = destination.properties.text("tokenService.body.subject_token_type") or _ACCESS_TOKEN_TYPE
+            if ":" not in token_type:
+                token_type = f"urn:ietf:params:oauth:token-type:{token_type}"
+            user_headers = {"X-Subject-Token": user.raw, "X-Subject-Token-Type": token_type}
+        else:
+            user_headers = {"X-user-token": user.raw}
+        key = CacheKey(
+            destination=destination.name,
+            grant=_GRANT_USER,
+            client=self.config.client.client_id,
+            tenant=tenant.id,
+            user=user.fingerprint,
+            extra=_digest(self.config.uri, tenant.token_url, *sorted(k for k in user_headers), user_headers.get("X-Subject-Token-Type", "")),
+        )
+
+        def fetch() -> TokenResponse:
+            return self._fetch(destination.name, tenant, user_headers, user=user, authentication=destination.authentication)
+
+        try:
+            cached, hit = self.cache.get_or_fetch(key, fetch)
+        except _NotFound:
+            raise DestinationNotFoundError(destination.name, [self.searched(destination.name, user)]) from None
+        answer = json.loads(cached.access_token)
+        logger.debug(
+            "destination=%s destination-service user lookup cache=%s user=%s tenant=%s",
+            destination.name, "hit" if hit else "miss", user.fingerprint, tenant.id,
+        )
+        return answer, key
+
+    def _service_token(self, tenant: _Tenant) -> tuple[TokenResponse, CacheKey, bool]:
+        key = CacheKey(
+            destination=_SERVICE_TOKEN_KEY,
+            grant=GRANT_CLIENT_CREDENTIALS,
+            client=self.config.client.client_id,
+            tenant=tenant.id,
+            extra=_digest(tenant.token_url),
+        )
+        token, hit = self.cache.get_or_fetch(
+            key, lambda: self.oauth.request_token(tenant.token_url, self.config.client, GRANT_CLIENT_CREDENTIALS, {})
+        )
+        return token, key, hit
+
+    def _fetch(
+        self,
+        name: str,
+        tenant: _Tenant,
+        user_headers: dict[str, str],
+        *,
+        user: UserToken | None,
+        authentication: str | None,
+    ) -> TokenResponse:
+        """One find call (with a fresh service token once if the cached one is refused).
+        ``authentication`` is set for a user lookup, whose answer must carry usable tokens."""
+        url = self.config.uri + FIND_PATH + quote(name, safe="")
+        started = self.oauth.clock()
+        for second_try in (False, True):
+            token, token_key, hit = self._service_token(tenant)
+            headers = {"Accept": "application/json", "Authorization": f"Bearer {token.access_token}", **user_headers}
+            response = self._get(url, headers, name, tenant, user)
+            status = response.status_code
+            if status in (401, 403) and hit and not second_try:
+                logger.info("destination=%s destination-service refused a cached service token (%d): fetching a new one",
+                            name, status)
+                self.cache.invalidate(token_key)
+                response.close()
+                continue
+            break
+        secrets = (token.access_token,) + tuple(user_headers.values())
+        where = f"Destination service binding '{self.config.binding_name}' (tenant '{tenant.id}')"
+        if status == 404:
+            raise _NotFound()
+        if status in (401, 403):
+            raise ConfigurationError(
+                f"{where} refused the lookup of destination '{name}' with {status}: check the binding's client "
+                f"(clientid/secret or certificate) and that it belongs to this subaccount{' (subscriber tenant)' if tenant.subscriber else ''}."
+            )
+        if not 200 <= status < 300:
+            detail = _error_text(response, secrets)
+            raise TokenExchangeError(
+                f"{where}: the lookup of destination '{name}' failed with {status}" + (f": {detail}" if detail else "") + ".",
+                status=status, url=_safe_url(url),
+            )
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or not isinstance(answer.get("destinationConfiguration"), dict):
+            raise TokenExchangeError(
+                f"{where}: the answer for destination '{name}' is not a find-destination object.", status=status,
+                url=_safe_url(url),
+            )
+        if authentication is not None:
+            self._headers(name, authentication, answer, user)  # an error answer is never cached
+        lifetime = self._lifetime(answer, user_bound=authentication is not None)
+        return TokenResponse(
+            access_token=json.dumps(answer, separators=(",", ":")),
+            token_type="destination-service",
+            expires_at=started + lifetime,
+        )
+
+    def _lifetime(self, answer: Mapping[str, Any], user_bound: bool) -> float:
+        lifetimes = [
+            value
+            for token in (answer.get("authTokens") or [])
+            if isinstance(token, Mapping) and not token.get("error")
+            for value in (_expires_in(token.get("expires_in")),)
+            if value is not None
+        ]
+        if user_bound:
+            return min(lifetimes) if lifetimes else self.config_ttl
+        return min([self.config_ttl, *lifetimes])
+
+    def _get(self, url: str, headers: dict[str, str], name: str, tenant: _Tenant, user: UserToken | None) -> requests.Response:
+        """GET with the OAuth client's session, timeout and retry policy (5xx, connection)."""
+        attempts = self.oauth.retries + 1
+        safe = _safe_url(url)
+        for attempt in range(attempts):
+            logger.debug(
+                "destination=%s destination-service find tenant=%s user=%s attempt=%d/%d",
+                name, tenant.id, user.fingerprint if user else None, attempt + 1, attempts,
+            )
+            try:
+                response = self.oauth.session.get(url, headers=headers, timeout=self.oauth.timeout, allow_redirects=False)
+            except requests.exceptions.SSLError as exc:
+                raise TokenExchangeError(f"Destination service lookup of '{name}' at {safe}: TLS error ({type(exc).__name__}).",
+                                         url=safe) from exc
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                if attempt + 1 < attempts:
+                    self.oauth.sleep(self.oauth.backoff * (2**attempt))
+                    continue
+                raise TokenExchangeError(
+                    f"Destination service lookup of '{name}' at {safe} failed: {type(exc).__name__} after {attempts} attempt(s).",
+                    url=safe,
+                ) from exc
+            except requests.exceptions.RequestException as exc:
+                raise TokenExchangeError(f"Destination service lookup of '{name}' at {safe} failed: {type(exc).__name__}.",
+                                         url=safe) from exc
+            logger.debug("destination=%s destination-service find status=%d", name, response.status_code)
+            if response.status_code >= 500 and attempt + 1 < attempts:
+                response.close()
+                self.oauth.sleep(self.oauth.backoff * (2**attempt))
+                continue
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _NotFound(Exception):
+    """404 from the find call (never cached)."""
+
+
+def _error_text(response: requests.Response, secrets: tuple[str, ...]) -> str | None:
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    if isinstance(data, Mapping):
+        for field_name in ("ErrorMessage", "error_description", "message", "error"):
+            value = data.get(field_name)
+            if isinstance(value, Mapping):
+                value = value.get("message")
+            text = _sanitize(value, secrets)
+            if text:
+                return text
+    return None
+
+
+# -- ClientCertificateAuthentication ---------------------------------------------------------------
+def _client_certificate(where: str, props: Properties, certificates: Any) -> tuple[str, str]:
+    """(PEM chain, PEM key) of the destination's key store (``KeyStoreLocation``), PEM or PKCS#12."""
+    items = [c for c in certificates if isinstance(c, Mapping)] if isinstance(certificates, list) else []
+    location = props.text("KeyStoreLocation")
+    chosen = None
+    for item in items:
+        if location is None or item.get("Name") == location:
+            chosen = item
+            break
+    if chosen is None or location is None and len(items) != 1:
+        raise ConfigurationError(
+            f"{where}: ClientCertificateAuthentication needs the key store named by 'KeyStoreLocation' in the "
+            f"answer's certificates ({'none' if not items else ', '.join(repr(str(i.get('Name'))[:40]) for i in items)})."
+        )
+    store_name = str(chosen.get("Name") or location or "")
+    try:
+        content = base64.b64decode(str(chosen.get("Content") or ""), validate=False)
+    except (binascii.Error, ValueError):
+        raise ConfigurationError(f"{where}: key store '{store_name}' is not base64.") from None
+    lower = store_name.lower()
+    if lower.endswith((".p12", ".pfx")):
+        from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
+
+        password = props.get("KeyStorePassword")
+        try:
+            key, cert, extra = pkcs12.load_key_and_certificates(
+                content, str(password).encode("utf-8") if password not in (None, "") else None
+            )
+        except (ValueError, TypeError):
+            raise ConfigurationError(
+                f"{where}: key store '{store_name}' cannot be read as PKCS#12 (wrong 'KeyStorePassword'?)."
+            ) from None
+        if key is None or cert is None:
+            raise ConfigurationError(f"{where}: key store '{store_name}' holds no private key and certificate.")
+        chain = cert.public_bytes(Encoding.PEM) + b"".join(c.public_bytes(Encoding.PEM) for c in extra or [])
+        key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        return chain.decode("ascii"), key_pem.decode("ascii")
+    if lower.endswith((".pem", ".crt", ".cer")) or b"-----BEGIN" in content:
+        try:
+            text = content.decode("ascii")
+        except UnicodeDecodeError:
+            raise ConfigurationError(f"{where}: key store '{store_name}' is not PEM text.") from None
+        blocks = [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(text)]
+        certs = "\n".join(b for kind, b in blocks if kind == "CERTIFICATE")
+        keys = [b for kind, b in blocks if kind.endswith("PRIVATE KEY")]
+        if not certs or len(keys) != 1:
+            raise ConfigurationError(
+                f"{where}: key store '{store_name}' needs a certificate and one unencrypted private key (PEM)."
+            )
+        return certs + "\n", keys[0] + "\n"
+    raise ConfigurationError(
+        f"{where}: key store '{store_name}' has an unsupported format (use .pem, .p12 or .pfx; JKS is not supported)."
+    )
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+@contextlib.contextmanager
+def client_certificate(destination: Destination, url: str) -> Iterator[tuple[str, str] | None]:
+    """``requests``' ``cert=`` for a call to ``url`` of a ClientCertificateAuthentication
+    destination from the service: files in a private temp dir (0700/0600) that exist only
+    for this call; ``None`` for any other destination or another host."""
+    link = destination.service
+    if (
+        link is None
+        or link.certificate is None
+        or destination.authentication != "ClientCertificateAuthentication"
+        or _origin(url) != _origin(destination.url)
+    ):
+        yield None
+        return
+    with _ClientCertFiles(*link.certificate) as files:
+        yield files

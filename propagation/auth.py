@@ -24,7 +24,9 @@ from .oauth import (
     GRANT_TOKEN_EXCHANGE,
     ClientCredentials,
     OAuthClient,
+    TOKEN_TYPE_URNS,
     TokenResponse,
+    expand_token_type,
 )
 from .tokens import UserToken
 
@@ -33,20 +35,14 @@ if TYPE_CHECKING:
 
 __all__ = ["OutboundAuth", "Authorizer", "TOKEN_TYPE_URNS", "expand_token_type"]
 
-#: RFC 8693 token type short names (as SAP documents them) → URNs.
-TOKEN_TYPE_URNS = {
-    "access_token": "urn:ietf:params:oauth:token-type:access_token",
-    "id_token": "urn:ietf:params:oauth:token-type:id_token",
-    "jwt": "urn:ietf:params:oauth:token-type:jwt",
-    "refresh_token": "urn:ietf:params:oauth:token-type:refresh_token",
-    "saml2": "urn:ietf:params:oauth:token-type:saml2",
-    "saml2-header": "urn:ietf:params:oauth:token-type:saml2-header",
-}
+#: ``resource`` given as a bare provider name expands to this URN (IAS "consumed APIs").
+RESOURCE_PROVIDER_PREFIX = "urn:sap:identity:application:provider:name:"
+
+#: Header scheme of a ``saml2-header`` result: SAP Note 2043039, "SAML 2.0 Authentication
+#: via HTTP Request Header" (AS ABAP reads ``Authorization: SAML2.0 <base64url assertion>``).
+SAML2_HEADER_SCHEME = "SAML2.0"
 
 
-def expand_token_type(value: str) -> str:
-    """``access_token`` → ``urn:ietf:params:oauth:token-type:access_token``; URNs pass through."""
-    return TOKEN_TYPE_URNS.get(value.strip(), value.strip())
 
 
 @dataclass
@@ -241,6 +237,8 @@ class Authorizer:
         for param, value in props.prefixed("tokenService.body.").items():
             if param in ("subject_token_type", "requested_token_type", "actor_token_type"):
                 value = expand_token_type(value)
+            elif param == "resource" and ":" not in value:
+                value = RESOURCE_PROVIDER_PREFIX + value.strip()
             body[param] = value
         scope = props.text("scope")
         if scope:
@@ -275,7 +273,9 @@ class Authorizer:
             "hit" if hit else "miss",
             user.fingerprint if user is not None else None,
         )
-        return OutboundAuth(strategy, {"Authorization": f"Bearer {token.access_token}"}, cache_key=key, user=user)
+        issued = token.issued_token_type or body.get("requested_token_type")
+        scheme = SAML2_HEADER_SCHEME if issued == TOKEN_TYPE_URNS["saml2-header"] else "Bearer"
+        return OutboundAuth(strategy, {"Authorization": f"{scheme} {token.access_token}"}, cache_key=key, user=user)
 
     def _client(self, destination: Destination, user: UserToken | None) -> tuple[ClientCredentials, str]:
         if destination.client is None or not destination.token_service_url:

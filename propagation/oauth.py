@@ -34,12 +34,31 @@ __all__ = [
     "ClientCredentials",
     "TokenResponse",
     "OAuthClient",
+    "TOKEN_TYPE_URNS",
+    "expand_token_type",
 ]
 
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
 GRANT_PASSWORD = "password"
 GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+
+#: RFC 8693 token type short names (as SAP documents them) → URNs.
+TOKEN_TYPE_URNS: dict[str, str] = {
+    "access_token": "urn:ietf:params:oauth:token-type:access_token",
+    "id_token": "urn:ietf:params:oauth:token-type:id_token",
+    "jwt": "urn:ietf:params:oauth:token-type:jwt",
+    "refresh_token": "urn:ietf:params:oauth:token-type:refresh_token",
+    "saml2": "urn:ietf:params:oauth:token-type:saml2",
+    # SAP's own namespace (SAP Cloud Identity Services, token exchange API):
+    "saml2-header": "urn:sap:identity:oauth:token-type:saml2-header",
+    "saml2-session": "urn:sap:identity:oauth:token-type:saml2-session",
+}
+
+
+def expand_token_type(value: str) -> str:
+    """``access_token`` → ``urn:ietf:params:oauth:token-type:access_token``; URNs pass through."""
+    return TOKEN_TYPE_URNS.get(value.strip(), value.strip())
 
 
 @dataclass(frozen=True, repr=False)

@@ -374,3 +374,44 @@ def test_binding_destination_with_x509_client_uses_mtls_and_leaves_no_key_file(r
     assert seen["form"]["assertion"] == [user]
     assert rsps.calls[1].request.headers["Authorization"] == "Bearer at-mtls"
     assert not any(os.path.exists(p) for p in seen["paths"])
+
+
+@pytest.mark.parametrize(
+    "body, expected_form, issued, expected_scheme",
+    [
+        pytest.param({"subject_token_type": "id_token", "requested_token_type": "access_token"},
+                     {"subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
+                      "requested_token_type": "urn:ietf:params:oauth:token-type:access_token"},
+                     "urn:ietf:params:oauth:token-type:access_token", "Bearer", id="short-names"),
+        pytest.param({"subject_token_type": "jwt", "requested_token_type": "saml2-header", "resource": "S4HANA_PROVIDER",
+                      "token_format": "jwt"},
+                     {"subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                      "requested_token_type": "urn:sap:identity:oauth:token-type:saml2-header",
+                      "resource": "urn:sap:identity:application:provider:name:S4HANA_PROVIDER", "token_format": "jwt"},
+                     "urn:sap:identity:oauth:token-type:saml2-header", "SAML2.0", id="saml2-header-to-provider"),
+        pytest.param({"requested_token_type": "saml2-header"},
+                     {"subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                      "requested_token_type": "urn:sap:identity:oauth:token-type:saml2-header"},
+                     None, "SAML2.0", id="saml2-header-without-issued-type"),
+        pytest.param({"subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                      "resource": "urn:sap:identity:application:provider:clientid:abc"},
+                     {"subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                      "resource": "urn:sap:identity:application:provider:clientid:abc"},
+                     None, "Bearer", id="urns-pass-through"),
+    ],
+)
+def test_rfc8693_at_ias_token_types_resource_and_result_header(rsps, xsuaa, body, expected_form, issued, expected_scheme):
+    ias_token_url = "https://mytenant.accounts.ondemand.com/oauth2/token"
+    answer: dict[str, Any] = {"access_token": "issued-VALUE", "expires_in": 900, "token_type": "Bearer"}
+    if issued:
+        answer["issued_token_type"] = issued
+    rsps.post(ias_token_url, json=answer)
+    rsps.get(f"{TARGET}/x", json={})
+    entry = dest("OAuth2TokenExchange", tokenServiceURL=ias_token_url,
+                 **{f"tokenService.body.{k}": v for k, v in body.items()})
+    user = xsuaa.token()
+    engine([entry]).session("S4", user_token=user).get("/x")
+    sent = form(rsps.calls[0])
+    assert sent["grant_type"] == TOKEN_EXCHANGE and sent["subject_token"] == user
+    assert {k: sent[k] for k in expected_form} == expected_form
+    assert rsps.calls[1].request.headers["Authorization"] == f"{expected_scheme} issued-VALUE"

@@ -63,6 +63,7 @@ from ..oauth import (
     _expires_in,
     _safe_url,
     _sanitize,
+    expand_token_type,
 )
 from ..tokens import UserToken
 from .model import Destination, Properties, canonical_authentication
@@ -342,7 +343,7 @@ class DestinationService:
     def _user_answer(self, destination: Destination, user: UserToken) -> tuple[dict[str, Any], CacheKey]:
         tenant = self.config.tenant_for(user)
         if destination.authentication == "OAuth2TokenExchange":
-            token_type = destination.properties.text("tokenService.body.subject_token_type") or _ACCESS_TOKEN_TYPE
+            token_type = expand_token_type(destination.properties.text("tokenService.body.subject_token_type") or _ACCESS_TOKEN_TYPE)
             if ":" not in token_type:
                 token_type = f"urn:ietf:params:oauth:token-type:{token_type}"
             user_headers = {"X-Subject-Token": user.raw, "X-Subject-Token-Type": token_type}

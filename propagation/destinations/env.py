@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from ..bindings import Binding, Bindings, _json_type, default_env_path, load_default_env, parse_json
 from ..errors import ConfigurationError
 from ..oauth import ClientCredentials
-from .model import _CANONICAL_AUTH, Destination, Properties, canonical_authentication
+from .model import _CANONICAL_AUTH, PROXY_TYPES, Destination, Properties, canonical_authentication
 
 __all__ = ["destinations_from_env", "destination_from_binding", "ENV_VARIABLE"]
 
@@ -36,7 +36,6 @@ __all__ = ["destinations_from_env", "destination_from_binding", "ENV_VARIABLE"]
 ENV_VARIABLE = "destinations"
 _ENV_SOURCE = "destinations environment variable"
 
-_PROXY_TYPES = {"internet": "Internet", "onpremise": "OnPremise", "privatelink": "PrivateLink"}
 
 #: Labels of infrastructure services: they serve the library, they are not call targets.
 _INFRASTRUCTURE_LABELS = frozenset({"xsuaa", "identity", "destination", "connectivity"})
@@ -321,9 +320,9 @@ def _from_entry(entry: Any, index: int, where: str, source: str, bindings: Bindi
     raw_proxy_type = e.string("ProxyType")
     proxy_type = "Internet"
     if raw_proxy_type is not None:
-        proxy_type = _PROXY_TYPES.get(raw_proxy_type.strip().lower(), "")
+        proxy_type = PROXY_TYPES.get(raw_proxy_type.strip().lower(), "")
         if not proxy_type:
-            raise e.fail(f"ProxyType {_shown(raw_proxy_type.strip())} is not one of {', '.join(_PROXY_TYPES.values())}")
+            raise e.fail(f"ProxyType {_shown(raw_proxy_type.strip())} is not one of {', '.join(PROXY_TYPES.values())}")
 
     url = e.url("url")
     token_service_url = e.url("tokenServiceURL")

@@ -36,6 +36,9 @@ USER_AUTHENTICATIONS = frozenset(
     }
 )
 
+#: ProxyType values, lower-cased → canonical spelling.
+PROXY_TYPES = {"internet": "Internet", "onpremise": "OnPremise", "privatelink": "PrivateLink"}
+
 _CANONICAL_AUTH = {
     name.lower(): name
     for name in (

@@ -66,7 +66,7 @@ from ..oauth import (
     expand_token_type,
 )
 from ..tokens import UserToken
-from .model import Destination, Properties, canonical_authentication
+from .model import PROXY_TYPES, Destination, Properties, canonical_authentication
 
 __all__ = [
     "DestinationService",
@@ -88,8 +88,6 @@ FIND_PATH = "/destination-configuration/v1/destinations/"
 _SERVICE_TOKEN_KEY = "<destination-service>"
 _GRANT_CONFIG = "destination-service:find"
 _GRANT_USER = "destination-service:find-user"
-_PROXY_TYPES = {"internet": "Internet", "onpremise": "OnPremise", "privatelink": "PrivateLink"}
-_ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.S)
 
 
@@ -252,7 +250,7 @@ class DestinationService:
         authentication = canonical_authentication(raw_auth)
         if authentication is None:
             raise ConfigurationError(f"{where}: Authentication {raw_auth[:40]!r} is not supported.")
-        proxy_type = _PROXY_TYPES.get((props.text("ProxyType") or "Internet").lower())
+        proxy_type = PROXY_TYPES.get((props.text("ProxyType") or "Internet").lower())
         if proxy_type is None:
             raise ConfigurationError(f"{where}: ProxyType {str(props.text('ProxyType'))[:20]!r} is not supported.")
         certificate = None
@@ -343,7 +341,7 @@ class DestinationService:
     def _user_answer(self, destination: Destination, user: UserToken) -> tuple[dict[str, Any], CacheKey]:
         tenant = self.config.tenant_for(user)
         if destination.authentication == "OAuth2TokenExchange":
-            token_type = expand_token_type(destination.properties.text("tokenService.body.subject_token_type") or _ACCESS_TOKEN_TYPE)
+            token_type = expand_token_type(destination.properties.text("tokenService.body.subject_token_type") or "access_token")
             if ":" not in token_type:
                 token_type = f"urn:ietf:params:oauth:token-type:{token_type}"
             user_headers = {"X-Subject-Token": user.raw, "X-Subject-Token-Type": token_type}

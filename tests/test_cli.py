@@ -1,0 +1,397 @@
+"""``python -m propagation``: decode, doctor and exchange — output, exit codes, and that no
+token or secret ever reaches stdout/stderr unless ``--show-token`` asks for it."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs
+
+import pytest
+import responses
+
+import jwtkit
+from conftest import vcap_services
+from propagation.cli import main
+
+TOKEN_URL = "https://idp.example.com/oauth/token"
+DEST_SECRET = "dest-secret-VALUE"
+BASIC_PASSWORD = "basic-password-VALUE"
+CONN_SECRET = "conn-secret-VALUE"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+@pytest.fixture(autouse=True)
+def _no_default_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # default-env.json is read from the working directory: never pick up one of the developer's.
+    monkeypatch.chdir(tmp_path)
+
+
+def run(argv: list[str], environ: dict[str, str] | None = None, stdin: str = "") -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, environ=environ or {}, stdin=io.StringIO(stdin), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+# -- decode -------------------------------------------------------------------------------------------
+DECODE_CASES = [
+    pytest.param(
+        lambda x, i: (["decode", x.token("alice@example.com")], ""), 0,
+        ["kind:", "xsuaa", "alice@example.com", "tenant-provider-zid", "subdomain:   provider", "sb-app!t123",
+         "expires in 1h", "signature was NOT verified", "OAuth2JWTBearer", "alg=RS256", "kid=key-xsuaa"],
+        [], id="xsuaa",
+    ),
+    pytest.param(
+        lambda x, i: (["decode", i.token("bob@example.com", aud=["ias-client-id", "xsuaa-trust!b1"])], ""), 0,
+        ["kind:        ias", "bob@example.com", "ias-app-tid", "more than the IAS application's own client: "
+         "xsuaa-trust!b1"], ["Technical token"], id="ias-extra-aud",
+    ),
+    pytest.param(
+        lambda x, i: (["decode", "--xsuaa-trust-client-id", "xsuaa-trust!b1",
+                       i.token(aud=["ias-client-id", "xsuaa-trust!b1"])], ""), 0,
+        ["aud contains the XSUAA trust client 'xsuaa-trust!b1'"], [], id="ias-trust-present",
+    ),
+    pytest.param(
+        lambda x, i: (["decode", "--xsuaa-trust-client-id", "xsuaa-trust!b1", i.token()], ""), 0,
+        ["aud lacks the XSUAA trust client 'xsuaa-trust!b1'", "xsuaa-cross-consumption"], [], id="ias-trust-absent",
+    ),
+    pytest.param(
+        lambda x, i: (["decode", "--public-client", "ias-client-id", i.token()], ""), 0,
+        ["Public-client (PKCE) token of 'ias-client-id'", "/oauth2/token"], [], id="ias-public-client",
+    ),
+    pytest.param(
+        lambda x, i: (["decode", i.token()], ""), 0,
+        ["may be a public-client (PKCE) token", "--public-client ID"], [], id="ias-public-unconfirmed",
+    ),
+    pytest.param(
+        lambda x, i: (["decode", x.token(ttl=-180)], ""), 0,
+        ["EXPIRED 3m ago", "token is expired", "no (expired)"], ["expires in"], id="expired",
+    ),
+    pytest.param(
+        lambda x, i: (["decode", x.token(grant_type="client_credentials")], ""), 0,
+        ["Technical token (grant_type is client_credentials)", "cannot serve destinations that need a user",
+         "no (technical token: no user)"], [], id="technical",
+    ),
+    pytest.param(
+        lambda x, i: (["decode"], x.token("carol@example.com") + "\n"), 0,
+        ["carol@example.com"], [], id="stdin",
+    ),
+    pytest.param(
+        lambda x, i: (["decode", "-"], "Bearer " + x.token("dave@example.com")), 0,
+        ["dave@example.com"], [], id="stdin-bearer-prefix",
+    ),
+    pytest.param(
+        lambda x, i: (["decode", "Bearer " + x.token("erin@example.com")], ""), 0,
+        ["erin@example.com"], [], id="arg-bearer-prefix",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "code", "present", "absent"), DECODE_CASES)
+def test_decode(make: Callable[..., Any], code: int, present: list[str], absent: list[str],
+                xsuaa: jwtkit.Xsuaa, ias: jwtkit.Ias) -> None:
+    argv, stdin = make(xsuaa, ias)
+    rc, out, err = run(argv, stdin=stdin)
+    assert (rc, err) == (code, "")
+    for text in present:
+        assert text in out
+    for text in absent:
+        assert text not in out
+    raw = stdin.strip().removeprefix("Bearer ") or argv[-1].removeprefix("Bearer ")
+    assert raw not in out  # the raw token is never echoed
+
+
+def test_decode_json(xsuaa: jwtkit.Xsuaa) -> None:
+    raw = xsuaa.token("alice@example.com", ttl=300)
+    rc, out, err = run(["decode", "--json", raw])
+    assert (rc, err) == (0, "")
+    data = json.loads(out)
+    assert data["kind"] == "xsuaa"
+    assert data["user"] == "alice@example.com"
+    assert data["tenant"] == "tenant-provider-zid"
+    assert data["header"]["kid"] == "key-xsuaa"
+    assert data["claims"]["cid"] == "sb-app!t123"
+    assert data["expiry"] == "expires in 5m"
+    assert data["signature_verified"] is False
+    assert data["diagnosis"]["technical"] is False
+    assert data["diagnosis"]["serves"]["OAuth2JWTBearer"].startswith("yes")
+    assert raw not in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin", "message"),
+    [
+        pytest.param(["decode", "not-a-jwt"], "", "expected three dot-separated segments", id="garbage"),
+        pytest.param(["decode", "abc.def.ghi"], "", "header is not base64url-encoded JSON", id="bad-base64"),
+        pytest.param(["decode", "-"], "   \n", "empty token", id="empty-stdin"),
+        pytest.param(["decode", "eyJhbGciOiJub25lIn0.WzFd.x"], "", "payload is not a JSON object", id="payload-array"),
+    ],
+)
+def test_decode_malformed(argv: list[str], stdin: str, message: str) -> None:
+    rc, out, err = run(argv, stdin=stdin)
+    assert rc == 2
+    assert out == ""
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    if argv[-1] != "-":
+        assert argv[-1] not in err
+
+
+# -- doctor -------------------------------------------------------------------------------------------
+def connectivity_binding(**overrides: Any) -> dict[str, Any]:
+    creds = {"clientid": "conn-client", "clientsecret": CONN_SECRET, "token_service_url": "https://conn.example.com",
+             "onpremise_proxy_host": "connectivityproxy.internal", "onpremise_proxy_http_port": "20003"}
+    creds.update(overrides)
+    return {"name": "my-conn", "label": "connectivity", "plan": "connectivity_proxy", "credentials": creds}
+
+
+GOOD_DESTINATIONS = [
+    {"name": "S4", "url": "https://s4.example.com", "Authentication": "OAuth2JWTBearer",
+     "tokenServiceURL": TOKEN_URL, "clientId": "s4-client", "clientSecret": DEST_SECRET},
+    {"name": "ERP", "url": "http://erp.virtual:44300", "Authentication": "PrincipalPropagation",
+     "ProxyType": "OnPremise", "CloudConnectorLocationId": "LOC1"},
+    {"name": "PUBLIC", "url": "https://api.example.com"},
+    {"name": "LEGACY", "url": "https://legacy.example.com", "Authentication": "BasicAuthentication",
+     "User": "tech", "Password": BASIC_PASSWORD},
+]
+
+
+def test_doctor_correct_environment(xsuaa: jwtkit.Xsuaa, ias: jwtkit.Ias) -> None:
+    environ = {"VCAP_SERVICES": vcap_services(xsuaa, ias, connectivity=[connectivity_binding()]),
+               "destinations": json.dumps(GOOD_DESTINATIONS)}
+    rc, out, err = run(["doctor"], environ)
+    assert (rc, err) == (0, "")
+    assert "Bindings (3; read from: VCAP_SERVICES)" in out
+    assert "my-xsuaa  label=xsuaa  plan=application  source=VCAP_SERVICES" in out
+    assert "clientid, clientsecret, identityzone" in out  # keys listed ...
+    assert "Destinations (4)" in out
+    assert ("Authentication=PrincipalPropagation  needs user=yes  ProxyType=OnPremise  "
+            "proxy=http://connectivityproxy.internal:20003") in out
+    assert "Authentication=OAuth2JWTBearer  needs user=yes  ProxyType=Internet  proxy=-" in out
+    assert "token URL host=idp.example.com" in out
+    assert "No problems found." in out
+    for secret in (xsuaa.clientsecret, ias.clientsecret, DEST_SECRET, BASIC_PASSWORD, CONN_SECRET):
+        assert secret not in out  # ... values never
+
+
+MISCONFIGURED = [
+    {"name": "ERP", "url": "https://erp.virtual:44300", "Authentication": "PrincipalPropagation",
+     "ProxyType": "OnPremise"},
+    {"name": "PP-NET", "url": "https://pp.example.com", "Authentication": "PrincipalPropagation"},
+    {"name": "S4", "url": "https://s4.example.com", "Authentication": "OAuth2JWTBearer"},
+    {"name": "LEGACY", "url": "https://legacy.example.com", "Authentication": "BasicAuthentication", "User": "tech"},
+    {"name": "SAML", "url": "https://saml.example.com", "Authentication": "OAuth2SAMLBearerAssertion"},
+]
+
+
+def test_doctor_misconfigured_environment(xsuaa: jwtkit.Xsuaa) -> None:
+    creds = xsuaa.credentials()
+    del creds["xsappname"]
+    vcap = {
+        "xsuaa": [{"name": "my-xsuaa", "label": "xsuaa", "plan": "application", "credentials": creds}],
+        "destination": [{"name": "my-dest", "label": "destination", "plan": "lite",
+                         "credentials": {"clientid": "d", "clientsecret": "dest-binding-SECRET",
+                                         "url": "https://p.authentication.example.com",
+                                         "uri": "https://destination-configuration.example.com"}}],
+    }
+    environ = {"VCAP_SERVICES": json.dumps(vcap), "destinations": json.dumps(MISCONFIGURED)}
+    rc, out, err = run(["doctor"], environ)
+    assert (rc, err) == (1, "")
+    problems = out.split("Problems (", 1)[1]
+    expected = [
+        "XSUAA binding 'my-xsuaa' lacks xsappname",
+        "Destination 'ERP' (destinations environment variable) has ProxyType OnPremise but no 'connectivity'",
+        "Destination 'ERP' (destinations environment variable) has ProxyType OnPremise and an https:// URL",
+        "Destination 'PP-NET' (destinations environment variable) uses PrincipalPropagation with ProxyType Internet",
+        "Destination 'S4' (destinations environment variable) uses OAuth2JWTBearer but has no clientId and no "
+        "tokenServiceURL",
+        "Destination 'LEGACY' (destinations environment variable) uses BasicAuthentication but has no Password",
+        "Destination 'SAML' (destinations environment variable) uses OAuth2SAMLBearerAssertion, which only the "
+        "Destination service can serve",
+    ]
+    for text in expected:
+        assert text in problems
+    assert problems.startswith(f"{len(expected)}):")
+    notes = out.split("Notes:", 1)[1].split("Problems", 1)[0]
+    assert "A 'destination' binding ('my-dest') is present" in notes  # a note, not a problem
+    assert "dest-binding-SECRET" not in out and xsuaa.clientsecret not in out
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        pytest.param({"VCAP_SERVICES": "{not json"}, "VCAP_SERVICES is not valid JSON (line 1 column 2)",
+                     id="vcap-not-json"),
+        pytest.param({"VCAP_SERVICES": '{"xsuaa": {}}'}, "VCAP_SERVICES['xsuaa'] is not an array", id="vcap-shape"),
+        pytest.param({"destinations": '[{"url": "https://x"}]'}, "destinations[0] in the destinations environment "
+                     "variable has no 'name'", id="destinations-no-name"),
+        pytest.param({}, "No 'xsuaa' or 'identity' service binding", id="no-bindings"),
+        pytest.param({"PROPAGATION_CONNECTIVITY_MODE": "tunnel"}, "connectivity mode 'tunnel' is not one of",
+                     id="bad-mode"),
+    ],
+)
+def test_doctor_unreadable_sources(environ: dict[str, str], message: str) -> None:
+    # Decision: an unreadable source is a *problem* (exit 1, with the ConfigurationError's
+    # message), not a usage error: doctor still reports everything else it could read.
+    rc, out, err = run(["doctor"], environ)
+    assert (rc, err) == (1, "")
+    assert message in out
+
+
+def test_doctor_connectivity_binding_incomplete(xsuaa: jwtkit.Xsuaa) -> None:
+    environ = {"VCAP_SERVICES": vcap_services(xsuaa, None, connectivity=[connectivity_binding(onpremise_proxy_host="")]),
+               "destinations": json.dumps(GOOD_DESTINATIONS[1:2])}
+    rc, out, _ = run(["doctor"], environ)
+    assert rc == 1
+    assert "Connectivity binding 'my-conn' needs 'onpremise_proxy_host'" in out
+    assert "proxy=connectivity binding invalid" in out
+
+
+def test_doctor_lists_binding_destinations(xsuaa: jwtkit.Xsuaa) -> None:
+    it_rt = {"name": "my-cpi", "label": "it-rt", "plan": "integration-flow",
+             "credentials": {"oauth": {"url": "https://cpi.example.com", "tokenurl": TOKEN_URL,
+                                       "clientid": "cpi-client", "clientsecret": "cpi-SECRET"}}}
+    rc, out, _ = run(["doctor", "--json"], {"VCAP_SERVICES": vcap_services(xsuaa, None, **{"it-rt": [it_rt]})})
+    assert rc == 0
+    data = json.loads(out)
+    assert data["ok"] is True and data["problems"] == []
+    cpi = next(b for b in data["bindings"] if b["name"] == "my-cpi")
+    assert cpi["credential_keys"] == ["oauth.clientid", "oauth.clientsecret", "oauth.tokenurl", "oauth.url"]
+    [dest] = data["destinations"]
+    assert dest == {"name": "my-cpi", "source": "service binding 'my-cpi' (VCAP_SERVICES)",
+                    "authentication": "OAuth2JWTBearer", "needs_user": True, "proxy_type": "Internet",
+                    "proxy": None, "url_host": "cpi.example.com", "token_url_host": "idp.example.com"}
+    assert "cpi-SECRET" not in out
+
+
+# -- exchange -----------------------------------------------------------------------------------------
+def form(call: Any) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(call.request.body).items()}
+
+
+def exchange_env(xsuaa: jwtkit.Xsuaa, **extra: str) -> dict[str, str]:
+    return {"VCAP_SERVICES": vcap_services(xsuaa, None, connectivity=[connectivity_binding()]),
+            "destinations": json.dumps(GOOD_DESTINATIONS), **extra}
+
+
+def test_exchange_jwt_bearer(xsuaa: jwtkit.Xsuaa) -> None:
+    user = xsuaa.token("alice@example.com")
+    exchanged = xsuaa.token("alice@example.com", cid="s4-client", extra={"aud": ["s4-backend"]})
+    with responses.RequestsMock() as rsps:
+        rsps.post(TOKEN_URL, json={"access_token": exchanged, "token_type": "bearer", "expires_in": 3600})
+        rc, out, err = run(["exchange", "S4", "--token", user], exchange_env(xsuaa))
+        assert len(rsps.calls) == 1
+        assert form(rsps.calls[0]) == {"grant_type": JWT_BEARER, "assertion": user, "client_id": "s4-client",
+                                       "client_secret": DEST_SECRET}
+    assert (rc, err) == (0, "")
+    assert "Destination: S4  (destinations environment variable)" in out
+    assert "Authorization:" in out and "scheme: Bearer" in out
+    assert "user: alice@example.com  client: s4-client  aud: s4-backend" in out
+    from propagation.tokens import fingerprint
+
+    assert f"fingerprint: {fingerprint(exchanged)}" in out
+    assert "--show-token prints them" in out
+    for secret in (exchanged, user, DEST_SECRET, xsuaa.clientsecret):
+        assert secret not in out + err
+
+
+def test_exchange_show_token(xsuaa: jwtkit.Xsuaa) -> None:
+    with responses.RequestsMock() as rsps:
+        rsps.post(TOKEN_URL, json={"access_token": "opaque-exchanged-TOKEN", "expires_in": 3600})
+        rc, out, err = run(["exchange", "S4", "--token", "-", "--show-token"], exchange_env(xsuaa),
+                           stdin="Bearer " + xsuaa.token())
+    assert (rc, err) == (0, "")
+    assert "value: Bearer opaque-exchanged-TOKEN" in out
+    assert "opaque token" in out
+    assert DEST_SECRET not in out
+
+
+def test_exchange_connectivity_headers_from_env_token(xsuaa: jwtkit.Xsuaa) -> None:
+    user = xsuaa.token("alice@example.com")
+    with responses.RequestsMock() as rsps:
+        rsps.post("https://conn.example.com/oauth/token", json={"access_token": "proxy-TOKEN", "expires_in": 3600})
+        rc, out, err = run(["exchange", "ERP", "--json"], exchange_env(xsuaa, PROPAGATION_TOKEN=user))
+        assert form(rsps.calls[0])["assertion"] == user
+    assert (rc, err) == (0, "")
+    data = json.loads(out)
+    assert data["proxy"] == "http://connectivityproxy.internal:20003"
+    assert data["strategy"] == "principal-propagation"
+    headers = {h["name"]: h for h in data["headers"]}
+    assert headers["SAP-Connectivity-SCC-Location_ID"]["value"] == "LOC1"
+    assert headers["Proxy-Authorization"]["format"] == "opaque"
+    assert "value" not in headers["Proxy-Authorization"]
+    assert "proxy-TOKEN" not in out and user not in out and CONN_SECRET not in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "answer", "code", "message"),
+    [
+        pytest.param(["exchange", "S4"], None, 3,
+                     "No user token (JWT) has been provided. This is strictly necessary for 'OAuth2JWTBearer'",
+                     id="missing-user"),
+        pytest.param(["exchange", "S4", "--token", "TECHNICAL"], None, 3, "technical (client_credentials) token",
+                     id="technical-user"),
+        pytest.param(["exchange", "S4", "--token", "USER"],
+                     (400, {"error": "invalid_grant", "error_description": "JWT expired"}), 4,
+                     "[status 400, error invalid_grant, description JWT expired]", id="refused"),
+        pytest.param(["exchange", "S4", "--token", "USER"], (401, {"error": "invalid_client"}), 4,
+                     "hint: the OAuth client was refused", id="bad-client"),
+        pytest.param(["exchange", "NOPE", "--token", "USER"], None, 5,
+                     "Destination 'NOPE' not found. Looked in: the 'destinations' environment variable", id="unknown"),
+        pytest.param(["exchange", "ERP", "--token", "USER"], None, 6,
+                     "has ProxyType OnPremise: it needs a 'connectivity' service binding", id="no-connectivity"),
+        pytest.param(["exchange", "S4", "--token", "x.y"], None, 2, "the user token is malformed", id="bad-token"),
+    ],
+)
+def test_exchange_errors(argv: list[str], answer: tuple[int, dict[str, str]] | None, code: int, message: str,
+                         xsuaa: jwtkit.Xsuaa) -> None:
+    user = xsuaa.token("alice@example.com")
+    technical = xsuaa.token(grant_type="client_credentials")
+    argv = [{"USER": user, "TECHNICAL": technical}.get(a, a) for a in argv]
+    environ = {"VCAP_SERVICES": vcap_services(xsuaa, None), "destinations": json.dumps(GOOD_DESTINATIONS)}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        if answer is not None:
+            rsps.post(TOKEN_URL, status=answer[0], json=answer[1])
+        rc, out, err = run(argv, environ)
+        if code == 3:
+            assert len(rsps.calls) == 0  # fail closed: nothing sent
+    assert rc == code
+    assert out == ""
+    assert message in err
+    assert "Traceback" not in err and len(err.splitlines()) <= 2
+    for secret in (user, technical, DEST_SECRET, BASIC_PASSWORD, xsuaa.clientsecret):
+        assert secret not in out + err
+
+
+def test_exchange_secret_echoed_by_idp_is_scrubbed(xsuaa: jwtkit.Xsuaa) -> None:
+    user = xsuaa.token()
+    environ = {"VCAP_SERVICES": vcap_services(xsuaa, None), "destinations": json.dumps(GOOD_DESTINATIONS)}
+    with responses.RequestsMock() as rsps:
+        rsps.post(TOKEN_URL, status=400, json={"error": "invalid_grant",
+                                               "error_description": f"bad assertion {user} for {DEST_SECRET}"})
+        rc, out, err = run(["exchange", "S4", "--token", user], environ)
+    assert rc == 4
+    assert user not in err and DEST_SECRET not in err
+
+
+# -- the real entry point -----------------------------------------------------------------------------
+def test_module_help_subprocess() -> None:
+    result = subprocess.run([sys.executable, "-m", "propagation", "--help"], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "usage: python -m propagation" in result.stdout
+    for command in ("decode", "doctor", "exchange"):
+        assert command in result.stdout
+    assert "3 missing user token" in result.stdout
+
+
+@pytest.mark.parametrize("argv", [pytest.param([], id="no-command"), pytest.param(["frobnicate"], id="unknown"),
+                                  pytest.param(["exchange"], id="missing-name")])
+def test_usage_errors(argv: list[str]) -> None:
+    rc, out, err = run(argv)
+    assert rc == 2
+    assert "usage:" in err

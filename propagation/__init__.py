@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .context import current_token, use_token
+from .context import current_token, current_xsuaa_token, use_token
 from .engine import Propagator, default_propagator, set_default_propagator
 from .errors import (
     ConfigurationError,
@@ -33,6 +33,7 @@ __all__ = [
     "Propagator",
     "UserToken",
     "current_token",
+    "current_xsuaa_token",
     "use_token",
     "session",
     "destination",

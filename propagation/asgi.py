@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable, Iterable, MutableMapping
 
-from .context import ENVIRON_KEY, reset_current, set_current
+from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY, ENVIRON_PUBLIC_KEY, reset_current_tokens, set_current_tokens
 from .engine import Propagator
 from .errors import InvalidTokenError
-from .inbound import InboundGate, unauthorized
-from .tokens import UserToken
+from .inbound import Authenticated, InboundGate, unauthorized
 
 __all__ = ["PropagationASGIMiddleware"]
 
@@ -52,6 +51,11 @@ class PropagationASGIMiddleware:
     Validation of a token not yet cached may block on sap-xssec's synchronous key fetch
     (the first request per IdP key, every 15 minutes), so a cache miss is validated in a
     worker thread (``asyncio.to_thread``); cached tokens are answered on the event loop.
+
+    ``ias_to_xsuaa``, ``xsuaa_trust_client_id`` and ``public_clients`` are those of the WSGI
+    middleware; the XSUAA token is in ``scope["propagation.xsuaa_token"]`` (and ``state``),
+    a public client's original token in ``scope["propagation.public_token"]``. Exchanges
+    run in the worker thread too.
     """
 
     def __init__(
@@ -61,10 +65,20 @@ class PropagationASGIMiddleware:
         propagator: Propagator | None = None,
         public_paths: Iterable[str] = (),
         require_token: bool = True,
+        ias_to_xsuaa: bool | None = None,
+        xsuaa_trust_client_id: str | None = None,
+        public_clients: Iterable[str] | str | None = None,
     ) -> None:
         self.app = app
         self.propagator = propagator if propagator is not None else Propagator.from_env()
-        self.gate = InboundGate(self.propagator, public_paths=public_paths, require_token=require_token)
+        self.gate = InboundGate(
+            self.propagator,
+            public_paths=public_paths,
+            require_token=require_token,
+            ias_to_xsuaa=ias_to_xsuaa,
+            xsuaa_trust_client_id=xsuaa_trust_client_id,
+            public_clients=public_clients,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
@@ -78,30 +92,35 @@ class PropagationASGIMiddleware:
         raw: str | None = None
         try:
             raw = self.gate.raw_token(_authorization(scope))
-            token = await self._validate(raw) if raw is not None else None
+            auth = await self._validate(raw) if raw is not None else None
         except InvalidTokenError as exc:
             method = scope.get("method", "WEBSOCKET") if kind == "http" else "WEBSOCKET"
             self.gate.rejected(exc, raw, f"{method} {path}")
             await self._refuse(kind, exc, receive, send)
             return
-        if token is not None:
+        if auth is not None:
             scope = dict(scope)
-            scope[ENVIRON_KEY] = token
-            scope["state"] = {**(scope.get("state") or {}), ENVIRON_KEY: token}
-        await self._run(scope, receive, send, token)
+            found = {ENVIRON_KEY: auth.token}
+            if auth.xsuaa_token is not None:
+                found[ENVIRON_EXCHANGED_KEY] = auth.xsuaa_token
+            if auth.public_token is not None:
+                found[ENVIRON_PUBLIC_KEY] = auth.public_token
+            scope.update(found)
+            scope["state"] = {**(scope.get("state") or {}), **found}
+        await self._run(scope, receive, send, auth)
 
-    async def _validate(self, raw: str) -> UserToken:
-        hit = self.gate.cached(raw)
+    async def _validate(self, raw: str) -> Authenticated:
+        hit = self.gate.cached_result(raw)
         if hit is not None:
             return hit
-        return await asyncio.to_thread(self.gate.validate, raw)
+        return await asyncio.to_thread(self.gate.authenticate, raw)
 
-    async def _run(self, scope: Scope, receive: Receive, send: Send, token: UserToken | None) -> None:
-        handle = set_current(token)
+    async def _run(self, scope: Scope, receive: Receive, send: Send, auth: Authenticated | None) -> None:
+        handles = set_current_tokens(auth.token if auth else None, auth.xsuaa_token if auth else None)
         try:
             await self.app(scope, receive, send)
         finally:
-            reset_current(handle)
+            reset_current_tokens(handles)
 
     @staticmethod
     async def _refuse(kind: str, exc: InvalidTokenError, receive: Receive, send: Send) -> None:

@@ -8,19 +8,41 @@ from typing import Iterator
 
 from .tokens import UserToken
 
-__all__ = ["ENVIRON_KEY", "ENVIRON_EXCHANGED_KEY", "current_token", "use_token", "set_current", "reset_current"]
+__all__ = [
+    "ENVIRON_KEY",
+    "ENVIRON_EXCHANGED_KEY",
+    "ENVIRON_PUBLIC_KEY",
+    "current_token",
+    "current_xsuaa_token",
+    "use_token",
+    "set_current",
+    "reset_current",
+    "set_current_tokens",
+    "reset_current_tokens",
+]
 
 #: WSGI environ / ASGI scope key holding the validated inbound :class:`UserToken`.
 ENVIRON_KEY = "propagation.token"
 #: Key holding the XSUAA token obtained for an IAS token (hybrid inbound), if any.
 ENVIRON_EXCHANGED_KEY = "propagation.xsuaa_token"
+#: Key holding the caller's original IAS *public-client* (PKCE) token when it was exchanged
+#: at IAS for this app's token (``ENVIRON_KEY`` then holds the exchanged one).
+ENVIRON_PUBLIC_KEY = "propagation.public_token"
 
 _current: ContextVar[UserToken | None] = ContextVar("propagation.current_token", default=None)
+_current_xsuaa: ContextVar[UserToken | None] = ContextVar("propagation.current_xsuaa_token", default=None)
 
 
 def current_token() -> UserToken | None:
     """The user token of the running request (or ``use_token`` block), else ``None``."""
     return _current.get()
+
+
+def current_xsuaa_token() -> UserToken | None:
+    """The XSUAA token the middleware obtained for the running request's IAS token
+    (hybrid inbound, ``ias_to_xsuaa=True``), else ``None``. Scope checks against the
+    app's XSUAA roles use this one; :func:`current_token` stays the inbound user."""
+    return _current_xsuaa.get()
 
 
 def set_current(token: UserToken | None) -> Token[UserToken | None]:
@@ -31,20 +53,39 @@ def reset_current(handle: Token[UserToken | None]) -> None:
     _current.reset(handle)
 
 
+def set_current_tokens(
+    token: UserToken | None, xsuaa_token: UserToken | None = None
+) -> tuple[Token[UserToken | None], Token[UserToken | None]]:
+    """Set the user and its exchanged XSUAA token together (the middlewares do this, so an
+    XSUAA token can never outlive or belong to another user than ``current_token()``)."""
+    return _current.set(token), _current_xsuaa.set(xsuaa_token)
+
+
+def reset_current_tokens(handles: tuple[Token[UserToken | None], Token[UserToken | None]]) -> None:
+    _current_xsuaa.reset(handles[1])
+    _current.reset(handles[0])
+
+
 def as_user_token(token: str | UserToken) -> UserToken:
     return token if isinstance(token, UserToken) else UserToken.parse(token)
 
 
 @contextmanager
-def use_token(token: str | UserToken | None) -> Iterator[UserToken | None]:
+def use_token(
+    token: str | UserToken | None, *, xsuaa_token: str | UserToken | None = None
+) -> Iterator[UserToken | None]:
     """Make ``token`` the current user for the block (jobs, threads, CLIs).
 
-    The token is parsed, not validated: code that got it from an untrusted place should
-    validate it first (``Propagator.validate``).
+    ``current_xsuaa_token()`` is ``xsuaa_token`` inside the block (``None`` unless given),
+    never the XSUAA token of an outer request's user.
+
+    The tokens are parsed, not validated: code that got them from an untrusted place should
+    validate them first (``Propagator.validate``).
     """
     value = None if token is None else as_user_token(token)
-    handle = _current.set(value)
+    exchanged = None if xsuaa_token is None else as_user_token(xsuaa_token)
+    handles = set_current_tokens(value, exchanged)
     try:
         yield value
     finally:
-        _current.reset(handle)
+        reset_current_tokens(handles)

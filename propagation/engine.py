@@ -43,6 +43,9 @@ class Propagator:
         cache: TokenCache | None = None,
         validator: Any = None,
         connectivity_mode: str | None = None,
+        ias_to_xsuaa: bool | None = None,
+        xsuaa_trust_client_id: str | None = None,
+        public_clients: Any = None,
     ) -> None:
         self.environ: Mapping[str, str] = dict(os.environ if environ is None else environ)
         self.cwd = cwd
@@ -55,6 +58,13 @@ class Propagator:
         self.resolver = DestinationResolver(self.environ, self.bindings, cwd=cwd, oauth=self.oauth, cache=self.cache)
         self._validator: Any = validator
         self._lock = threading.Lock()
+        # IAS flows (see propagation.inbound.IasFlows); None = environment / off.
+        self.ias_flow_settings: dict[str, Any] = {
+            "ias_to_xsuaa": ias_to_xsuaa,
+            "xsuaa_trust_client_id": xsuaa_trust_client_id,
+            "public_clients": public_clients,
+        }
+        self._ias_flows: Any = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, cwd: str | os.PathLike[str] | None = None) -> "Propagator":
@@ -78,6 +88,37 @@ class Propagator:
         Raises :class:`~propagation.errors.InvalidTokenError`.
         """
         return self.validator.validate(raw)
+
+    def ias_flows(self, **overrides: Any) -> Any:
+        """The inbound :class:`~propagation.inbound.IasFlows` for the effective options, or
+        ``None`` when neither ``ias_to_xsuaa`` nor ``public_clients`` is on.
+
+        Each option: ``overrides`` (middleware kwargs), else this engine's kwarg, else the env
+        (``PROPAGATION_IAS_TO_XSUAA``, ``PROPAGATION_XSUAA_TRUST_CLIENT_ID``,
+        ``PROPAGATION_PUBLIC_CLIENTS``). Raises ``ConfigurationError`` for unusable settings.
+        """
+        from .inbound import IasFlowOptions, IasFlows
+
+        merged = {k: overrides[k] if overrides.get(k) is not None else v for k, v in self.ias_flow_settings.items()}
+        options = IasFlowOptions.resolve(self.environ, **merged)
+        if not options.enabled:
+            return None
+        with self._lock:
+            if self._ias_flows is not None and self._ias_flows.options == options:
+                return self._ias_flows
+        flows = IasFlows.from_propagator(self, options)
+        with self._lock:
+            if self._ias_flows is None:
+                self._ias_flows = flows
+        return flows
+
+    def authenticate(self, raw: str) -> Any:
+        """:meth:`validate` plus the engine's IAS flows →
+        :class:`~propagation.inbound.Authenticated` (user, XSUAA token, public-client token)."""
+        from .inbound import Authenticated
+
+        flows = self.ias_flows()
+        return flows.authenticate(raw) if flows is not None else Authenticated(self.validate(raw))
 
     # -- outbound -----------------------------------------------------------------
     @staticmethod

@@ -13,7 +13,10 @@
 
 Config keys read by :meth:`Propagation.init_app` (optional): ``PROPAGATION_PUBLIC_PATHS``
 (list, or comma-separated string; added to the constructor's ``public_paths``) and
-``PROPAGATION_REQUIRE_TOKEN`` (bool or ``"true"``/``"false"``; overrides ``require_token``).
+``PROPAGATION_REQUIRE_TOKEN`` (bool or ``"true"``/``"false"``; overrides ``require_token``),
+and for the IAS flows ``PROPAGATION_IAS_TO_XSUAA``, ``PROPAGATION_XSUAA_TRUST_CLIENT_ID`` and
+``PROPAGATION_PUBLIC_CLIENTS`` (used when the constructor argument is not given; else the
+propagator's setting / environment variable of the same name applies).
 
 This is the only module of the package that imports Flask.
 """
@@ -49,10 +52,16 @@ class Propagation:
         propagator: Propagator | None = None,
         public_paths: Iterable[str] = (),
         require_token: bool = True,
+        ias_to_xsuaa: bool | None = None,
+        xsuaa_trust_client_id: str | None = None,
+        public_clients: Iterable[str] | str | None = None,
     ) -> None:
         self.propagator = propagator
         self.public_paths = tuple([public_paths] if isinstance(public_paths, str) else public_paths)
         self.require_token = require_token
+        self.ias_to_xsuaa = ias_to_xsuaa
+        self.xsuaa_trust_client_id = xsuaa_trust_client_id
+        self.public_clients = public_clients
         if app is not None:
             self.init_app(app)
 
@@ -71,6 +80,9 @@ class Propagation:
             propagator=self.propagator,
             public_paths=public_paths,
             require_token=require_token,
+            ias_to_xsuaa=_first(self.ias_to_xsuaa, app.config.get("PROPAGATION_IAS_TO_XSUAA")),
+            xsuaa_trust_client_id=_first(self.xsuaa_trust_client_id, app.config.get("PROPAGATION_XSUAA_TRUST_CLIENT_ID")),
+            public_clients=_first(self.public_clients, app.config.get("PROPAGATION_PUBLIC_CLIENTS")),
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = self
@@ -84,6 +96,10 @@ class Propagation:
         if wsgi_app is None:
             raise RuntimeError("Propagation.init_app() was not called for this app.")
         return wsgi_app
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
 
 
 def _paths(value: Any) -> tuple[str, ...]:

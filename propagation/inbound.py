@@ -21,8 +21,9 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from urllib.parse import urlsplit
 
 import httpx
 import sap.xssec
@@ -33,9 +34,21 @@ from .tokens import MAX_TOKEN_LENGTH, TokenKind, UserToken
 
 if TYPE_CHECKING:
     from .bindings import Bindings
+    from .cache import TokenCache
     from .engine import Propagator
+    from .oauth import ClientCredentials, OAuthClient, TokenResponse
 
-__all__ = ["TokenValidator", "KeysUnavailableError", "ALLOWED_ALGORITHMS"]
+__all__ = [
+    "TokenValidator",
+    "KeysUnavailableError",
+    "ALLOWED_ALGORITHMS",
+    "Authenticated",
+    "IasFlowOptions",
+    "IasFlows",
+    "ENV_IAS_TO_XSUAA",
+    "ENV_XSUAA_TRUST_CLIENT_ID",
+    "ENV_PUBLIC_CLIENTS",
+]
 
 #: Signature algorithms accepted (asymmetric only, the set sap-xssec verifies). A token
 #: signed with HS256 would be "verified" with a *public* key as the HMAC secret by a naive
@@ -56,15 +69,17 @@ class KeysUnavailableError(InvalidTokenError):
 
 @dataclass(frozen=True)
 class _Entry:
-    token: UserToken
+    raw: str
+    value: Any
     expires_at: float
 
 
 class _ValidatedTokens:
-    """Bounded, thread-safe LRU of validated tokens, keyed by SHA-256 of the token.
+    """Bounded, thread-safe LRU of validated tokens (or flow results), keyed by SHA-256 of
+    the raw inbound token.
 
-    Only successes go in; an entry is dropped once the token expires. A hit also compares
-    the raw token (constant time), so a hash collision can never return another user.
+    Only successes go in; an entry is dropped once it expires. A hit also compares the raw
+    token (constant time), so a hash collision can never return another user.
     """
 
     def __init__(self, maxsize: int) -> None:
@@ -76,7 +91,7 @@ class _ValidatedTokens:
     def key(raw: str) -> str:
         return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
 
-    def get(self, raw: str, now: float) -> UserToken | None:
+    def get(self, raw: str, now: float) -> Any:
         if self.maxsize <= 0:
             return None
         key = self.key(raw)
@@ -87,17 +102,17 @@ class _ValidatedTokens:
             if now >= entry.expires_at:
                 del self._data[key]
                 return None
-            if not hmac.compare_digest(entry.token.raw.encode(), raw.encode("utf-8", "surrogatepass")):
+            if not hmac.compare_digest(entry.raw.encode("utf-8", "surrogatepass"), raw.encode("utf-8", "surrogatepass")):
                 return None
             self._data.move_to_end(key)
-            return entry.token
+            return entry.value
 
-    def put(self, token: UserToken, expires_at: float) -> None:
+    def put(self, raw: str, value: Any, expires_at: float) -> None:
         if self.maxsize <= 0:
             return
-        key = self.key(token.raw)
+        key = self.key(raw)
         with self._lock:
-            self._data[key] = _Entry(token, expires_at)
+            self._data[key] = _Entry(raw, value, expires_at)
             self._data.move_to_end(key)
             while len(self._data) > self.maxsize:
                 self._data.popitem(last=False)
@@ -201,7 +216,7 @@ class TokenValidator:
                 f"binding to validate it against.{hint}"
             )
         self._verify(token, kind, credentials)
-        self._cache.put(token, expires_at)
+        self._cache.put(token.raw, token, expires_at)
         logger.debug("inbound %s token %s validated (tenant %s)", kind, token.fingerprint, token.tenant)
         return token
 
@@ -238,24 +253,35 @@ class TokenValidator:
         return expires_at
 
     def _verify(self, token: UserToken, kind: TokenKind, credentials: dict[str, Any]) -> None:
-        # Looked up on the module at call time so tests can spy on sap-xssec.
-        create = sap.xssec.create_security_context_xsuaa if kind == "xsuaa" else sap.xssec.create_security_context_ias
-        try:
-            create(token.raw, credentials)
-        except httpx.HTTPStatusError as exc:
-            raise self._keys_unavailable(token, exc.request.url.host, f"HTTP {exc.response.status_code}") from None
-        except httpx.HTTPError as exc:
-            host = exc.request.url.host if _has_request(exc) else "the identity provider"
-            raise self._keys_unavailable(token, host, type(exc).__name__) from None
-        except Exception as exc:  # noqa: BLE001 - every sap-xssec failure is an invalid token
-            raise InvalidTokenError(_describe(exc, token.raw)) from None
+        _xssec_verify(token, kind, credentials)
 
     @staticmethod
     def _keys_unavailable(token: UserToken, host: str, why: str) -> KeysUnavailableError:
-        logger.warning("inbound token %s: signing keys could not be fetched from %s (%s)", token.fingerprint, host, why)
-        return KeysUnavailableError(
-            f"The token's signing keys could not be fetched from {host} ({why}), so the token could not be verified."
-        )
+        return _keys_unavailable(token, host, why)
+
+
+def _xssec_verify(token: UserToken, kind: TokenKind, credentials: Mapping[str, Any]) -> None:
+    """Check ``token`` with sap-xssec against ``credentials``; every failure becomes an
+    :class:`InvalidTokenError` with a safe description (a key fetch failure a
+    :class:`KeysUnavailableError`)."""
+    # Looked up on the module at call time so tests can spy on sap-xssec.
+    create = sap.xssec.create_security_context_xsuaa if kind == "xsuaa" else sap.xssec.create_security_context_ias
+    try:
+        create(token.raw, dict(credentials))
+    except httpx.HTTPStatusError as exc:
+        raise _keys_unavailable(token, exc.request.url.host, f"HTTP {exc.response.status_code}") from None
+    except httpx.HTTPError as exc:
+        host = exc.request.url.host if _has_request(exc) else "the identity provider"
+        raise _keys_unavailable(token, host, type(exc).__name__) from None
+    except Exception as exc:  # noqa: BLE001 - every sap-xssec failure is an invalid token
+        raise InvalidTokenError(_describe(exc, token.raw)) from None
+
+
+def _keys_unavailable(token: UserToken, host: str, why: str) -> KeysUnavailableError:
+    logger.warning("inbound token %s: signing keys could not be fetched from %s (%s)", token.fingerprint, host, why)
+    return KeysUnavailableError(
+        f"The token's signing keys could not be fetched from {host} ({why}), so the token could not be verified."
+    )
 
 
 def _has_request(exc: httpx.HTTPError) -> bool:
@@ -297,6 +323,371 @@ def _scrub(text: str, raw: str) -> str:
         text = text.replace(secret, "<token>")
     text = "".join(ch if ch.isprintable() else " " for ch in text)
     return text[:_MAX_DESCRIPTION].strip()
+
+
+# -- IAS flows: IAS→XSUAA (hybrid) and IAS public (PKCE) clients -----------------------
+#: Environment variables read when the corresponding option is not given.
+ENV_IAS_TO_XSUAA = "PROPAGATION_IAS_TO_XSUAA"
+ENV_XSUAA_TRUST_CLIENT_ID = "PROPAGATION_XSUAA_TRUST_CLIENT_ID"
+ENV_PUBLIC_CLIENTS = "PROPAGATION_PUBLIC_CLIENTS"
+
+#: OAuth errors with which a token endpoint says "this assertion is not for me": for
+#: IAS→XSUAA that is, in practice, an IAS token without the XSUAA trust client in ``aud``.
+_REFUSAL_ERRORS = frozenset({"invalid_grant", "unauthorized", "unauthorized_client", "access_denied", "invalid_token"})
+
+_MISSING_TRUST_AUD = (
+    "The IAS token's 'aud' lacks the XSUAA trust client id{which}: enable 'xsuaa-cross-consumption: true' "
+    "in the binding parameters of the calling app's IAS service instance binding, so IAS issues tokens "
+    "XSUAA accepts{answer}."
+)
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """What the inbound side established for one request.
+
+    ``token`` is the user (``environ["propagation.token"]``, :func:`current_token`): the
+    validated inbound token, or for a public (PKCE) client the IAS token it was exchanged
+    for. ``xsuaa_token`` is the XSUAA token obtained for an IAS token in hybrid mode
+    (``environ["propagation.xsuaa_token"]``, :func:`current_xsuaa_token`); ``public_token``
+    the caller's original public-client token (``environ["propagation.public_token"]``).
+    """
+
+    token: UserToken
+    xsuaa_token: UserToken | None = None
+    public_token: UserToken | None = None
+
+    @property
+    def expires_at(self) -> float:
+        ends = [t.expires_at for t in (self.token, self.xsuaa_token, self.public_token) if t is not None]
+        return min(e for e in ends if e is not None) if any(e is not None for e in ends) else 0.0
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be a boolean (true/false), not {str(value)[:40]!r}.")
+
+
+def _client_ids(value: Any, name: str) -> frozenset[str]:
+    if isinstance(value, str):
+        items = value.split(",")
+    else:
+        try:
+            items = list(value)
+        except TypeError:
+            raise ConfigurationError(f"{name} must be a list of client ids or a comma-separated string.") from None
+    ids = set()
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigurationError(f"{name} must contain client ids (strings), not {type(item).__name__}.")
+        if item.strip():
+            ids.add(item.strip())
+    return frozenset(ids)
+
+
+@dataclass(frozen=True)
+class IasFlowOptions:
+    """The opt-in IAS flows. Each option: explicit value, else its environment variable.
+
+    * ``ias_to_xsuaa`` (``PROPAGATION_IAS_TO_XSUAA``): exchange every IAS token for an XSUAA token.
+    * ``xsuaa_trust_client_id`` (``PROPAGATION_XSUAA_TRUST_CLIENT_ID``): the IAS client id of the
+      subaccount's XSUAA trust, which ``xsuaa-cross-consumption`` puts into ``aud``. Not in any
+      binding (the XSUAA binding's ``clientid`` is another client). Unset: the exchange is tried
+      whenever ``aud`` names anything besides the IAS binding's own client id, and an XSUAA
+      refusal is reported as the missing ``aud`` entry.
+    * ``public_clients`` (``PROPAGATION_PUBLIC_CLIENTS``, comma-separated): IAS public (PKCE)
+      client ids whose tokens are exchanged at IAS for this app's token.
+    """
+
+    ias_to_xsuaa: bool = False
+    xsuaa_trust_client_id: str | None = None
+    public_clients: frozenset[str] = frozenset()
+
+    @property
+    def enabled(self) -> bool:
+        return self.ias_to_xsuaa or bool(self.public_clients)
+
+    @classmethod
+    def resolve(
+        cls,
+        environ: Mapping[str, str],
+        *,
+        ias_to_xsuaa: bool | str | None = None,
+        xsuaa_trust_client_id: str | None = None,
+        public_clients: Iterable[str] | str | None = None,
+    ) -> "IasFlowOptions":
+        """Options from the arguments, falling back to ``environ``; raises ``ConfigurationError``."""
+        hybrid = _flag(ias_to_xsuaa if ias_to_xsuaa is not None else environ.get(ENV_IAS_TO_XSUAA, ""),
+                       "ias_to_xsuaa" if ias_to_xsuaa is not None else ENV_IAS_TO_XSUAA)
+        trust = xsuaa_trust_client_id if xsuaa_trust_client_id is not None else environ.get(ENV_XSUAA_TRUST_CLIENT_ID)
+        if trust is not None and not isinstance(trust, str):
+            raise ConfigurationError("xsuaa_trust_client_id must be a string.")
+        clients = _client_ids(public_clients if public_clients is not None else environ.get(ENV_PUBLIC_CLIENTS, ""),
+                              "public_clients" if public_clients is not None else ENV_PUBLIC_CLIENTS)
+        return cls(hybrid, (trust or "").strip() or None, clients)
+
+
+def _client(credentials: Mapping[str, Any]) -> "ClientCredentials":
+    from .oauth import ClientCredentials
+
+    certificate, key = credentials.get("certificate"), credentials.get("key")
+    mtls = isinstance(certificate, str) and isinstance(key, str) and bool(certificate and key)
+    secret = credentials.get("clientsecret")
+    return ClientCredentials(
+        client_id=str(credentials["clientid"]),
+        client_secret=None if mtls or not isinstance(secret, str) else secret,
+        certificate=certificate if mtls else None,
+        key=key if mtls else None,
+    )
+
+
+def _join(base: str, path: str) -> str:
+    return base.rstrip("/") + path
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url if "://" in url else f"https://{url}").hostname or "").lower()
+
+
+class IasFlows:
+    """Inbound IAS flows on top of a :class:`TokenValidator` (DESIGN §5).
+
+    *Hybrid* (``ias_to_xsuaa``): a validated IAS token is exchanged (jwt-bearer,
+    ``assertion=<IAS token>``) at ``{xsuaa url}/oauth/token`` — ``{certurl}/oauth/token``
+    with mTLS when the XSUAA binding has ``certificate``/``key`` — with the XSUAA binding's
+    client; the answer is validated with sap-xssec against the XSUAA binding.
+
+    *Public clients*: an IAS token whose ``azp``/``aud`` is a listed public (PKCE) client
+    and whose issuer is the bound IAS tenant is verified with sap-xssec (signature with the
+    tenant's keys, issuer, expiry; its audience is the public client, not ours), then
+    exchanged (jwt-bearer) at ``{ias url}/oauth2/token`` with the IAS binding's secret or
+    X.509 certificate; the answer is validated like any IAS token and, in hybrid mode,
+    exchanged for XSUAA as above.
+
+    Results are remembered per inbound-token fingerprint until the earliest expiry of the
+    tokens involved; the exchanges themselves go through the engine's token cache
+    (single-flight: a burst of one user's requests makes one exchange).
+    """
+
+    def __init__(
+        self,
+        *,
+        validator: TokenValidator,
+        oauth: "OAuthClient",
+        cache: "TokenCache",
+        options: IasFlowOptions,
+        xsuaa: Mapping[str, Any] | None = None,
+        ias: Mapping[str, Any] | None = None,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.validator = validator
+        self.oauth = oauth
+        self.cache = cache
+        self.options = options
+        self.xsuaa = dict(xsuaa) if xsuaa is not None else None
+        self.ias = dict(ias) if ias is not None else None
+        self._clock = clock
+        self._results = _ValidatedTokens(cache_size)
+        self._public = _ValidatedTokens(cache_size)
+        self._check()
+
+    @classmethod
+    def from_propagator(cls, propagator: "Propagator", options: IasFlowOptions) -> "IasFlows":
+        xsuaa = propagator.bindings.find(label="xsuaa")
+        ias = propagator.bindings.find(label="identity")
+        return cls(
+            validator=propagator.validator,
+            oauth=propagator.oauth,
+            cache=propagator.cache,
+            options=options,
+            xsuaa=xsuaa.credentials if xsuaa is not None else None,
+            ias=ias.credentials if ias is not None else None,
+        )
+
+    def _check(self) -> None:
+        if self.ias is None:
+            what = "ias_to_xsuaa" if self.options.ias_to_xsuaa else "public_clients"
+            raise ConfigurationError(f"Option '{what}' needs an 'identity' (SAP Cloud Identity Services) binding.")
+        for field_ in ("clientid", "url"):
+            if not self.ias.get(field_):
+                raise ConfigurationError(f"The 'identity' binding credentials lack {field_}: IAS tokens cannot be exchanged.")
+        if self.options.ias_to_xsuaa:
+            if self.xsuaa is None:
+                raise ConfigurationError(
+                    "Option 'ias_to_xsuaa' needs an 'xsuaa' binding to exchange IAS tokens at; bind an XSUAA instance."
+                )
+            if not self.xsuaa.get("clientid") or not (self.xsuaa.get("url") or self.xsuaa.get("certurl")):
+                raise ConfigurationError("The 'xsuaa' binding credentials lack clientid or url: IAS tokens cannot be exchanged.")
+
+    # -- URLs ------------------------------------------------------------------------------
+    @property
+    def xsuaa_token_url(self) -> str:
+        assert self.xsuaa is not None
+        client = _client(self.xsuaa)
+        base = self.xsuaa.get("certurl") if client.uses_mtls and self.xsuaa.get("certurl") else self.xsuaa["url"]
+        return _join(str(base), "/oauth/token")
+
+    @property
+    def ias_token_url(self) -> str:
+        assert self.ias is not None
+        return _join(str(self.ias["url"]), "/oauth2/token")
+
+    # -- public ----------------------------------------------------------------------------
+    def cached(self, raw: str) -> Authenticated | None:
+        """The result for ``raw`` if still remembered (no I/O, never raises)."""
+        return self._results.get(raw, self._clock()) if isinstance(raw, str) else None
+
+    def clear_cache(self) -> None:
+        self._results.clear()
+        self._public.clear()
+
+    def authenticate(self, raw: str) -> Authenticated:
+        if not isinstance(raw, str):
+            raise InvalidTokenError("Token is not a string.")
+        hit = self.cached(raw)
+        if hit is not None:
+            return hit
+        public: UserToken | None = None
+        client = None
+        if self.options.public_clients:
+            parsed = UserToken.parse(raw)
+            client = self._public_client(parsed)
+            if client is not None:
+                public = self._verify_public(parsed, client)
+        user = self._exchange_public(public, client) if public is not None and client is not None else self.validator.validate(raw)
+        xsuaa_token = self._to_xsuaa(user) if self.options.ias_to_xsuaa and user.kind == "ias" else None
+        result = Authenticated(user, xsuaa_token, public)
+        self._results.put(raw, result, result.expires_at)
+        return result
+
+    # -- public (PKCE) clients ---------------------------------------------------------------
+    def _public_client(self, token: UserToken) -> str | None:
+        """The listed public client this token was issued to, if it is not (also) ours."""
+        assert self.ias is not None
+        if token.kind != "ias" or self.ias["clientid"] in token.audiences:
+            return None
+        azp = token.claims.get("azp")
+        for candidate in ([azp] if isinstance(azp, str) else []) + list(token.audiences):
+            if candidate in self.options.public_clients:
+                return candidate
+        return None
+
+    def _issuer_is_bound_tenant(self, issuer: str | None) -> bool:
+        assert self.ias is not None
+        if not issuer:
+            return False
+        parts = urlsplit(issuer if "://" in issuer else f"https://{issuer}")
+        if parts.scheme != "https" or parts.query or parts.fragment or parts.port not in (None, 443):
+            return False
+        host = (parts.hostname or "").lower()
+        if host and host == _host(str(self.ias["url"])):
+            return True
+        domains = self.ias.get("domains") or ([self.ias["domain"]] if self.ias.get("domain") else [])
+        label, _, rest = host.partition(".")
+        return bool(re.fullmatch(r"[a-z0-9-]{1,63}", label)) and any(
+            isinstance(d, str) and rest == d.lower().strip(".") for d in domains
+        )
+
+    def _verify_public(self, token: UserToken, client: str) -> UserToken:
+        now = self._clock()
+        TokenValidator._check_algorithm(token)
+        expires_at = TokenValidator._check_expiry(token, now)
+        hit = self._public.get(token.raw, now)
+        if hit is not None:
+            return hit
+        if not self._issuer_is_bound_tenant(token.issuer):
+            raise InvalidTokenError(
+                f"Token of public client '{_safe(client)}' was not issued by the bound IAS tenant "
+                f"({_host(str(self.ias['url'])) if self.ias else '?'}): only tokens of that tenant are exchanged."
+            )
+        assert self.ias is not None
+        # sap-xssec checks issuer (domains), expiry and signature (the tenant's JWKS); its
+        # audience check is pointed at the public client, the audience such a token has.
+        _xssec_verify(token, "ias", {**self.ias, "clientid": client})
+        self._public.put(token.raw, token, expires_at)
+        logger.debug("inbound public-client token %s verified (client %s)", token.fingerprint, _safe(client))
+        return token
+
+    def _exchange_public(self, public: UserToken, client: str) -> UserToken:
+        assert self.ias is not None
+        from .cache import CacheKey
+        from .errors import TokenExchangeError
+        from .oauth import GRANT_JWT_BEARER
+
+        url = self.ias_token_url
+        key = CacheKey("inbound:ias-public-client", GRANT_JWT_BEARER, str(self.ias["clientid"]), public.tenant,
+                       public.fingerprint, url)
+        try:
+            response, _ = self.cache.get_or_fetch(key, lambda: self._fetch(url, _client(self.ias or {}), public))
+        except TokenExchangeError as exc:
+            code = _safe(exc.error or (f"HTTP {exc.status}" if exc.status else "no answer"))
+            logger.info("inbound public-client token %s: IAS refused the exchange (%s)", public.fingerprint, code)
+            raise InvalidTokenError(
+                f"IAS refused to exchange the token of public client '{_safe(client)}' for this application's "
+                f"token ({code}). Check that the app's IAS application may consume tokens of that client."
+            ) from None
+        return self._validate_issued(response.access_token, key, "IAS issued for the public client's token")
+
+    # -- IAS → XSUAA -----------------------------------------------------------------------
+    def _to_xsuaa(self, user: UserToken) -> UserToken:
+        assert self.ias is not None and self.xsuaa is not None
+        from .cache import CacheKey
+        from .errors import TokenExchangeError
+        from .oauth import GRANT_JWT_BEARER
+
+        trust = self.options.xsuaa_trust_client_id
+        ours = self.ias["clientid"]
+        if trust is not None and trust not in user.audiences:
+            raise InvalidTokenError(_MISSING_TRUST_AUD.format(which=f" ({_safe(trust)})", answer=""))
+        if trust is None and not any(a != ours for a in user.audiences):
+            raise InvalidTokenError(_MISSING_TRUST_AUD.format(which="", answer=""))
+        url = self.xsuaa_token_url
+        key = CacheKey("inbound:ias-to-xsuaa", GRANT_JWT_BEARER, str(self.xsuaa["clientid"]), user.tenant,
+                       user.fingerprint, url)
+        try:
+            response, _ = self.cache.get_or_fetch(key, lambda: self._fetch(url, _client(self.xsuaa or {}), user))
+        except TokenExchangeError as exc:
+            code = _safe(exc.error or (f"HTTP {exc.status}" if exc.status else "no answer"))
+            logger.info("inbound IAS token %s: XSUAA refused the exchange (%s)", user.fingerprint, code)
+            refused = exc.status is not None and 400 <= exc.status < 500
+            if refused and (trust is None or exc.error in _REFUSAL_ERRORS):
+                which = f" ({_safe(trust)})" if trust else " (or XSUAA does not trust this IAS tenant)"
+                raise InvalidTokenError(_MISSING_TRUST_AUD.format(which=which, answer=f"; XSUAA answered {code}")) from None
+            raise InvalidTokenError(
+                f"The IAS token could not be exchanged for an XSUAA token: XSUAA answered {code}."
+            ) from None
+        return self._validate_issued(response.access_token, key, "XSUAA issued for the IAS token")
+
+    # -- shared ----------------------------------------------------------------------------
+    def _fetch(self, url: str, client: "ClientCredentials", assertion: UserToken) -> "TokenResponse":
+        """jwt-bearer with ``assertion``; the answer is kept no longer than the assertion lives."""
+        response = self.oauth.jwt_bearer(url, client, assertion.raw)
+        ends = [e for e in (response.expires_at, assertion.expires_at) if e is not None]
+        try:
+            issued = UserToken.parse(response.access_token).expires_at
+        except InvalidTokenError:
+            issued = None
+        if issued is not None:
+            ends.append(issued)
+        return replace(response, expires_at=min(ends)) if ends else response
+
+    def _validate_issued(self, raw: str, key: Any, what: str) -> UserToken:
+        try:
+            return self.validator.validate(raw)
+        except InvalidTokenError as exc:
+            self.cache.invalidate(key)
+            raise InvalidTokenError(f"The token {what} is not valid for this application: {exc.error_description}") from None
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in str(text))[:80]
 
 
 # -- framework-neutral request handling (used by wsgi.py and asgi.py) -------------------
@@ -377,14 +768,32 @@ class InboundGate:
 
     ``check`` returns the :class:`UserToken` (or ``None`` when no token is needed) and
     raises :class:`InvalidTokenError` for everything that must be answered 401.
+
+    ``ias_to_xsuaa``, ``xsuaa_trust_client_id`` and ``public_clients`` switch on the IAS
+    flows (:class:`IasFlows`); ``None`` takes the propagator's setting, which defaults to
+    the environment (``PROPAGATION_IAS_TO_XSUAA`` …).
     """
 
-    def __init__(self, propagator: "Propagator", *, public_paths: Iterable[str] = (), require_token: bool = True) -> None:
+    def __init__(
+        self,
+        propagator: "Propagator",
+        *,
+        public_paths: Iterable[str] = (),
+        require_token: bool = True,
+        ias_to_xsuaa: bool | None = None,
+        xsuaa_trust_client_id: str | None = None,
+        public_clients: Iterable[str] | str | None = None,
+    ) -> None:
         self.propagator = propagator
         self.public_paths = PublicPaths(public_paths)
         self.require_token = require_token
         # Build the validator now: a missing binding fails at startup, not on the first request.
         self.validator = propagator.validator
+        flows = getattr(propagator, "ias_flows", None)
+        self.flows: IasFlows | None = (
+            flows(ias_to_xsuaa=ias_to_xsuaa, xsuaa_trust_client_id=xsuaa_trust_client_id, public_clients=public_clients)
+            if callable(flows) else None
+        )
 
     def is_public(self, path: str) -> bool:
         return path in self.public_paths
@@ -399,6 +808,13 @@ class InboundGate:
         lookup = getattr(self.validator, "cached", None)
         return lookup(raw) if callable(lookup) else None
 
+    def cached_result(self, raw: str) -> Authenticated | None:
+        """What :meth:`authenticate` would return for ``raw`` if known without I/O."""
+        if self.flows is not None:
+            return self.flows.cached(raw)
+        hit = self.cached(raw)
+        return Authenticated(hit) if hit is not None else None
+
     def validate(self, raw: str) -> UserToken:
         """Validate, turning anything unexpected into an :class:`InvalidTokenError` (never a 500)."""
         try:
@@ -407,6 +823,18 @@ class InboundGate:
             raise
         except Exception as exc:  # noqa: BLE001 - a broken validator must not leak a 500 or the token
             logger.error("inbound token %s: validator failed (%s)", _fingerprint(raw), type(exc).__name__)
+            raise InvalidTokenError("Token could not be validated.") from None
+
+    def authenticate(self, raw: str) -> Authenticated:
+        """:meth:`validate` plus the IAS flows when on; same error contract."""
+        if self.flows is None:
+            return Authenticated(self.validate(raw))
+        try:
+            return self.flows.authenticate(raw)
+        except InvalidTokenError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as in validate()
+            logger.error("inbound token %s: IAS flow failed (%s)", _fingerprint(raw), type(exc).__name__)
             raise InvalidTokenError("Token could not be validated.") from None
 
     @staticmethod

@@ -7,13 +7,12 @@
 
 from __future__ import annotations
 
-from contextvars import Token
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from .context import ENVIRON_KEY, reset_current, set_current
+from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY, ENVIRON_PUBLIC_KEY, reset_current_tokens, set_current_tokens
 from .engine import Propagator
 from .errors import InvalidTokenError
-from .inbound import InboundGate, PublicPaths, unauthorized
+from .inbound import Authenticated, InboundGate, PublicPaths, unauthorized
 from .tokens import UserToken
 
 if TYPE_CHECKING:
@@ -47,6 +46,16 @@ class PropagationMiddleware:
     :param require_token: With ``False`` a request *without* an ``Authorization`` header
         passes anonymously (``current_token()`` is ``None``); a header that is present but
         bad is still a 401.
+    :param ias_to_xsuaa: Hybrid inbound: exchange every validated IAS token for an XSUAA
+        token (jwt-bearer at the XSUAA binding), validate it, and put it in
+        ``environ["propagation.xsuaa_token"]`` / :func:`~propagation.current_xsuaa_token`.
+        ``current_token()`` stays the IAS token. Default: the propagator's setting, else
+        env ``PROPAGATION_IAS_TO_XSUAA``.
+    :param xsuaa_trust_client_id: The XSUAA trust's IAS client id that must be in the IAS
+        token's ``aud`` (else env ``PROPAGATION_XSUAA_TRUST_CLIENT_ID``; unset: XSUAA decides).
+    :param public_clients: IAS public (PKCE) client ids whose tokens are exchanged at IAS for
+        this app's token (else env ``PROPAGATION_PUBLIC_CLIENTS``, comma-separated); the
+        original is in ``environ["propagation.public_token"]``.
     """
 
     def __init__(
@@ -56,10 +65,20 @@ class PropagationMiddleware:
         propagator: Propagator | None = None,
         public_paths: Iterable[str] = (),
         require_token: bool = True,
+        ias_to_xsuaa: bool | None = None,
+        xsuaa_trust_client_id: str | None = None,
+        public_clients: Iterable[str] | str | None = None,
     ) -> None:
         self.app = app
         self.propagator = propagator if propagator is not None else Propagator.from_env()
-        self.gate = InboundGate(self.propagator, public_paths=public_paths, require_token=require_token)
+        self.gate = InboundGate(
+            self.propagator,
+            public_paths=public_paths,
+            require_token=require_token,
+            ias_to_xsuaa=ias_to_xsuaa,
+            xsuaa_trust_client_id=xsuaa_trust_client_id,
+            public_clients=public_clients,
+        )
 
     @property
     def public_paths(self) -> PublicPaths:
@@ -76,25 +95,30 @@ class PropagationMiddleware:
         raw: str | None = None
         try:
             raw = self.gate.raw_token(environ.get("HTTP_AUTHORIZATION"))
-            token = self.gate.validate(raw) if raw is not None else None
+            auth = self.gate.authenticate(raw) if raw is not None else None
         except InvalidTokenError as exc:
             self.gate.rejected(exc, raw, f"{environ.get('REQUEST_METHOD', '?')} {path}")
             body, headers = unauthorized(exc)
             start_response("401 Unauthorized", headers)
             return [body]
-        if token is not None:
-            environ[ENVIRON_KEY] = token
-        return self._run(environ, start_response, token)
+        if auth is not None:
+            environ[ENVIRON_KEY] = auth.token
+            if auth.xsuaa_token is not None:
+                environ[ENVIRON_EXCHANGED_KEY] = auth.xsuaa_token
+            if auth.public_token is not None:
+                environ[ENVIRON_PUBLIC_KEY] = auth.public_token
+        return self._run(environ, start_response, auth)
 
-    def _run(self, environ: "WSGIEnvironment", start_response: "StartResponse", token: UserToken | None) -> Iterable[bytes]:
+    def _run(self, environ: "WSGIEnvironment", start_response: "StartResponse", auth: Authenticated | None) -> Iterable[bytes]:
         # Anonymous and public requests run with no user either, so nothing set earlier on
         # this thread can pass for the caller.
-        handle = set_current(token)
+        token, xsuaa_token = (auth.token, auth.xsuaa_token) if auth is not None else (None, None)
+        handles = set_current_tokens(token, xsuaa_token)
         try:
             result = self.app(environ, start_response)
         finally:
-            reset_current(handle)
-        return _ContextIterable(result, token)
+            reset_current_tokens(handles)
+        return _ContextIterable(result, token, xsuaa_token)
 
 
 class _ContextIterable:
@@ -105,31 +129,32 @@ class _ContextIterable:
     ``current_token()``, and nothing of it survives on the server's thread.
     """
 
-    __slots__ = ("_iterable", "_iterator", "_token")
+    __slots__ = ("_iterable", "_iterator", "_token", "_xsuaa_token")
 
-    def __init__(self, iterable: Iterable[bytes], token: UserToken | None) -> None:
+    def __init__(self, iterable: Iterable[bytes], token: UserToken | None, xsuaa_token: UserToken | None = None) -> None:
         self._iterable = iterable
         self._iterator: Iterator[bytes] | None = None
         self._token = token
+        self._xsuaa_token = xsuaa_token
 
     def __iter__(self) -> "_ContextIterable":
         return self
 
     def __next__(self) -> bytes:
-        handle = set_current(self._token)
+        handles = set_current_tokens(self._token, self._xsuaa_token)
         try:
             if self._iterator is None:
                 self._iterator = iter(self._iterable)
             return next(self._iterator)
         finally:
-            reset_current(handle)
+            reset_current_tokens(handles)
 
     def close(self) -> None:
         close: Callable[[], Any] | None = getattr(self._iterable, "close", None)
         if close is None:
             return
-        handle: Token[UserToken | None] = set_current(self._token)
+        handles = set_current_tokens(self._token, self._xsuaa_token)
         try:
             close()
         finally:
-            reset_current(handle)
+            reset_current_tokens(handles)

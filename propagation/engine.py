@@ -51,7 +51,13 @@ class Propagator:
         self.cwd = cwd
         self.bindings = bindings if bindings is not None else Bindings.from_env(self.environ, cwd=cwd)
         self.oauth = oauth if oauth is not None else OAuthClient()
-        self.cache: TokenCache = cache if cache is not None else MemoryTokenCache()
+        if cache is None:
+            # Redis when PROPAGATION_CACHE_URL or a redis-cache binding says so (redis is
+            # imported only then), else in memory.
+            from .redis_cache import cache_from_env
+
+            cache = cache_from_env(self.environ, self.bindings)
+        self.cache: TokenCache = cache
         mode = connectivity_mode or self.environ.get(MODE_ENV) or "exchange"
         self.connectivity = Connectivity(self.bindings, self.oauth, self.cache, mode)
         self.authorizer = Authorizer(self.oauth, self.cache, self.connectivity)

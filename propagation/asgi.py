@@ -91,8 +91,11 @@ class PropagationASGIMiddleware:
             return
         raw: str | None = None
         try:
-            raw = self.gate.raw_token(_authorization(scope))
-            auth = await self._validate(raw) if raw is not None else None
+            header = _authorization(scope)
+            auth = self.gate.cached_header(header)
+            if auth is None:
+                raw = self.gate.raw_token(header)
+                auth = await self._validate(raw) if raw is not None else None
         except InvalidTokenError as exc:
             method = scope.get("method", "WEBSOCKET") if kind == "http" else "WEBSOCKET"
             self.gate.rejected(exc, raw, f"{method} {path}")

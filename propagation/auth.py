@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from functools import lru_cache
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from ._log import logger
@@ -68,6 +69,16 @@ def _is_proxy_header(header: str) -> bool:
     """``Proxy-Authorization`` and ``SAP-Connectivity-*`` are set by the library only."""
     low = header.strip().lower()
     return low == "proxy-authorization" or low.startswith("sap-connectivity-")
+
+
+#: Form fields that carry the user's token or a password: never part of a cache key.
+_USER_SECRET_FIELDS = frozenset({"assertion", "subject_token", "password"})
+
+
+@lru_cache(maxsize=1024)
+def _shape_digest(shape: tuple[Any, ...]) -> str:
+    """A stable hash of a token request's shape (URL, form without secrets, headers, query)."""
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def _user_and_password(destination: Destination) -> tuple[str, str]:
@@ -246,10 +257,13 @@ class Authorizer:
         headers = props.prefixed("tokenServiceURL.headers.")
         query = props.prefixed("tokenServiceURL.queries.")
         in_body = props.flag("tokenService.addClientCredentialsInBody", True)
-        shape = json.dumps(
-            [token_url, sorted((k, v) for k, v in body.items() if k not in ("assertion", "subject_token", "password")),
-             sorted(headers.items()), sorted(query.items()), in_body, extra],
-            sort_keys=True,
+        shape = (
+            token_url,
+            tuple(sorted((k, v) for k, v in body.items() if k not in _USER_SECRET_FIELDS)),
+            tuple(sorted(headers.items())),
+            tuple(sorted(query.items())),
+            in_body,
+            extra,
         )
         key = CacheKey(
             destination=destination.name,
@@ -257,7 +271,7 @@ class Authorizer:
             client=client.client_id,
             tenant=tenant,
             user=user.fingerprint if user is not None else None,
-            extra=hashlib.sha256(shape.encode("utf-8")).hexdigest(),
+            extra=_shape_digest(shape),
         )
 
         def fetch() -> TokenResponse:

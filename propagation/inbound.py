@@ -804,6 +804,16 @@ class InboundGate:
             return None
         return bearer_token(authorization)
 
+    def cached_header(self, authorization: str | None) -> Authenticated | None:
+        """Hot path: ``Bearer <token>`` whose token was already validated (no parsing, no I/O).
+
+        Only a token that passed full validation before can be found here, so skipping the
+        header grammar check for it accepts nothing that :meth:`raw_token` would refuse.
+        """
+        if authorization is None or authorization[:7].lower() != "bearer ":
+            return None
+        return self.cached_result(authorization[7:].strip())
+
     def cached(self, raw: str) -> UserToken | None:
         lookup = getattr(self.validator, "cached", None)
         return lookup(raw) if callable(lookup) else None

@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal, Mapping
 from urllib.parse import urlsplit
 
@@ -67,7 +68,7 @@ class UserToken:
         return cls(raw=raw, header=header, claims=claims)
 
     # -- identity -----------------------------------------------------------------
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         return fingerprint(self.raw)
 
@@ -76,7 +77,7 @@ class UserToken:
         iss = self.claims.get("ias_iss") or self.claims.get("iss")
         return iss if isinstance(iss, str) else None
 
-    @property
+    @cached_property
     def kind(self) -> TokenKind:
         """``xsuaa`` for XSUAA-issued tokens, ``ias`` for SAP Cloud Identity Services."""
         ext_attr = self.claims.get("ext_attr")

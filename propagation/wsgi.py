@@ -92,15 +92,18 @@ class PropagationMiddleware:
         path = environ.get("PATH_INFO") or "/"
         if self.gate.is_public(path):
             return self._run(environ, start_response, None)
-        raw: str | None = None
-        try:
-            raw = self.gate.raw_token(environ.get("HTTP_AUTHORIZATION"))
-            auth = self.gate.authenticate(raw) if raw is not None else None
-        except InvalidTokenError as exc:
-            self.gate.rejected(exc, raw, f"{environ.get('REQUEST_METHOD', '?')} {path}")
-            body, headers = unauthorized(exc)
-            start_response("401 Unauthorized", headers)
-            return [body]
+        header = environ.get("HTTP_AUTHORIZATION")
+        auth = self.gate.cached_header(header)
+        if auth is None:
+            raw: str | None = None
+            try:
+                raw = self.gate.raw_token(header)
+                auth = self.gate.authenticate(raw) if raw is not None else None
+            except InvalidTokenError as exc:
+                self.gate.rejected(exc, raw, f"{environ.get('REQUEST_METHOD', '?')} {path}")
+                body, headers = unauthorized(exc)
+                start_response("401 Unauthorized", headers)
+                return [body]
         if auth is not None:
             environ[ENVIRON_KEY] = auth.token
             if auth.xsuaa_token is not None:

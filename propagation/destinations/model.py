@@ -66,6 +66,7 @@ class Properties(Mapping[str, Any]):
 
     def __init__(self, data: Mapping[str, Any] | None = None) -> None:
         self._data: dict[str, tuple[str, Any]] = {}
+        self._prefixed: dict[str, dict[str, str]] = {}  # memo: properties never change
         for key, value in (data or {}).items():
             self._data[str(key).lower()] = (str(key), value)
 
@@ -99,12 +100,16 @@ class Properties(Mapping[str, Any]):
 
     def prefixed(self, prefix: str) -> dict[str, str]:
         """``{suffix: value}`` of every property named ``<prefix><suffix>`` (case-insensitive prefix)."""
+        memo = self._prefixed.get(prefix)
+        if memo is not None:
+            return dict(memo)
         lowered = prefix.lower()
         out: dict[str, str] = {}
         for low, (original, value) in self._data.items():
             if low.startswith(lowered) and len(low) > len(lowered) and value is not None:
                 out[original[len(prefix):]] = str(value)
-        return out
+        self._prefixed[prefix] = out
+        return dict(out)
 
     def __repr__(self) -> str:  # values may be secrets
         return f"Properties(keys={sorted(k for k in self)!r})"

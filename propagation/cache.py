@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 import threading
 import time
 from collections import OrderedDict
@@ -44,9 +45,14 @@ class CacheKey:
     def digest(self) -> str:
         """SHA-256 over a JSON array of the fields: stable across processes, and no two
         different keys can join to the same text (``None`` ≠ ``""``, no separator tricks)."""
-        fields = ["v1", self.destination, self.grant, self.client, self.tenant, self.user, self.extra]
-        text = json.dumps(fields, ensure_ascii=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return _digest(self.destination, self.grant, self.client, self.tenant, self.user, self.extra)
+
+
+@lru_cache(maxsize=4096)
+def _digest(*fields: str | None) -> str:
+    # Memoized: the hot path asks for the same key's digest on every outbound call.
+    text = json.dumps(["v1", *fields], ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @runtime_checkable

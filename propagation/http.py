@@ -5,6 +5,7 @@ on every prepared request and re-exchanges once on a 401 (like ``HTTPDigestAuth.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import urljoin, urlsplit
 
@@ -32,9 +33,10 @@ PROTECTED_HEADER_PREFIXES = ("proxy-authorization", "sap-connectivity-")
 
 def _is_protected(header: str) -> bool:
     low = header.lower()
-    return any(low == p or (p.endswith("-") and low.startswith(p)) for p in PROTECTED_HEADER_PREFIXES)
+    return low == "proxy-authorization" or low.startswith("sap-connectivity-")
 
 
+@lru_cache(maxsize=1024)
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
@@ -219,7 +221,10 @@ class DestinationSession(requests.Session):
         base = self.destination.url
         if not base.endswith("/"):
             base += "/"
-        return urljoin(base, url.lstrip("/"))
+        relative = url.lstrip("/")
+        if "./" in relative or relative in (".", ".."):
+            return urljoin(base, relative)  # dot segments: let urljoin resolve them
+        return base + relative
 
     def _default_params(self) -> dict[str, str]:
         props = self.destination.properties

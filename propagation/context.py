@@ -29,41 +29,44 @@ ENVIRON_EXCHANGED_KEY = "propagation.xsuaa_token"
 #: at IAS for this app's token (``ENVIRON_KEY`` then holds the exchanged one).
 ENVIRON_PUBLIC_KEY = "propagation.public_token"
 
-_current: ContextVar[UserToken | None] = ContextVar("propagation.current_token", default=None)
-_current_xsuaa: ContextVar[UserToken | None] = ContextVar("propagation.current_xsuaa_token", default=None)
+#: (user, XSUAA token of that user) in one variable: one set/reset per request or chunk, and
+#: the XSUAA token can never belong to another user than ``current_token()``.
+_Tokens = tuple["UserToken | None", "UserToken | None"]
+_NONE: _Tokens = (None, None)
+_current: ContextVar[_Tokens] = ContextVar("propagation.current_tokens", default=_NONE)
+
+CurrentHandle = Token[_Tokens]
 
 
 def current_token() -> UserToken | None:
     """The user token of the running request (or ``use_token`` block), else ``None``."""
-    return _current.get()
+    return _current.get()[0]
 
 
 def current_xsuaa_token() -> UserToken | None:
     """The XSUAA token the middleware obtained for the running request's IAS token
     (hybrid inbound, ``ias_to_xsuaa=True``), else ``None``. Scope checks against the
     app's XSUAA roles use this one; :func:`current_token` stays the inbound user."""
-    return _current_xsuaa.get()
+    return _current.get()[1]
 
 
-def set_current(token: UserToken | None) -> Token[UserToken | None]:
-    return _current.set(token)
+def set_current(token: UserToken | None) -> CurrentHandle:
+    """Set the user (and no XSUAA token) — see :func:`set_current_tokens`."""
+    return _current.set((token, None))
 
 
-def reset_current(handle: Token[UserToken | None]) -> None:
+def reset_current(handle: CurrentHandle) -> None:
     _current.reset(handle)
 
 
-def set_current_tokens(
-    token: UserToken | None, xsuaa_token: UserToken | None = None
-) -> tuple[Token[UserToken | None], Token[UserToken | None]]:
+def set_current_tokens(token: UserToken | None, xsuaa_token: UserToken | None = None) -> CurrentHandle:
     """Set the user and its exchanged XSUAA token together (the middlewares do this, so an
     XSUAA token can never outlive or belong to another user than ``current_token()``)."""
-    return _current.set(token), _current_xsuaa.set(xsuaa_token)
+    return _current.set(_NONE if token is None and xsuaa_token is None else (token, xsuaa_token))
 
 
-def reset_current_tokens(handles: tuple[Token[UserToken | None], Token[UserToken | None]]) -> None:
-    _current_xsuaa.reset(handles[1])
-    _current.reset(handles[0])
+def reset_current_tokens(handle: CurrentHandle) -> None:
+    _current.reset(handle)
 
 
 def as_user_token(token: str | UserToken) -> UserToken:

@@ -749,7 +749,7 @@ class PublicPaths:
         self.prefixes = tuple(prefixes)
 
     def __contains__(self, path: object) -> bool:
-        if not isinstance(path, str):
+        if not (self.exact or self.prefixes) or not isinstance(path, str):
             return False
         path = path or "/"
         if _DOT_SEGMENT.search(path):

@@ -6,10 +6,13 @@ a technical user: its own authorizations apply, and its change documents name th
 Needs the bindings ``xsuaa`` and ``connectivity`` (plus ``destination`` when the
 destination lives in the BTP cockpit) and a destination with ``ProxyType: OnPremise`` and
 ``Authentication: PrincipalPropagation``, named by ``S4_DESTINATION`` (default
-``S4_ONPREM``). See README.md next to this file for the BTP, Cloud Connector and S/4HANA
-setup.
+``S4``). Optionally, maintenance orders go to a Cloud Integration iFlow as the same user
+(the ``it-rt`` binding named by ``IFLOW_DESTINATION``). See README.md next to this file
+for the BTP, Cloud Connector and S/4HANA setup.
 
-Run on Cloud Foundry with ``gunicorn "app:create_app()"`` (see manifest.yml).
+Run on Cloud Foundry with ``gunicorn "app:create_app()"`` (see manifest.yml); locally
+against the emulated landscape with
+``python -m propagation.sandbox exec -- python examples/flask_odata/app.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ import propagation
 from propagation.flask import Propagation
 from propagation.http import DestinationSession
 
-DESTINATION = os.environ.get("S4_DESTINATION", "S4_ONPREM")
+DESTINATION = os.environ.get("S4_DESTINATION", "S4")
+#: Optional: the Cloud Integration runtime binding (it-rt) whose iFlow takes maintenance
+#: orders; a service binding is a destination of its instance name.
+IFLOW_DESTINATION = os.environ.get("IFLOW_DESTINATION", "order-iflow")
+IFLOW_PATH = os.environ.get("IFLOW_PATH", "/http/maintenance-orders")
 SERVICE = "/sap/opu/odata/sap/API_FUNCTIONALLOCATION_SRV"
 ENTITY_SET = f"{SERVICE}/A_FunctionalLocation"
 MAX_TOP = 500
@@ -37,6 +44,7 @@ CREATABLE = frozenset(
     {"FunctionalLocation", "FunctionalLocationName", "FunctionalLocationCategory",
      "SuperiorFunctionalLocation", "MaintenancePlant"}
 )
+ORDER_FIELDS = frozenset({"FunctionalLocation", "Description"})
 # Backend answers that are the caller's business; anything else becomes 502.
 PASSED_THROUGH = frozenset({400, 403, 404, 409, 412, 428})
 
@@ -138,6 +146,23 @@ def create_location() -> Any:
     return jsonify(result(s4().post(ENTITY_SET, json=fields(CREATABLE)))), 201
 
 
+@api.post("/maintenance-orders")
+def create_maintenance_order() -> Any:
+    """Hand a maintenance order to the iFlow as the calling user (jwt-bearer with the
+    it-rt binding's client): Cloud Integration, and whatever it calls, sees that user."""
+    order = fields(ORDER_FIELDS)
+    propagator = Propagation.middleware(current_app).propagator
+    try:
+        session = propagator.session(IFLOW_DESTINATION)
+        r = session.post(IFLOW_PATH, json=order)
+    except propagation.DestinationNotFoundError:
+        return jsonify(error="not_configured",
+                       error_description=f"No Cloud Integration binding '{IFLOW_DESTINATION}': maintenance orders are off."), 501
+    if not r.ok:
+        return jsonify(error="iflow_error", iflow_status=r.status_code), 502
+    return jsonify(status="accepted"), 202
+
+
 @api.get("/health")
 def health() -> Any:
     return {"status": "UP"}
@@ -189,5 +214,5 @@ def create_app(propagator: propagation.Propagator | None = None) -> Flask:
     return app
 
 
-if __name__ == "__main__":
-    create_app().run(port=int(os.environ.get("PORT", "5000")))
+if __name__ == "__main__":  # local runs only (the sandbox, a laptop): loopback, no debugger
+    create_app().run(host="127.0.0.1", port=int(os.environ.get("PORT", "5000")))

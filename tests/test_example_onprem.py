@@ -1,4 +1,4 @@
-"""examples/flask_odata_onprem: the on-premise S/4HANA example, driven through its Flask
+"""examples/flask_odata: the on-premise S/4HANA example, driven through its Flask
 API with real XSUAA tokens, against a Connectivity token endpoint and an S/4HANA virtual
 host stood in by ``responses``.
 
@@ -26,8 +26,8 @@ import responses
 import propagation
 from propagation.tokens import UserToken
 
-APP_FILE = Path(__file__).resolve().parent.parent / "examples" / "flask_odata_onprem" / "app.py"
-_spec = importlib.util.spec_from_file_location("flask_odata_onprem_app", APP_FILE)
+APP_FILE = Path(__file__).resolve().parent.parent / "examples" / "flask_odata" / "app.py"
+_spec = importlib.util.spec_from_file_location("flask_odata_app", APP_FILE)
 assert _spec is not None and _spec.loader is not None
 example = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(example)
@@ -46,7 +46,7 @@ CSRF_TOKEN = "abc"
 SESSION_COOKIE = "SAP_SESSIONID_S4H_100"
 
 DESTINATION = {
-    "name": "S4_ONPREM", "url": VHOST, "ProxyType": "OnPremise", "Authentication": "PrincipalPropagation",
+    "name": "S4", "url": VHOST, "ProxyType": "OnPremise", "Authentication": "PrincipalPropagation",
     "CloudConnectorLocationId": LOCATION_ID, "sap-client": "100",
 }
 CONNECTIVITY = {

@@ -1,0 +1,212 @@
+"""``python -m propagation.sandbox``: run the emulated BTP landscape on loopback.
+
+Subcommands:
+
+* ``run`` (default) — start, write ``default-env.json`` and an env file, print the URLs, the
+  users and how to point an app at it; stop cleanly on Ctrl-C or SIGTERM, removing every
+  file of the run (the CA included).
+* ``exec -- CMD ...`` — start, run CMD with the sandbox's environment (``VCAP_SERVICES``,
+  ``destinations``, ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``), stop, exit with CMD's code.
+* ``token USER`` — log a registered user in at the running sandbox's XSUAA (password grant
+  for the app's client) and print the access token — the only command that prints one.
+* ``demo`` — start the sandbox and ``examples/flask_odata``, call it as users, print the chain.
+
+No other output contains a token or a secret: tokens appear as fingerprints only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+from .runtime import STATE_ENV, Sandbox, read_env_file
+
+__all__ = ["main", "build_parser"]
+
+#: Seconds a child of ``exec`` gets to stop after the forwarded Ctrl-C/SIGTERM.
+KILL_AFTER = 10.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m propagation.sandbox",
+        description="The emulated SAP BTP landscape (XSUAA, IAS, Destination service, Connectivity proxy, "
+        "on-premise and cloud OData, iFlow) as real TLS servers on loopback.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{run,exec,token,demo}")
+    run = sub.add_parser("run", help="start and serve until Ctrl-C / SIGTERM (default)")
+    _file_options(run)
+    ex = sub.add_parser("exec", help="run a command against a fresh sandbox; exit with its code")
+    _file_options(ex)
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    tok = sub.add_parser("token", help="log USER in at a running sandbox and print the access token")
+    tok.add_argument("user", help="a registered user, e.g. alice or bob")
+    tok.add_argument("--dir", help=f"the running sandbox's folder (default: ${STATE_ENV})")
+    demo = sub.add_parser("demo", help="start the sandbox and examples/flask_odata, show the chain, exit 0 if it held")
+    demo.add_argument("--app", help="the app to run (default: examples/flask_odata/app.py of this clone)")
+    demo.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the app to be healthy")
+    return parser
+
+
+def _file_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--default-env", type=Path, metavar="PATH",
+                   help="also write default-env.json here (e.g. ./default-env.json; removed on stop)")
+    p.add_argument("--env-file", type=Path, metavar="PATH",
+                   help="also write the environment as KEY='value' lines here (removed on stop)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --default-env/--env-file")
+
+
+class _Stop(threading.Event):
+    """Set by SIGINT/SIGTERM; remembers which, to pass the same one on to a child."""
+
+    signum: int = signal.SIGTERM
+
+
+@contextmanager
+def _stop_signals() -> Iterator[_Stop]:
+    """SIGINT and SIGTERM set an event instead of killing the process mid-cleanup."""
+    stop = _Stop()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.signum = signum
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _start(args: argparse.Namespace) -> Sandbox:
+    sandbox = Sandbox().start()
+    try:
+        sandbox.write(default_env=args.default_env, env_file=args.env_file, force=args.force)
+    except BaseException:
+        sandbox.stop()
+        raise
+    return sandbox
+
+
+def _describe(sandbox: Sandbox, args: argparse.Namespace, out: Any) -> None:
+    print("propagation sandbox: an emulated SAP BTP landscape on loopback (TLS, throw-away CA)", file=out)
+    for name, url in sandbox.urls().items():
+        print(f"  {name:<19} {url}", file=out)
+    from propagation.testing.landscape import DEFAULT_USERS
+
+    users = ", ".join(DEFAULT_USERS)
+    print(f"  users               {users} (password grant for the app's XSUAA client: `token USER`)", file=out)
+    landscape: Any = sandbox.landscape
+    for name, d in sorted(landscape.destinations.items()):
+        where = f"location {d.location}" if d.location else d.url
+        print(f"  {'destination ' + name:<19} {d.proxy_type} {d.authentication} ({where}; Destination service)", file=out)
+    print(f"  {'binding ' + landscape.iflow_binding:<19} it-rt (Cloud Integration): a destination by its name", file=out)
+    print(f"  CA certificate      {sandbox.ca_file}", file=out)
+    print(f"  default-env.json    {args.default_env or sandbox.default_env_file}", file=out)
+    print(f"  env file            {args.env_file or sandbox.env_file}", file=out)
+    print("point an app at it:", file=out)
+    print(f"  set -a; . {sandbox.env_file}; set +a      # VCAP_SERVICES, destinations, CA bundle", file=out)
+    print("  python app.py                              # e.g. examples/flask_odata/app.py", file=out)
+    print("  TOKEN=$(python -m propagation.sandbox token alice)", file=out)
+    print('  curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:5000/functional-locations', file=out)
+    print("or run one command against its own sandbox: python -m propagation.sandbox exec -- python app.py", file=out)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    with _stop_signals() as stop:
+        sandbox = _start(args)
+        try:
+            _describe(sandbox, args, sys.stdout)
+            print("sandbox ready; Ctrl-C stops it", flush=True)
+            while not stop.wait(0.5):
+                pass
+        finally:
+            sandbox.stop()
+    print("sandbox stopped; its files are removed", flush=True)
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        print("exec: give a command: python -m propagation.sandbox exec -- CMD [ARGS...]", file=sys.stderr)
+        return 2
+    with _stop_signals() as stop:
+        sandbox = _start(args)
+        try:
+            env = {**os.environ, **sandbox.environ()}
+            print(f"propagation sandbox up: {STATE_ENV}={sandbox.directory} (`token USER` logs a user in); "
+                  f"running {cmd[0]}", file=sys.stderr, flush=True)
+            try:
+                child = subprocess.Popen(cmd, env=env)
+            except OSError as exc:
+                print(f"exec: cannot run {cmd[0]!r}: {exc.strerror}", file=sys.stderr)
+                return 127
+            forwarded: float | None = None
+            while True:
+                try:
+                    code = child.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    if stop.is_set() and forwarded is None:
+                        child.send_signal(stop.signum)  # Ctrl-C / SIGTERM: the child stops first, then the sandbox
+                        forwarded = time.monotonic()
+                    elif forwarded is not None and time.monotonic() - forwarded > KILL_AFTER:
+                        child.kill()  # it ignored the signal
+        finally:
+            sandbox.stop()
+    return 128 - code if code < 0 else code
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from .client import password_login
+
+    folder = args.dir or os.environ.get(STATE_ENV)
+    if not folder:
+        print(f"token: no running sandbox known: set {STATE_ENV} (printed by `run`) or pass --dir", file=sys.stderr)
+        return 2
+    env_path = Path(folder) / "sandbox.env"
+    if not env_path.is_file():
+        print(f"token: {folder} holds no running sandbox", file=sys.stderr)
+        return 2
+    env = read_env_file(env_path)
+    try:
+        token = password_login(env, args.user)
+    except Exception as exc:  # noqa: BLE001 - a CLI reports, without a traceback
+        print(f"token: {exc}", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(app=Path(args.app) if args.app else None, timeout=args.timeout)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["run", *argv]
+    args = parser.parse_args(argv)
+    try:
+        return {"run": cmd_run, "exec": cmd_exec, "token": cmd_token, "demo": cmd_demo}[args.command](args)
+    except FileExistsError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -452,7 +452,15 @@ def _join(base: str, path: str) -> str:
 
 
 def _host(url: str) -> str:
-    return (urlsplit(url if "://" in url else f"https://{url}").hostname or "").lower()
+    """``host[:port]`` of an https URL, lower-case, the default port 443 left out — the form
+    sap-xssec matches an IAS issuer against the binding's ``domains`` in; "" when malformed."""
+    parts = urlsplit(url if "://" in url else f"https://{url}")
+    try:
+        port = parts.port
+    except ValueError:
+        return ""
+    host = (parts.hostname or "").lower()
+    return host if port in (None, 443) or not host else f"{host}:{port}"
 
 
 class IasFlows:
@@ -584,9 +592,9 @@ class IasFlows:
         if not issuer:
             return False
         parts = urlsplit(issuer if "://" in issuer else f"https://{issuer}")
-        if parts.scheme != "https" or parts.query or parts.fragment or parts.port not in (None, 443):
+        if parts.scheme != "https" or parts.query or parts.fragment:
             return False
-        host = (parts.hostname or "").lower()
+        host = _host(issuer)  # with a non-default port, as sap-xssec's issuer rule reads it
         if host and host == _host(str(self.ias["url"])):
             return True
         domains = self.ias.get("domains") or ([self.ias["domain"]] if self.ias.get("domain") else [])

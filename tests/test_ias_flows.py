@@ -298,7 +298,8 @@ def test_public_client_wrong_audience(bindings: Bindings, ias: jwtkit.Ias, idp_k
 
 
 @pytest.mark.parametrize("issuer", ["https://evil.example.com", "https://mytenant.accounts.ondemand.com.evil.com",
-                                    "https://a.b.accounts.ondemand.com", "http://mytenant.accounts.ondemand.com"])
+                                    "https://a.b.accounts.ondemand.com", "http://mytenant.accounts.ondemand.com",
+                                    "https://mytenant.accounts.ondemand.com:8443", "https://mytenant.accounts.ondemand.com:x"])
 def test_public_client_wrong_issuer(bindings: Bindings, ias: jwtkit.Ias, idp_keys: respx.MockRouter,
                                     rsps: responses.RequestsMock, issuer: str) -> None:
     raw = public_token(ias, issuer=issuer)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .context import current_token, current_xsuaa_token, use_token
-from .engine import Propagator, default_propagator, set_default_propagator
 from .errors import (
     ConfigurationError,
     DestinationNotFoundError,
@@ -23,6 +22,7 @@ from .tokens import UserToken
 
 if TYPE_CHECKING:
     from .destinations.model import Destination
+    from .engine import Propagator, default_propagator, set_default_propagator
     from .http import DestinationSession
     from .wsgi import PropagationMiddleware
 
@@ -52,23 +52,41 @@ __all__ = [
 def session(name: str, *, user_token: str | UserToken | None = None, csrf: bool = True) -> "DestinationSession":
     """A ``requests.Session`` bound to destination ``name`` (default engine); ``csrf=False``
     turns off the automatic ``X-CSRF-Token`` for modifying calls."""
+    from .engine import default_propagator
+
     return default_propagator().session(name, user_token=user_token, csrf=csrf)
 
 
 def destination(name: str, *, user_token: str | UserToken | None = None) -> "Destination":
     """Resolve destination ``name`` (default engine)."""
+    from .engine import default_propagator
+
     return default_propagator().destination(name, user_token=user_token)
 
 
 def headers(name: str, *, user_token: str | UserToken | None = None) -> dict[str, str]:
     """The headers a call to ``name`` carries for the current user (default engine)."""
+    from .engine import default_propagator
+
     return default_propagator().headers(name, user_token=user_token)
 
 
-def __getattr__(attr: str) -> Any:
-    # The WSGI middleware is imported lazily so `import propagation` stays light.
-    if attr == "PropagationMiddleware":
-        from .wsgi import PropagationMiddleware
+#: Names imported on first use, so that ``import propagation`` (which pytest does in every
+#: run, for the ``propagation.testing`` plugin) loads neither ``requests`` nor sap-xssec.
+_LAZY = {
+    "PropagationMiddleware": ".wsgi",
+    "Propagator": ".engine",
+    "default_propagator": ".engine",
+    "set_default_propagator": ".engine",
+}
 
-        return PropagationMiddleware
-    raise AttributeError(f"module 'propagation' has no attribute {attr!r}")
+
+def __getattr__(attr: str) -> Any:
+    module = _LAZY.get(attr)
+    if module is None:
+        raise AttributeError(f"module 'propagation' has no attribute {attr!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), attr)
+    globals()[attr] = value
+    return value

@@ -33,7 +33,9 @@ def test_demo_runs_green_and_prints_the_chain() -> None:
                          rf"proxy #[0-9a-f]{{12}} location LOC1 -> onprem saw {user} \(200\)", out), user
     assert re.search(r"alice -> cached token \(no exchange\) -> proxy #[0-9a-f]{12} location LOC1 -> onprem saw alice", out)
     # (7) the iFlow is called as alice
-    assert "alice -> jwt-bearer [sb-it-rt-instance!b196, user alice] 200 -> iflow saw alice (200)" in out
+    assert "alice -> jwt-bearer [sb-it-rt-instance!b196, user alice] 200 -> iflow saw alice (201)" in out
+    # S/4HANA's rows reach the caller (the V2 entity set the app reads)
+    assert out.count("answer     200 3 functional location(s): 1010-PLT-01, 1010-PLT-01-PMP, 1010-PLT-01-CMP") == 3
     assert re.search(r"demo OK: 8 of 8 steps passed in \d+\.\d s", out)
     # tokens only as fingerprints; no secret of the sandbox's clients
     assert "eyJ" not in out + proc.stderr

@@ -220,6 +220,83 @@ def test_ias_public_client_token_is_exchanged_for_the_apps(land: Landscape) -> N
         "ias", "jwt-bearer", land.ias_client, "alice", "ias")
 
 
+def _ias_password_cases() -> list[Any]:
+    return [
+        pytest.param("app-basic", "alice", "alice-password", 200, None, id="app-client-basic"),
+        pytest.param("app-body", "alice@example.com", "alice-password", 200, None, id="app-client-by-email"),
+        pytest.param("public", "bob", "bob-password", 200, None, id="public-client-id-only"),
+        pytest.param("app-basic", "alice", "wrong", 400, "invalid_grant", id="wrong-password"),
+        pytest.param("unknown-public", "alice", "alice-password", 401, "invalid_client", id="unregistered-public-client"),
+        pytest.param("public-cc", None, None, 401, "invalid_client", id="public-client-cannot-use-client-credentials"),
+    ]
+
+
+@pytest.mark.parametrize("auth, username, password, status, error", _ias_password_cases())
+def test_ias_password_grant(land: Landscape, auth: str, username: str | None, password: str | None, status: int,
+                            error: str | None) -> None:
+    """A user logs in at IAS: the app's client (aud + the XSUAA trust client) or a public client (aud: itself)."""
+    from propagation.testing.landscape import PUBLIC_CLIENT_ID
+
+    form: dict[str, str] = {"grant_type": "password", "username": username or "", "password": password or ""}
+    headers: dict[str, str] = {}
+    if auth == "app-basic":
+        headers["Authorization"] = basic(land.ias_client, land.client_secret(land.ias_client))
+    elif auth == "app-body":
+        form.update(client_form(land, land.ias_client))
+    elif auth == "public":
+        form["client_id"] = PUBLIC_CLIENT_ID
+    elif auth == "unknown-public":
+        form["client_id"] = "not-registered"
+    else:
+        form = {"grant_type": "client_credentials", "client_id": PUBLIC_CLIENT_ID}
+    answer = post(land, f"{land.origins.ias}/oauth2/token", form, headers)
+    assert (answer.status, answer.json().get("error")) == (status, error)
+    (exchange,) = land.exchanges
+    assert exchange.service == "ias" and "password" not in exchange.params
+    if status != 200:
+        return
+    claims = land._verify(answer.json()["access_token"]).claims
+    expected = [land.ias_client, land.trust_client_id] if auth.startswith("app") else PUBLIC_CLIENT_ID
+    assert (claims["aud"], claims["iss"], claims["email"]) == (expected, land.origins.ias, f"{exchange.user}@example.com")
+    assert (exchange.grant, exchange.user, exchange.client_auth) == (
+        "password", username.split("@")[0], {"app-basic": "basic", "app-body": "body", "public": "none"}[auth])
+
+
+@pytest.mark.parametrize(
+    "path, status, ids",
+    [
+        pytest.param(FL_PATH, 200, ["1010-PLT-01", "1010-PLT-01-PMP", "1010-PLT-01-CMP"], id="api-functionallocation"),
+        pytest.param("/sap/opu/odata/sap/API_FUNCTIONALLOCATION_SRV/A_FunctionalLocation?$top=2", 200,
+                     ["1010-PLT-01", "1010-PLT-01-PMP"], id="v2-entity-set-top"),
+        pytest.param("/sap/opu/odata/sap/API_FUNCTIONALLOCATION_SRV/A_FunctionalLocation('1010-PLT-01-CMP')", 200,
+                     ["1010-PLT-01-CMP"], id="v2-single-entity"),
+        pytest.param("/sap/opu/odata/sap/API_FUNCTIONALLOCATION_SRV/A_FunctionalLocation('nope')", 404, [],
+                     id="v2-unknown-entity"),
+        pytest.param("/sap/opu/odata/sap/API_OTHER/Entity", 200, [], id="other-service"),
+    ],
+)
+def test_backend_serves_functional_locations_under_both_services(land: Landscape, path: str, status: int,
+                                                                 ids: list[str]) -> None:
+    answer = backend(land, f"Bearer {land.user_token('alice')}", land.origins.backend + path)
+    assert answer.status == status
+    d = answer.json().get("d", {})
+    rows = d.get("results", [d] if "FunctionalLocation" in d else [])
+    assert [row["FunctionalLocation"] for row in rows] == ids
+    assert land.calls.values("status") == [status]  # the record holds the status the caller got
+
+
+def test_calls_record_the_real_status_of_a_post(land: Landscape) -> None:
+    token = land.user_token("alice")
+    answer = land.handle(Request("POST", land.origins.iflow + "/http/orders", {"Authorization": f"Bearer {token}"}, b"{}"))
+    assert answer.status == 403  # a user token of the app's client may not call the iFlow
+    form = {"grant_type": JWT_BEARER, "assertion": token, **client_form(land, land.iflow_client)}
+    iflow_token = post(land, xsuaa_token_url(land), form).json()["access_token"]
+    answer = land.handle(Request("POST", land.origins.iflow + "/http/orders", {"Authorization": f"Bearer {iflow_token}"}, b"{}"))
+    assert answer.status == 201
+    assert [(c.service, c.method, c.user, c.status) for c in land.calls] == [
+        ("iflow", "POST", "alice", 403), ("iflow", "POST", "alice", 201)]
+
+
 @pytest.mark.parametrize(
     "extra, subject_kind, status, error, scheme",
     [

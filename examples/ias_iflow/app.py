@@ -13,7 +13,9 @@ Bindings: ``identity`` (with the binding parameter ``xsuaa-cross-consumption: tr
 ``xsuaa`` and the ``it-rt`` instance named by ``IFLOW_DESTINATION``. See README.md next
 to this file for the BTP setup.
 
-Run on Cloud Foundry with ``gunicorn "app:create_app()"`` (see manifest.yml).
+Run on Cloud Foundry with ``gunicorn "app:create_app()"`` (see manifest.yml); locally
+against the emulated landscape with
+``python -m propagation.sandbox exec -- python examples/ias_iflow/app.py``.
 """
 
 from __future__ import annotations
@@ -218,5 +220,5 @@ def create_app(propagator: propagation.Propagator | None = None) -> Flask:
     return app
 
 
-if __name__ == "__main__":
-    create_app().run(port=int(os.environ.get("PORT", "5000")))
+if __name__ == "__main__":  # local runs only (the sandbox, a laptop): loopback, no debugger
+    create_app().run(host="127.0.0.1", port=int(os.environ.get("PORT", "5000")))

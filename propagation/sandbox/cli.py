@@ -7,8 +7,11 @@ Subcommands:
   file of the run (the CA included).
 * ``exec -- CMD ...`` — start, run CMD with the sandbox's environment (``VCAP_SERVICES``,
   ``destinations``, ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``), stop, exit with CMD's code.
-* ``token USER`` — log a registered user in at the running sandbox's XSUAA (password grant
-  for the app's client) and print the access token — the only command that prints one.
+* ``token USER`` — log a registered user in at the running sandbox (password grant) and
+  print the access token — the only command that prints one: an XSUAA token for the app's
+  XSUAA client (default), with ``--ias`` an IAS token for the app's IAS client (``aud`` with
+  the XSUAA trust client), with ``--public-client [ID]`` an IAS token of the public (PKCE)
+  client (default: the sandbox's, ``PROPAGATION_PUBLIC_CLIENTS``).
 * ``demo`` — start the sandbox and ``examples/flask_odata``, call it as users, print the chain.
 
 No other output contains a token or a secret: tokens appear as fingerprints only.
@@ -51,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("token", help="log USER in at a running sandbox and print the access token")
     tok.add_argument("user", help="a registered user, e.g. alice or bob")
     tok.add_argument("--dir", help=f"the running sandbox's folder (default: ${STATE_ENV})")
+    idp = tok.add_mutually_exclusive_group()
+    idp.add_argument("--ias", action="store_true",
+                     help="an IAS token of the app's IAS client (aud also holds the XSUAA trust client)")
+    idp.add_argument("--public-client", nargs="?", const="", metavar="ID",
+                     help="an IAS token of a public (PKCE) client (default: the sandbox's public client)")
     demo = sub.add_parser("demo", help="start the sandbox and examples/flask_odata, show the chain, exit 0 if it held")
     demo.add_argument("--app", help="the app to run (default: examples/flask_odata/app.py of this clone)")
     demo.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the app to be healthy")
@@ -105,12 +113,18 @@ def _describe(sandbox: Sandbox, args: argparse.Namespace, out: Any) -> None:
     from propagation.testing.landscape import DEFAULT_USERS
 
     users = ", ".join(DEFAULT_USERS)
-    print(f"  users               {users} (password grant for the app's XSUAA client: `token USER`)", file=out)
+    print(f"  users               {users} (password grant: `token USER` at XSUAA, `token USER --ias` or "
+          "`--public-client` at IAS)", file=out)
     landscape: Any = sandbox.landscape
+    width = max([7, *map(len, landscape.destinations)])
     for name, d in sorted(landscape.destinations.items()):
         where = f"location {d.location}" if d.location else d.url
-        print(f"  {'destination ' + name:<19} {d.proxy_type} {d.authentication} ({where}; Destination service)", file=out)
+        kind = f"{d.authentication}{' forwardAuthToken' if d.forward_auth_token else ''}"
+        source = "Destination service" if d.source == "service" else "`destinations` variable"
+        print(f"  destination {name:<{width}} {d.proxy_type} {kind} ({where}; {source})", file=out)
     print(f"  {'binding ' + landscape.iflow_binding:<19} it-rt (Cloud Integration): a destination by its name", file=out)
+    print(f"  IAS clients         app {landscape.ias_client} (xsuaa-cross-consumption: aud + {landscape.trust_client_id}), "
+          f"public (PKCE) {landscape.public_client_id}", file=out)
     print(f"  CA certificate      {sandbox.ca_file}", file=out)
     print(f"  default-env.json    {args.default_env or sandbox.default_env_file}", file=out)
     print(f"  env file            {args.env_file or sandbox.env_file}", file=out)
@@ -171,7 +185,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from .client import password_login
+    from .client import ias_login, password_login, public_clients
 
     folder = args.dir or os.environ.get(STATE_ENV)
     if not folder:
@@ -183,7 +197,16 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 2
     env = read_env_file(env_path)
     try:
-        token = password_login(env, args.user)
+        if args.public_client is not None:
+            public = args.public_client or next(iter(public_clients(env)), "")
+            if not public:
+                print("token: the sandbox names no public client: pass --public-client ID", file=sys.stderr)
+                return 2
+            token = ias_login(env, args.user, public_client=public)
+        elif args.ias:
+            token = ias_login(env, args.user)
+        else:
+            token = password_login(env, args.user)
     except Exception as exc:  # noqa: BLE001 - a CLI reports, without a traceback
         print(f"token: {exc}", file=sys.stderr)
         return 1

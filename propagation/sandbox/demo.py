@@ -313,6 +313,8 @@ class Demo:
                 seen = self.call("GET", LOCATIONS, user)
                 self.show(seen, user)
                 step.check("200 from the app", seen.status == 200)
+                step.check("with the functional locations S/4HANA returned to that user",
+                           isinstance(seen.body, list) and len(seen.body) > 0)
                 jwt_bearer = seen.token_requests(grant="jwt-bearer")
                 if first:
                     step.check(f"one jwt-bearer exchange for {user} with the connectivity client",

@@ -27,15 +27,28 @@ __all__ = ["Sandbox", "Model", "DEFAULT_DESTINATIONS", "STATE_ENV", "ONPREM_VIRT
 #: Set in the environment of apps run against the sandbox: its private folder.
 STATE_ENV = "PROPAGATION_SANDBOX"
 ONPREM_VIRTUAL_HOST = "http://s4-virtual:44300"
-#: The destinations every sandbox defines (``Landscape.destination`` specs).
+#: The destinations every sandbox defines (``Landscape.destination`` specs), enough for every
+#: example in ``examples/`` with its defaults:
 #: S4: on-premise S/4HANA behind the Cloud Connector (location LOC1), as the user;
-#: S4_CLOUD: an Internet OData service, jwt-bearer done by the Destination service. Both live
-#: in the Destination service (the app finds them at runtime, as cockpit destinations). The
-#: Cloud Integration runtime is the ``it-rt`` binding ``order-iflow`` (a destination by name).
+#: S4_CLOUD: an Internet OData service, jwt-bearer done by the Destination service;
+#: S4_TECHNICAL: the same Internet service with a technical user (client_credentials), the
+#: forum's failure. These live in the Destination service (found at runtime, as cockpit
+#: destinations). BACKEND (in the ``destinations`` variable): an Internet API that gets the
+#: user's token forwarded (``forwardAuthToken``). The Cloud Integration runtime is the
+#: ``it-rt`` binding ``order-iflow`` (a destination by name).
 DEFAULT_DESTINATIONS: tuple[str, ...] = (
     "S4 OnPremise PrincipalPropagation location=LOC1 sap-client=100",
     "S4_CLOUD OAuth2JWTBearer sap-client=100",
+    "S4_TECHNICAL OAuth2ClientCredentials sap-client=100",
+    "BACKEND NoAuthentication forward source=env",
 )
+#: Settings of the subaccount an app reads from its environment (``PROPAGATION_*``), taken
+#: from these landscape attributes: the IAS client of the XSUAA trust (what
+#: ``xsuaa-cross-consumption`` adds to ``aud``) and the IAS public (PKCE) client.
+_APP_SETTINGS = {
+    "PROPAGATION_XSUAA_TRUST_CLIENT_ID": "trust_client_id",
+    "PROPAGATION_PUBLIC_CLIENTS": "public_client_id",
+}
 
 
 class Model(Protocol):
@@ -187,9 +200,15 @@ class Sandbox:
         return self.directory / "sandbox.env"
 
     def environ(self) -> dict[str, str]:
-        """The environment of an app running against the sandbox (to merge into ``os.environ``)."""
+        """The environment of an app running against the sandbox (to merge into ``os.environ``):
+        bindings, ``destinations``, the CA bundle, and the subaccount's IAS settings
+        (``PROPAGATION_XSUAA_TRUST_CLIENT_ID``, ``PROPAGATION_PUBLIC_CLIENTS``)."""
         assert self.landscape is not None
         env = dict(self.landscape.environ())
+        for key, attribute in _APP_SETTINGS.items():
+            value = getattr(self.landscape, attribute, None)
+            if isinstance(value, str) and value:
+                env[key] = value
         ca = str(self.ca_file)
         loopback = ["localhost", "127.0.0.1"]
         no_proxy = ",".join(dict.fromkeys(filter(None, [*os.environ.get("NO_PROXY", "").split(","), *loopback])))

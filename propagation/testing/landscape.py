@@ -53,6 +53,8 @@ __all__ = [
     "NO_USER_TOKEN_MESSAGE",
     "DEFAULT_USERS",
     "FUNCTIONAL_LOCATION_PATH",
+    "FUNCTIONAL_LOCATION_V2_PATH",
+    "PUBLIC_CLIENT_ID",
 ]
 
 logger = logging.getLogger("propagation.testing")
@@ -78,11 +80,17 @@ NO_USER_TOKEN_MESSAGE = "No user token (JWT) has been provided. This is strictly
 #: The Destination service's ``authTokens[].error`` for a user type without a user token.
 _NO_USER_FOR = "No user token (JWT) has been provided. This is strictly necessary for '{auth}'."
 FUNCTIONAL_LOCATION_PATH = "/sap/opu/odata/sap/API_FUNCTIONALLOCATION/FunctionalLocation"
+#: The released S/4HANA OData V2 entity set (``API_FUNCTIONALLOCATION_SRV``): the same rows.
+FUNCTIONAL_LOCATION_V2_PATH = "/sap/opu/odata/sap/API_FUNCTIONALLOCATION_SRV/A_FunctionalLocation"
+_FUNCTIONAL_LOCATION_SETS = (FUNCTIONAL_LOCATION_PATH, FUNCTIONAL_LOCATION_V2_PATH)
+#: The IAS public (PKCE) client registered in every landscape: a mobile app / SPA whose
+#: tokens the app's IAS client may exchange (``landscape.add_public_client`` adds more).
+PUBLIC_CLIENT_ID = "spa-public-client"
 FIND_PATH = "/destination-configuration/v1/destinations/"
 
 #: Users registered in every landscape: name → (password, scopes). ``landscape.add_user`` adds more.
 DEFAULT_USERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "alice": ("alice-password", ("Read", "Write")),
+    "alice": ("alice-password", ("Read", "Write", "Order")),
     "bob": ("bob-password", ("Read",)),
 }
 
@@ -559,7 +567,9 @@ class Landscape:
         self._add_xsuaa_client(self.connectivity_client, authorities=("uaa.resource",))
         self._add_xsuaa_client(self.iflow_client, xsappname="it-rt!b196", authorities=("it-rt!b196.ESBMessaging.send",))
         self._add_ias_client(self.ias_client)
-        self._public_clients: set[str] = set()
+        #: The IAS public (PKCE) client of the subaccount's mobile app / SPA (password grant with ``client_id`` only).
+        self.public_client_id = PUBLIC_CLIENT_ID
+        self._public_clients: set[str] = {self.public_client_id}
         self._providers: dict[str, str] = {}  # IAS "provided API" name → client id
         self._iflow_clients: set[str] = {self.iflow_client}
 
@@ -1232,11 +1242,26 @@ class Landscape:
         tenant = self.provider
         extra_answer: dict[str, Any] = {}
         try:
-            client, mode = self._client_auth(self._ias_clients, form, headers)
+            public = self._public_client(form, headers) if grant == GRANT_PASSWORD else None
+            if public is not None:  # a public client has no secret: it identifies itself by client_id only
+                client, mode = _Client(public, ""), "none"
+            else:
+                client, mode = self._client_auth(self._ias_clients, form, headers)
             if not grant:
                 raise _OAuthError(400, "invalid_request", "Missing grant_type.")
             if grant == GRANT_CLIENT_CREDENTIALS:
                 claims = self._ias_claims(tenant, None, [client.id], client.id)
+                token = self._sign_ias(claims)
+            elif grant == GRANT_PASSWORD:
+                user = form.get("username")
+                record = self._password_user(user, form.get("password"))
+                if record is None:
+                    raise _OAuthError(400, "invalid_grant", "User authentication failed.")
+                user = record.name
+                # xsuaa-cross-consumption (on for the app's IAS binding) adds the XSUAA trust client;
+                # a public client's token is issued to that client alone.
+                aud = [client.id] + ([self.trust_client_id] if client.id == self.ias_client else [])
+                claims = self._ias_claims(tenant, record, aud, client.id)
                 token = self._sign_ias(claims)
             elif grant in (GRANT_JWT_BEARER, GRANT_TOKEN_EXCHANGE):
                 field_name = "assertion" if grant == GRANT_JWT_BEARER else "subject_token"
@@ -1280,6 +1305,23 @@ class Landscape:
             "ias", _short(grant), client.id, user, 200, None, tenant.zid, subject, mode, params, subject_fp,
             fingerprint(token), via, url))
         return _json(200, self._token_answer(token, claims, extra_answer))
+
+    def _public_client(self, form: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
+        """The registered public client a request names by ``client_id`` alone (no secret, no Basic)."""
+        client_id = form.get("client_id")
+        if not client_id or "client_secret" in form or (headers.get("Authorization") or "")[:6].lower() == "basic ":
+            return None
+        with self._lock:
+            return client_id if client_id in self._public_clients else None
+
+    def _password_user(self, username: str | None, password: str | None) -> _User | None:
+        """The registered user with this login name or e-mail and password (IAS accepts both)."""
+        with self._lock:
+            name = username if username in self._users else self._emails.get((username or "").lower())
+            record = self._users.get(name or "")
+        if record is None or record.password is None or password is None:
+            return None
+        return record if hmac.compare_digest(record.password.encode(), password.encode()) else None
 
     def _token_exchange(self, form: Mapping[str, str], client: _Client, tenant: _Tenant,
                         user: _User) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -1545,10 +1587,11 @@ class Landscape:
             self._record(self.calls, Call(status=401, tenant=tenant, client=proxy.claims.get("cid"), error="no principal",
                                           token=proxy_fp, **call))
             return _odata_error(401, NO_USER_TOKEN_MESSAGE)
-        self._record(self.calls, Call(status=200, user=user, tenant=tenant, client=proxy.claims.get("cid"),
+        answer = self._odata_answer(request, path, {"seenBy": user, "service": "onprem", "location": location,
+                                                    "carriedBy": carried_by, "tenant": tenant})
+        self._record(self.calls, Call(status=answer.status, user=user, tenant=tenant, client=proxy.claims.get("cid"),
                                       carried_by=carried_by, token=proxy_fp, **call))
-        return self._odata_answer(request, path, {"seenBy": user, "service": "onprem", "location": location,
-                                                  "carriedBy": carried_by, "tenant": tenant})
+        return answer
 
     # ------------------------------------------------------------------ backend / iFlow
     def _backend(self, request: Request, service: str, path: str) -> Response:
@@ -1581,9 +1624,10 @@ class Landscape:
             if user is None and not self.accept_technical:
                 self._record(self.calls, Call(status=401, error="technical user", **rec))
                 return _odata_error(401, NO_USER_TOKEN_MESSAGE)
-            self._record(self.calls, Call(status=200, user=user, **rec))
-            return self._odata_answer(request, path, {"seenBy": user, "service": service, "tenant": tenant,
-                                                      "client": client, "carriedBy": carried})
+            answer = self._odata_answer(request, path, {"seenBy": user, "service": service, "tenant": tenant,
+                                                        "client": client, "carriedBy": carried})
+            self._record(self.calls, Call(status=answer.status, user=user, **rec))
+            return answer
         if basic is not None:
             name, password = basic
             with self._lock:
@@ -1591,8 +1635,9 @@ class Landscape:
             if known is None or not hmac.compare_digest(known.encode(), password.encode()):
                 self._record(self.calls, Call(status=401, carried_by="basic", error="bad credentials", **call))
                 return _odata_error(401, "Logon failed")
-            self._record(self.calls, Call(status=200, user=name, carried_by="basic", **call))
-            return self._odata_answer(request, path, {"seenBy": name, "service": service, "carriedBy": "basic"})
+            answer = self._odata_answer(request, path, {"seenBy": name, "service": service, "carriedBy": "basic"})
+            self._record(self.calls, Call(status=answer.status, user=name, carried_by="basic", **call))
+            return answer
         self._record(self.calls, Call(status=401, error="no credentials", **call))
         return _odata_error(401, NO_USER_TOKEN_MESSAGE)
 
@@ -1605,14 +1650,40 @@ class Landscape:
             return Response(200, {"Content-Type": "application/json", **headers}, b"")
         body: dict[str, Any] = dict(seen)
         body.update({"method": request.method, "path": path})
-        if path.rstrip("/") == FUNCTIONAL_LOCATION_PATH:
-            body["d"] = {"results": [dict(item) for item in _FUNCTIONAL_LOCATIONS]}
+        status = 201 if request.method == "POST" else 200
+        entity_set, key = _functional_location_target(path)
+        if entity_set and key is None and request.method == "GET":
+            rows = [dict(item) for item in _FUNCTIONAL_LOCATIONS]
+            top = parse_qs(urlsplit(request.url).query).get("$top", [""])[0]
+            body["d"] = {"results": rows[: int(top)] if top.isdigit() else rows}
+        elif entity_set and key is not None and request.method == "GET":
+            row = next((dict(item) for item in _FUNCTIONAL_LOCATIONS if item["FunctionalLocation"] == key), None)
+            if row is None:
+                return _json(404, {"error": {"code": "/IWBEP/CM_MGW_RT/020", "message": f"Resource not found for segment '{key}'"}})
+            body["d"] = row
         else:
             body["d"] = {"results": []}
-        return _json(201 if request.method == "POST" else 200, body, headers)
+        return _json(status, body, headers)
 
 
 # =============================================================================== helpers
+_ENTITY_KEY = re.compile(r"^\('((?:[^']|'')*)'\)$")
+
+
+def _functional_location_target(path: str) -> tuple[bool, str | None]:
+    """Whether ``path`` is a functional-location entity set (either service), and the key of
+    ``...('<id>')`` (OData string literal, percent-decoded, ``''`` → ``'``) if one is addressed."""
+    path = unquote(path.rstrip("/"))
+    for entity_set in _FUNCTIONAL_LOCATION_SETS:
+        if path == entity_set:
+            return True, None
+        if path.startswith(entity_set):
+            match = _ENTITY_KEY.match(path[len(entity_set):])
+            if match:
+                return True, match.group(1).replace("''", "'")
+    return False, None
+
+
 def _form(body: bytes) -> dict[str, str]:
     try:
         text = body.decode("utf-8")

@@ -37,6 +37,11 @@ _current: ContextVar[_Tokens] = ContextVar("propagation.current_tokens", default
 
 CurrentHandle = Token[_Tokens]
 
+#: The variable itself, for the middlewares' per-request and per-chunk hot path (a direct
+#: ``set``/``reset`` of a prepared ``(token, xsuaa_token)`` pair costs no function call).
+#: Application code reads :func:`current_token` and sets :func:`use_token` instead.
+CURRENT_TOKENS = _current
+
 
 def current_token() -> UserToken | None:
     """The user token of the running request (or ``use_token`` block), else ``None``."""

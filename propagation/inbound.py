@@ -4,8 +4,8 @@ Validation itself is sap-xssec's (signature with the IdP's published keys, audie
 issuer domain for IAS); this module decides *which* binding a token is checked against,
 refuses what sap-xssec would not even look at (``alg: none``, HMAC), turns every failure
 into one :class:`~propagation.errors.InvalidTokenError` with a description an operator can
-act on, and remembers successes by fingerprint until the token expires so a busy user costs
-one RSA verification, not one per request.
+act on, and remembers successes (keyed by the whole token) until the token expires, so a
+busy user costs one RSA verification, not one per request.
 
 It also holds the framework-neutral half of the middlewares (``wsgi``, ``asgi``): reading
 the ``Authorization`` header, matching public paths and shaping the 401 answer, so the
@@ -15,7 +15,6 @@ integrations stay thin and behave identically.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
 import threading
@@ -67,53 +66,54 @@ class KeysUnavailableError(InvalidTokenError):
     """
 
 
-@dataclass(frozen=True)
-class _Entry:
-    raw: str
-    value: Any
-    expires_at: float
-
-
 class _ValidatedTokens:
-    """Bounded, thread-safe LRU of validated tokens (or flow results), keyed by SHA-256 of
-    the raw inbound token.
+    """Bounded, thread-safe LRU of validated tokens (or flow results), keyed by the raw
+    inbound token itself.
 
-    Only successes go in; an entry is dropped once it expires. A hit also compares the raw
-    token (constant time), so a hash collision can never return another user.
+    Only successes go in; an entry is dropped once it expires. Why the raw token is a safe
+    key: a dict hit needs ``==`` of the *whole* string (the hash only picks the slot), so
+    no collision can ever return another user's entry — the guarantee the former
+    SHA-256-plus-compare gave, for one string hash instead of a SHA-256 and a second pass.
+    The ``==`` is not constant-time, but it only ever runs against a stored token whose
+    64-bit string hash (SipHash, keyed per process) equals the presented one's, which a
+    caller can neither choose nor observe, so it is no oracle for a stored token. Entries
+    held the raw token before as well (for that compare; the validator's key is the very
+    string its ``UserToken.raw`` holds), so nothing more is kept, and this table never
+    leaves the process (unlike the exchanged-token cache, whose keys are hashes because
+    they may live in Redis).
+
+    Reads take no lock (each dict operation is atomic under the GIL; a concurrent eviction
+    only makes ``move_to_end`` miss); writes and evictions do.
     """
+
+    __slots__ = ("maxsize", "_data", "_lock")
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        self._data: OrderedDict[str, _Entry] = OrderedDict()
+        self._data: OrderedDict[str, tuple[Any, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    @staticmethod
-    def key(raw: str) -> str:
-        return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
-
     def get(self, raw: str, now: float) -> Any:
-        if self.maxsize <= 0:
+        entry = self._data.get(raw)
+        if entry is None:
             return None
-        key = self.key(raw)
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                return None
-            if now >= entry.expires_at:
-                del self._data[key]
-                return None
-            if not hmac.compare_digest(entry.raw.encode("utf-8", "surrogatepass"), raw.encode("utf-8", "surrogatepass")):
-                return None
-            self._data.move_to_end(key)
-            return entry.value
+        if now >= entry[1]:  # expiry is enforced on every hit, not only at eviction
+            with self._lock:
+                if self._data.get(raw) is entry:
+                    del self._data[raw]
+            return None
+        try:
+            self._data.move_to_end(raw)
+        except KeyError:  # evicted by another thread since the get: the result is still valid
+            pass
+        return entry[0]
 
     def put(self, raw: str, value: Any, expires_at: float) -> None:
         if self.maxsize <= 0:
             return
-        key = self.key(raw)
         with self._lock:
-            self._data[key] = _Entry(raw, value, expires_at)
-            self._data.move_to_end(key)
+            self._data[raw] = (value, expires_at)
+            self._data.move_to_end(raw)
             while len(self._data) > self.maxsize:
                 self._data.popitem(last=False)
 
@@ -198,7 +198,7 @@ class TokenValidator:
         now = self._clock()
         hit = self._cache.get(raw, now)
         if hit is not None:
-            return hit
+            return hit.token
         token = UserToken.parse(raw)
         self._check_algorithm(token)
         expires_at = self._check_expiry(token, now)
@@ -216,12 +216,18 @@ class TokenValidator:
                 f"binding to validate it against.{hint}"
             )
         self._verify(token, kind, credentials)
-        self._cache.put(token.raw, token, expires_at)
+        # Stored as the middlewares' result type, so their hot path needs no wrapping per hit.
+        self._cache.put(token.raw, Authenticated(token), expires_at)
         logger.debug("inbound %s token %s validated (tenant %s)", kind, token.fingerprint, token.tenant)
         return token
 
     def cached(self, raw: str) -> UserToken | None:
         """The already-validated token for ``raw`` if still cached (no I/O, never raises)."""
+        hit = self.cached_result(raw)
+        return hit.token if hit is not None else None
+
+    def cached_result(self, raw: str) -> "Authenticated | None":
+        """:meth:`cached` as the middlewares want it (no I/O, never raises, expiry checked)."""
         return self._cache.get(raw, self._clock()) if isinstance(raw, str) else None
 
     def clear_cache(self) -> None:
@@ -478,8 +484,8 @@ class IasFlows:
     X.509 certificate; the answer is validated like any IAS token and, in hybrid mode,
     exchanged for XSUAA as above.
 
-    Results are remembered per inbound-token fingerprint until the earliest expiry of the
-    tokens involved; the exchanges themselves go through the engine's token cache
+    Results are remembered per inbound token until the earliest expiry of the tokens
+    involved; the exchanges themselves go through the engine's token cache
     (single-flight: a burst of one user's requests makes one exchange).
     """
 
@@ -802,6 +808,20 @@ class InboundGate:
             flows(ias_to_xsuaa=ias_to_xsuaa, xsuaa_trust_client_id=xsuaa_trust_client_id, public_clients=public_clients)
             if callable(flows) else None
         )
+        # Resolved once: the per-request lookup is then one call, no getattr, no wrapper.
+        self._lookup: Callable[[str], Authenticated | None] = self._result_lookup()
+
+    def _result_lookup(self) -> Callable[[str], "Authenticated | None"]:
+        if self.flows is not None:
+            return self.flows.cached
+        fast = getattr(self.validator, "cached_result", None)
+        if callable(fast):
+            return fast  # type: ignore[no-any-return]
+        return self._wrapped_cached  # a validator of another kind: cached() -> UserToken
+
+    def _wrapped_cached(self, raw: str) -> "Authenticated | None":
+        hit = self.cached(raw)
+        return Authenticated(hit) if hit is not None else None
 
     def is_public(self, path: str) -> bool:
         return path in self.public_paths
@@ -818,9 +838,11 @@ class InboundGate:
         Only a token that passed full validation before can be found here, so skipping the
         header grammar check for it accepts nothing that :meth:`raw_token` would refuse.
         """
-        if authorization is None or authorization[:7].lower() != "bearer ":
+        if authorization is None:
             return None
-        return self.cached_result(authorization[7:].strip())
+        if not authorization.startswith("Bearer ") and authorization[:7].lower() != "bearer ":
+            return None
+        return self._lookup(authorization[7:].strip())
 
     def cached(self, raw: str) -> UserToken | None:
         lookup = getattr(self.validator, "cached", None)
@@ -828,10 +850,7 @@ class InboundGate:
 
     def cached_result(self, raw: str) -> Authenticated | None:
         """What :meth:`authenticate` would return for ``raw`` if known without I/O."""
-        if self.flows is not None:
-            return self.flows.cached(raw)
-        hit = self.cached(raw)
-        return Authenticated(hit) if hit is not None else None
+        return self._lookup(raw)
 
     def validate(self, raw: str) -> UserToken:
         """Validate, turning anything unexpected into an :class:`InvalidTokenError` (never a 500)."""

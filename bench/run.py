@@ -15,6 +15,8 @@ Sections:
     counted at a loopback token endpoint.
 (d) memory per cached token (tracemalloc) with 100,000 users, and the LRU bound that caps it.
 
+The load test across processes (gunicorn workers, Redis token cache) is ``bench/loadtest.py``.
+
 Targets print PASS/MISS with the figure; the exit code is 0 whatever the figures unless
 ``--strict``. Test IdPs (``tests/jwtkit.py``) sign real RS256 tokens; sap-xssec's key fetch
 is answered by ``respx``; nothing leaves the machine.

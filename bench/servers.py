@@ -1,19 +1,26 @@
-"""Loopback servers for the benchmark: a counting OAuth token endpoint and a trivial target.
+"""Loopback servers for the benchmarks: a counting OAuth token endpoint and a trivial target.
 
 Both are one ``ThreadingHTTPServer`` speaking HTTP/1.1 keep-alive, so connection setup does
-not dominate what is measured.
+not dominate what is measured. For the load test (``bench/loadtest.py``) the same server can
+play XSUAA over TLS: ``token_keys`` (served at ``GET /token_keys``, where sap-xssec looks),
+a ``delay`` per exchange (an IdP is not instant; it also widens the window in which worker
+processes race for one key), and :func:`self_signed` for a loopback certificate.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
+import ipaddress
 import json
+import ssl
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 
 class _Server(ThreadingHTTPServer):
@@ -23,18 +30,29 @@ class _Server(ThreadingHTTPServer):
 
 class LoopbackServer:
     """``POST /oauth/token`` issues ``at-<user>-<client>-<n>`` and counts per (user, client);
-    ``GET`` anything answers a small JSON body."""
+    ``GET /token_keys`` answers ``token_keys`` when given; ``GET`` anything else answers a
+    small JSON body. ``delay`` seconds per exchange; ``tls`` = (certificate, key) files."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, delay: float = 0.0, token_keys: dict[str, Any] | None = None,
+                 tls: tuple[str, str] | None = None) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.exchanges = 0
         self.gets = 0
+        self.key_fetches = 0
+        self.delay = delay
+        self.scheme = "https" if tls else "http"
+        self.token_keys = token_keys  # may be set after construction (the keys' URL names our port)
         self._lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             disable_nagle_algorithm = True  # headers and body are separate writes
+
+            def setup(self) -> None:
+                if isinstance(self.request, ssl.SSLSocket):
+                    self.request.do_handshake()
+                super().setup()
 
             def _send(self, payload: bytes) -> None:
                 self.send_response(200)
@@ -52,10 +70,17 @@ class LoopbackServer:
                     outer.counts[(user, client)] += 1
                     outer.exchanges += 1
                     n = outer.exchanges
+                if outer.delay:
+                    time.sleep(outer.delay)
                 self._send(json.dumps({"access_token": f"at-{user}-{client}-{n}", "token_type": "bearer",
                                        "expires_in": 3600}).encode())
 
             def do_GET(self) -> None:  # noqa: N802
+                if outer.token_keys is not None and urlsplit(self.path).path == "/token_keys":
+                    with outer._lock:
+                        outer.key_fetches += 1
+                    self._send(json.dumps(outer.token_keys).encode())
+                    return
                 with outer._lock:
                     outer.gets += 1
                 self._send(b'{"value":[]}')
@@ -65,11 +90,22 @@ class LoopbackServer:
 
         self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            # The handshake runs in the handler thread (Handler.setup), not in the accept loop.
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True, do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        # TLS: "localhost", the name in the certificate; plain: the address itself.
+        host = "localhost" if self.scheme == "https" else "127.0.0.1"
+        return f"{self.scheme}://{host}:{self.port}"
 
     @property
     def token_url(self) -> str:
@@ -82,6 +118,34 @@ class LoopbackServer:
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def self_signed(directory: str | Path, host: str = "localhost") -> tuple[str, str]:
+    """A self-signed certificate for ``host`` and 127.0.0.1 (files ``cert.pem``, ``key.pem``
+    in ``directory``): clients trust exactly this file (``SSL_CERT_FILE``), nothing else."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory = Path(directory)
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
 
 
 def _user_of(jwt: str) -> str:

@@ -10,7 +10,7 @@ from ..oauth import ClientCredentials
 if TYPE_CHECKING:
     from .service import ServiceLink
 
-__all__ = ["Destination", "Properties", "USER_AUTHENTICATIONS", "SERVICE_TOKEN_AUTHENTICATIONS"]
+__all__ = ["Destination", "Properties", "AUTHENTICATIONS", "USER_AUTHENTICATIONS", "SERVICE_TOKEN_AUTHENTICATIONS", "canonical_authentication"]
 
 #: Types whose headers the Destination service delivers as ``authTokens`` (no exchange by us).
 SERVICE_TOKEN_AUTHENTICATIONS = frozenset(
@@ -39,21 +39,20 @@ USER_AUTHENTICATIONS = frozenset(
 #: ProxyType values, lower-cased → canonical spelling.
 PROXY_TYPES = {"internet": "Internet", "onpremise": "OnPremise", "privatelink": "PrivateLink"}
 
-_CANONICAL_AUTH = {
-    name.lower(): name
-    for name in (
-        "NoAuthentication",
-        "BasicAuthentication",
-        "OAuth2ClientCredentials",
-        "OAuth2Password",
-        "OAuth2JWTBearer",
-        "OAuth2UserTokenExchange",
-        "OAuth2TokenExchange",
-        "OAuth2SAMLBearerAssertion",
-        "PrincipalPropagation",
-        "ClientCertificateAuthentication",
-    )
-}
+#: Every Authentication type the library handles, in DESIGN §4's order.
+AUTHENTICATIONS = (
+    "NoAuthentication",
+    "BasicAuthentication",
+    "OAuth2ClientCredentials",
+    "OAuth2Password",
+    "OAuth2JWTBearer",
+    "OAuth2UserTokenExchange",
+    "OAuth2TokenExchange",
+    "OAuth2SAMLBearerAssertion",
+    "PrincipalPropagation",
+    "ClientCertificateAuthentication",
+)
+_CANONICAL_AUTH = {name.lower(): name for name in AUTHENTICATIONS}
 
 
 def canonical_authentication(value: str) -> str | None:

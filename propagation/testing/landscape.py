@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from requests.structures import CaseInsensitiveDict
 
+from ..destinations.model import AUTHENTICATIONS, USER_AUTHENTICATIONS, canonical_authentication
 from ..tokens import fingerprint
 
 __all__ = [
@@ -116,23 +117,9 @@ def _params(form: Mapping[str, str]) -> dict[str, str]:
         if k not in _SECRET_FIELDS and k not in ("grant_type", "client_id")
     }
 
-_AUTHENTICATIONS = {
-    name.lower(): name
-    for name in (
-        "NoAuthentication",
-        "BasicAuthentication",
-        "OAuth2ClientCredentials",
-        "OAuth2Password",
-        "OAuth2JWTBearer",
-        "OAuth2UserTokenExchange",
-        "OAuth2TokenExchange",
-        "OAuth2SAMLBearerAssertion",
-        "PrincipalPropagation",
-    )
-}
-_USER_AUTHENTICATIONS = frozenset(
-    {"OAuth2JWTBearer", "OAuth2UserTokenExchange", "OAuth2TokenExchange", "OAuth2SAMLBearerAssertion", "PrincipalPropagation"}
-)
+#: The Authentication types a destination line may name: every type the library knows but
+#: ClientCertificateAuthentication, which the landscape does not emulate.
+_EMULATED_AUTHENTICATIONS = frozenset(AUTHENTICATIONS) - {"ClientCertificateAuthentication"}
 #: Types for which the Destination service answers ``authTokens``.
 _SERVICE_TOKEN_TYPES = frozenset(
     {
@@ -384,7 +371,7 @@ class EmulatedDestination:
             return self.forward_auth_token
         if self.authentication == "OAuth2SAMLBearerAssertion" and self.properties.get("SystemUser"):
             return False
-        return self.authentication in _USER_AUTHENTICATIONS
+        return self.authentication in USER_AUTHENTICATIONS
 
     @property
     def location(self) -> str | None:
@@ -862,8 +849,8 @@ class Landscape:
             low = word.lower()
             if low in ("internet", "onpremise"):
                 proxy_type = "OnPremise" if low == "onpremise" else "Internet"
-            elif low in _AUTHENTICATIONS:
-                authentication = _AUTHENTICATIONS[low]
+            elif canonical_authentication(low) in _EMULATED_AUTHENTICATIONS:
+                authentication = canonical_authentication(low)
             elif low in ("forward", "forwardauthtoken"):
                 forward = True
             elif word.startswith("/"):
@@ -929,7 +916,7 @@ class Landscape:
                 if resource:
                     provider = resource[len(_RESOURCE_PREFIX):] if resource.startswith(_RESOURCE_PREFIX) else resource
                     self._providers.setdefault(provider, f"{provider}-provider-client")
-            if source == "service" and authentication in _USER_AUTHENTICATIONS - {"PrincipalPropagation"}:
+            if source == "service" and authentication in USER_AUTHENTICATIONS - {"PrincipalPropagation"}:
                 # What an admin adds so the service accepts IAS user tokens in X-user-token.
                 props.setdefault("x_user_token.jwks_uri", f"{self.origins.ias}/oauth2/certs")
             if source == "env" and authentication == "OAuth2SAMLBearerAssertion":

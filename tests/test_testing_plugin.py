@@ -873,3 +873,20 @@ def test_importing_the_plugin_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        pytest.param("", "needs at least a name", id="empty"),
+        pytest.param("S4 Frobnicate", "cannot read 'Frobnicate'", id="unknown-word"),
+        pytest.param("S4 ClientCertificateAuthentication", "cannot read 'ClientCertificateAuthentication'", id="not-emulated-type"),
+        pytest.param("S4 =x", "'=x' names no property", id="empty-property-name"),
+        pytest.param("S4 target=nowhere", "target must be backend, iflow or onprem", id="unknown-target"),
+        pytest.param("S4 source=cockpit", "source must be 'service' or 'env'", id="unknown-source"),
+    ],
+)
+def test_bad_destination_lines_are_refused_with_the_culprit(line: str, message: str) -> None:
+    landscape = Landscape()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        landscape.destination(line)

@@ -859,6 +859,8 @@ class Landscape:
                 url = word
             elif "=" in word:
                 key, _, value = word.partition("=")
+                if not key:
+                    raise ValueError(f"destination line {spec!r}: {word!r} names no property")
                 if key == "source":
                     source = value
                 elif key == "target":

@@ -10,7 +10,7 @@ from ..oauth import ClientCredentials
 if TYPE_CHECKING:
     from .service import ServiceLink
 
-__all__ = ["Destination", "Properties", "AUTHENTICATIONS", "USER_AUTHENTICATIONS", "SERVICE_TOKEN_AUTHENTICATIONS", "canonical_authentication"]
+__all__ = ["Destination", "Properties", "AUTHENTICATIONS", "USER_AUTHENTICATIONS", "SERVICE_TOKEN_AUTHENTICATIONS", "authentication_needs_user", "canonical_authentication"]
 
 #: Types whose headers the Destination service delivers as ``authTokens`` (no exchange by us).
 SERVICE_TOKEN_AUTHENTICATIONS = frozenset(
@@ -53,6 +53,15 @@ AUTHENTICATIONS = (
     "ClientCertificateAuthentication",
 )
 _CANONICAL_AUTH = {name.lower(): name for name in AUTHENTICATIONS}
+
+
+def authentication_needs_user(authentication: str, *, forward_auth_token: bool, system_user: bool) -> bool:
+    """DESIGN §4's "needs user" column: only the calling user may be sent (fail closed)."""
+    if authentication == "NoAuthentication":
+        return forward_auth_token
+    if authentication == "OAuth2SAMLBearerAssertion" and system_user:
+        return False
+    return authentication in USER_AUTHENTICATIONS
 
 
 def canonical_authentication(value: str) -> str | None:
@@ -137,11 +146,11 @@ class Destination:
     @property
     def needs_user(self) -> bool:
         """True when this destination can only be called as the calling user."""
-        if self.authentication == "NoAuthentication":
-            return self.forward_auth_token
-        if self.authentication == "OAuth2SAMLBearerAssertion" and self.properties.text("SystemUser"):
-            return False
-        return self.authentication in USER_AUTHENTICATIONS
+        return authentication_needs_user(
+            self.authentication,
+            forward_auth_token=self.forward_auth_token,
+            system_user=bool(self.properties.text("SystemUser")),
+        )
 
     @property
     def on_premise(self) -> bool:

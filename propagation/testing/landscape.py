@@ -38,7 +38,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from requests.structures import CaseInsensitiveDict
 
-from ..destinations.model import AUTHENTICATIONS, USER_AUTHENTICATIONS, canonical_authentication
+from ..destinations.model import (
+    AUTHENTICATIONS,
+    SERVICE_TOKEN_AUTHENTICATIONS,
+    USER_AUTHENTICATIONS,
+    authentication_needs_user,
+    canonical_authentication,
+)
 from ..tokens import fingerprint
 
 __all__ = [
@@ -120,18 +126,6 @@ def _params(form: Mapping[str, str]) -> dict[str, str]:
 #: The Authentication types a destination line may name: every type the library knows but
 #: ClientCertificateAuthentication, which the landscape does not emulate.
 _EMULATED_AUTHENTICATIONS = frozenset(AUTHENTICATIONS) - {"ClientCertificateAuthentication"}
-#: Types for which the Destination service answers ``authTokens``.
-_SERVICE_TOKEN_TYPES = frozenset(
-    {
-        "BasicAuthentication",
-        "OAuth2ClientCredentials",
-        "OAuth2Password",
-        "OAuth2JWTBearer",
-        "OAuth2UserTokenExchange",
-        "OAuth2TokenExchange",
-        "OAuth2SAMLBearerAssertion",
-    }
-)
 
 
 # =============================================================================== wire types
@@ -367,11 +361,11 @@ class EmulatedDestination:
 
     @property
     def needs_user(self) -> bool:
-        if self.authentication == "NoAuthentication":
-            return self.forward_auth_token
-        if self.authentication == "OAuth2SAMLBearerAssertion" and self.properties.get("SystemUser"):
-            return False
-        return self.authentication in USER_AUTHENTICATIONS
+        return authentication_needs_user(
+            self.authentication,
+            forward_auth_token=self.forward_auth_token,
+            system_user=bool(self.properties.get("SystemUser")),
+        )
 
     @property
     def location(self) -> str | None:
@@ -1381,7 +1375,7 @@ class Landscape:
             "destinationConfiguration": destination.configuration(),
         }
         user: str | None = None
-        if destination.authentication in _SERVICE_TOKEN_TYPES:
+        if destination.authentication in SERVICE_TOKEN_AUTHENTICATIONS:
             token, user = self._auth_token(destination, tenant, request.headers, service_user, verified.claims, raw)
             answer["authTokens"] = [token]
         else:

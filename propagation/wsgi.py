@@ -117,20 +117,11 @@ class PropagationMiddleware:
             environ[ENVIRON_EXCHANGED_KEY] = auth.xsuaa_token
         if auth.public_token is not None:
             environ[ENVIRON_PUBLIC_KEY] = auth.public_token
-        # _run() inlined: this is the per-request hot path.
-        current = (auth.token, auth.xsuaa_token)
-        handle = _VAR.set(current)
-        try:
-            result = self.app(environ, start_response)
-        finally:
-            _VAR.reset(handle)
-        if type(result) is list or type(result) is tuple:
-            return result
-        return _ContextIterable(result, current)
+        return self._run(environ, start_response, (auth.token, auth.xsuaa_token))
 
     def _run(self, environ: "WSGIEnvironment", start_response: "StartResponse", current: _Current) -> Iterable[bytes]:
-        # Anonymous and public requests run with no user either (``_ANONYMOUS``), so nothing
-        # set earlier on this thread can pass for the caller.
+        # Authenticated requests run with their user; anonymous and public ones with no user
+        # (``_ANONYMOUS``), so nothing set earlier on this thread can pass for the caller.
         handle = _VAR.set(current)
         try:
             result = self.app(environ, start_response)

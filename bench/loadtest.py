@@ -60,7 +60,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(BENCH)]
 
 import jwtkit  # noqa: E402
 from redis_server import RedisServer, ensure_redis_server, free_port  # noqa: E402
-from servers import LoopbackServer, self_signed  # noqa: E402
+from servers import LoopbackServer  # noqa: E402
+
+from propagation.sandbox.pki import Pki  # noqa: E402
 
 DESTINATIONS = ("S4", "CRM")
 EXCHANGE_DELAY = 0.02  # seconds per jwt-bearer answer: an IdP is not instant
@@ -294,8 +296,10 @@ def run(plan: Plan, *, quiet: bool) -> dict[str, Any]:
             cache_url = redis.url
             redis_version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.split()[2]
 
-        cert, key = self_signed(scratch)
-        idp = stack.enter_context(LoopbackServer(delay=EXCHANGE_DELAY, tls=(cert, key)))
+        pki = Pki(prefix="propagation-loadtest-pki-")  # the sandbox's throw-away CA and loopback certificate
+        stack.callback(pki.cleanup)
+        cert = str(pki.ca_file)
+        idp = stack.enter_context(LoopbackServer(delay=EXCHANGE_DELAY, tls=(str(pki.cert_file), str(pki.key_file))))
         # sap-xssec fetches https://{uaadomain}/token_keys: the stand-in's address is the uaadomain.
         xsuaa = jwtkit.Xsuaa(uaadomain=f"localhost:{idp.port}")
         idp.token_keys = xsuaa.token_keys()

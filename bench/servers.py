@@ -4,21 +4,18 @@ Both are one ``ThreadingHTTPServer`` speaking HTTP/1.1 keep-alive, so connection
 not dominate what is measured. For the load test (``bench/loadtest.py``) the same server can
 play XSUAA over TLS: ``token_keys`` (served at ``GET /token_keys``, where sap-xssec looks),
 a ``delay`` per exchange (an IdP is not instant; it also widens the window in which worker
-processes race for one key), and :func:`self_signed` for a loopback certificate.
+processes race for one key); its certificate comes from :class:`propagation.sandbox.pki.Pki`.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime
-import ipaddress
 import json
 import ssl
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -118,34 +115,6 @@ class LoopbackServer:
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def self_signed(directory: str | Path, host: str = "localhost") -> tuple[str, str]:
-    """A self-signed certificate for ``host`` and 127.0.0.1 (files ``cert.pem``, ``key.pem``
-    in ``directory``): clients trust exactly this file (``SSL_CERT_FILE``), nothing else."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    directory = Path(directory)
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
 
 
 def _user_of(jwt: str) -> str:

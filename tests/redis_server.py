@@ -21,6 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
+from propagation.sandbox.ports import free_port
+
 __all__ = ["RedisServer", "TokenEndpoint", "ensure_redis_server", "find_redis_server", "free_port", "exchange_worker"]
 
 
@@ -48,12 +50,6 @@ def ensure_redis_server() -> str | None:
         if result.returncode != 0:
             return None
     return find_redis_server()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Server(ThreadingHTTPServer):

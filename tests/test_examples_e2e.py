@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import requests
 from propagation.sandbox import STATE_ENV, Sandbox
 from propagation.sandbox.client import ias_login, password_login
 from propagation.sandbox.demo import AppProcess
+from propagation.sandbox.ports import free_port
 from propagation.testing.landscape import NO_USER_TOKEN_MESSAGE, PUBLIC_CLIENT_ID
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,12 +42,6 @@ APPS: dict[str, dict[str, str]] = {
     "ias_iflow": {},
     "pkce_public_client": {},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +246,7 @@ def _wait_for(path: Path, pattern: str, proc: subprocess.Popen[bytes], timeout: 
 )
 def test_documented_command_runs_the_example(tmp_path: Path, http: requests.Session, example: str, login: list[str],
                                              method: str, path: str, body: Any) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop(STATE_ENV, None)

@@ -350,3 +350,33 @@ def test_exec_passes_ctrl_c_on_to_the_child_then_stops() -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 5 and not folder.exists()
+
+
+# -- free ports for child processes -----------------------------------------------------
+def _listen(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_free_port_is_below_the_ephemeral_range_so_port_0_servers_cannot_take_it() -> None:
+    from propagation.sandbox import ports
+
+    low = ports._ephemeral_low()
+    for _ in range(20):
+        port = ports.free_port()
+        assert 1024 <= port < low
+        _listen(port)  # free right now
+
+
+@pytest.mark.parametrize("content", [pytest.param("1024\t65535\n", id="no-room-below"),
+                                     pytest.param("garbage", id="unreadable")])
+def test_free_port_with_an_unusual_or_unreadable_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       content: str) -> None:
+    from propagation.sandbox import ports
+
+    (tmp_path / "range").write_text(content)
+    monkeypatch.setattr(ports, "_RANGE_FILE", tmp_path / "range")
+    port = ports.free_port()
+    if content == "garbage":  # the Linux default is assumed
+        assert 1024 <= port < ports._DEFAULT_EPHEMERAL_LOW
+    _listen(port)

@@ -13,7 +13,6 @@ are always cleaned up. Tokens appear only as fingerprints (``#`` + 12 hex digits
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import requests
 
 from ..tokens import fingerprint
 from .client import password_login
+from .ports import free_port
 from .runtime import Sandbox
 from .servers import Forwarded
 
@@ -53,12 +53,6 @@ def default_app() -> Path:
     return Path(propagation.__file__).resolve().parent.parent / "examples" / "flask_odata" / "app.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _redact(text: str) -> str:
     """Log lines shown on failure: anything that looks like a JWT is cut."""
     import re
@@ -72,7 +66,7 @@ class AppProcess:
 
     def __init__(self, app: Path, env: dict[str, str], log_dir: Path) -> None:
         self.app = app
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_file = log_dir / "app.log"
         import propagation

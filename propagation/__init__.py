@@ -15,6 +15,7 @@ from .errors import (
     DestinationNotFoundError,
     InvalidTokenError,
     MissingUserTokenError,
+    PathOutsideDestinationError,
     PropagationError,
     TokenExchangeError,
 )
@@ -23,7 +24,8 @@ from .tokens import UserToken
 if TYPE_CHECKING:
     from .destinations.model import Destination
     from .engine import Propagator, default_propagator, set_default_propagator
-    from .http import DestinationSession
+    from .outbound.clients import AsyncDestinationClient, DestinationClient
+    from .outbound.session import DestinationSession
     from .wsgi import PropagationMiddleware
 
 __version__ = "0.1.0"
@@ -46,6 +48,10 @@ __all__ = [
     "TokenExchangeError",
     "DestinationNotFoundError",
     "ConfigurationError",
+    "PathOutsideDestinationError",
+    "client",
+    "async_client",
+    "async_headers",
 ]
 
 
@@ -55,6 +61,31 @@ def session(name: str, *, user_token: str | UserToken | None = None, csrf: bool 
     from .engine import default_propagator
 
     return default_propagator().session(name, user_token=user_token, csrf=csrf)
+
+
+def client(name: str, *, user_token: str | UserToken | None = None, csrf: bool = True, **kwargs: Any) -> "DestinationClient":
+    """An ``httpx.Client`` bound to destination ``name`` (default engine); same rules as
+    :func:`session`. Extra keyword arguments go to ``httpx.Client``."""
+    from .engine import default_propagator
+
+    return default_propagator().client(name, user_token=user_token, csrf=csrf, **kwargs)
+
+
+def async_client(
+    name: str, *, user_token: str | UserToken | None = None, csrf: bool = True, **kwargs: Any
+) -> "AsyncDestinationClient":
+    """An ``httpx.AsyncClient`` bound to destination ``name`` (default engine): every
+    exchange and lookup is awaited, nothing blocks the event loop."""
+    from .engine import default_propagator
+
+    return default_propagator().async_client(name, user_token=user_token, csrf=csrf, **kwargs)
+
+
+async def async_headers(name: str, *, user_token: str | UserToken | None = None) -> dict[str, str]:
+    """The async twin of :func:`headers`: never blocks the event loop."""
+    from .engine import default_propagator
+
+    return await default_propagator().async_headers(name, user_token=user_token)
 
 
 def destination(name: str, *, user_token: str | UserToken | None = None) -> "Destination":

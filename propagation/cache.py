@@ -7,6 +7,7 @@ at a time (single-flight): a burst of requests from one user makes one call to t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from functools import lru_cache
@@ -14,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
 
 from ._log import logger
 from .oauth import TokenResponse
@@ -76,17 +77,55 @@ class TokenCache(Protocol):
         ...
 
 
+def _owner() -> tuple[int, int | None]:
+    """Who runs a fetch: the thread, and the asyncio task within it (coroutines of one loop
+    share a thread but are different callers)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    return threading.get_ident(), id(task) if task is not None else None
+
+
 class _Flight:
-    """One in-progress ``fetch()`` that concurrent callers for the same key wait on."""
+    """One in-progress ``fetch()`` that concurrent callers for the same key wait on: threads
+    on ``done``, coroutines on a future of their own loop (woken thread-safely)."""
 
-    __slots__ = ("done", "result", "error", "owner", "generation")
+    __slots__ = ("done", "result", "error", "owner", "generation", "waiters")
 
-    def __init__(self, owner: int, generation: int) -> None:
+    def __init__(self, owner: tuple[int, int | None], generation: int) -> None:
         self.done = threading.Event()
         self.result: TokenResponse | None = None
         self.error: BaseException | None = None
         self.owner = owner
         self.generation = generation
+        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def finish(self) -> list[tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]]:
+        """Mark done (under the cache lock, so no coroutine registers after this) and hand
+        back the coroutines to wake with :func:`_wake_all` outside the lock."""
+        self.done.set()
+        waiters, self.waiters = self.waiters, []
+        return waiters
+
+    def outcome(self) -> TokenResponse:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def _wake_all(waiters: list[tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]]) -> None:
+    for loop, future in waiters:
+        try:
+            loop.call_soon_threadsafe(_wake, future)
+        except RuntimeError:  # that loop is closed: nobody is waiting there any more
+            pass
+
+
+def _wake(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class MemoryTokenCache:
@@ -112,6 +151,7 @@ class MemoryTokenCache:
         skew: float = 60.0,
         default_ttl: float = 300.0,
         clock: Callable[[], float] = time.time,
+        wait_timeout: float = 60.0,
     ) -> None:
         if maxsize < 0:
             raise ValueError("maxsize must be >= 0")
@@ -121,6 +161,8 @@ class MemoryTokenCache:
         self.skew = skew
         self.default_ttl = default_ttl
         self.clock = clock
+        #: How long a caller waits for another caller's fetch of the same key.
+        self.wait_timeout = wait_timeout
         self._entries: OrderedDict[str, tuple[TokenResponse, float]] = OrderedDict()
         self._flights: dict[str, _Flight] = {}
         self._generation = 0
@@ -145,12 +187,62 @@ class MemoryTokenCache:
         """``(token, True)`` when no ``fetch()`` ran for this caller (cached, or another
         thread's concurrent fetch); ``(token, False)`` for the caller whose fetch ran."""
         digest = key.digest()
-        me = threading.get_ident()
+        token, flight, leader = self._join(key, digest)
+        if token is not None:
+            return token, True
+        assert flight is not None
+        if not leader:
+            self._log(key, "wait")
+            if not flight.done.wait(self.wait_timeout):
+                raise self._gave_up(key)
+            return flight.outcome(), True
+        self._log(key, "miss")
+        try:
+            token = self._checked(fetch())
+        except BaseException as exc:
+            self._land(digest, flight, None, exc)
+            raise
+        self._land(digest, flight, token, None)
+        return token, False
+
+    async def aget_or_fetch(self, key: CacheKey, fetch: Callable[[], Awaitable[TokenResponse]]) -> tuple[TokenResponse, bool]:
+        """:meth:`get_or_fetch` for coroutines: a waiter awaits (never blocks the loop), and
+        one flight serves threads and coroutines alike."""
+        digest = key.digest()
+        token, flight, leader = self._join(key, digest)
+        if token is not None:
+            return token, True
+        assert flight is not None
+        if not leader:
+            self._log(key, "wait")
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            with self._lock:
+                ready = flight.done.is_set()
+                if not ready:
+                    flight.waiters.append((loop, future))
+            if not ready:
+                try:
+                    await asyncio.wait_for(asyncio.shield(future), self.wait_timeout)
+                except asyncio.TimeoutError:
+                    raise self._gave_up(key) from None
+            return flight.outcome(), True
+        self._log(key, "miss")
+        try:
+            token = self._checked(await fetch())
+        except BaseException as exc:
+            self._land(digest, flight, None, exc)
+            raise
+        self._land(digest, flight, token, None)
+        return token, False
+
+    def _join(self, key: CacheKey, digest: str) -> tuple[TokenResponse | None, _Flight | None, bool]:
+        """The cached token, or the flight to wait on / lead (``leader``)."""
+        me = _owner()
         with self._lock:
             token = self._lookup(digest)
             if token is not None:
-                leader = False
-                flight = None
+                leader, flight = False, None
             else:
                 flight = self._flights.get(digest)
                 leader = flight is None
@@ -160,34 +252,28 @@ class MemoryTokenCache:
                     raise RuntimeError("get_or_fetch: fetch() asked the cache for its own key (recursion).")
         if token is not None:
             self._log(key, "hit")
-            return token, True
-        assert flight is not None
-        if not leader:
-            self._log(key, "wait")
-            flight.done.wait()
-            if flight.error is not None:
-                raise flight.error
-            assert flight.result is not None
-            return flight.result, True
+        return token, flight, leader
 
-        self._log(key, "miss")
-        try:
-            token = fetch()
-            if not isinstance(token, TokenResponse):
-                raise TypeError(f"fetch() returned {type(token).__name__}, not TokenResponse")
-        except BaseException as exc:
-            with self._lock:
-                self._flights.pop(digest, None)
-            flight.error = exc
-            flight.done.set()
-            raise
+    def _land(self, digest: str, flight: _Flight, token: TokenResponse | None, error: BaseException | None) -> None:
         with self._lock:
             self._flights.pop(digest, None)
-            if flight.generation == self._generation:
+            if token is not None and flight.generation == self._generation:
                 self._store(digest, token)
-        flight.result = token
-        flight.done.set()
-        return token, False
+            flight.result, flight.error = token, error
+            waiters = flight.finish()
+        _wake_all(waiters)
+
+    def _gave_up(self, key: CacheKey) -> TimeoutError:
+        self._log(key, "wait-timeout")
+        return TimeoutError(
+            f"Waited {self.wait_timeout:g} s for another caller's token request (destination '{key.destination}'); giving up."
+        )
+
+    @staticmethod
+    def _checked(token: Any) -> TokenResponse:
+        if not isinstance(token, TokenResponse):
+            raise TypeError(f"fetch() returned {type(token).__name__}, not TokenResponse")
+        return token
 
     def invalidate(self, key: CacheKey) -> None:
         with self._lock:

@@ -358,7 +358,7 @@ def _secret_values(value: Any, key: str = "") -> Iterable[str]:
 
 def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io) -> dict[str, Any]:
     from .bindings import Bindings
-    from .connectivity import MODE_ENV, ConnectivityConfig, normalize_mode
+    from .outbound.connectivity import MODE_ENV, ConnectivityConfig, normalize_mode
     from .destinations.env import destination_from_binding, destinations_from_env
     from .destinations.service import TTL_ENV, DestinationServiceConfig
 

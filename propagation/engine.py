@@ -9,18 +9,23 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .auth import Authorizer, OutboundAuth
 from .bindings import Bindings
-from .cache import MemoryTokenCache, TokenCache
-from .connectivity import MODE_ENV, Connectivity
+from .cache import TokenCache
 from .context import as_user_token, current_token
 from .destinations.model import Destination
 from .destinations.resolver import DestinationResolver
+from .flow import run_async, run_sync
 from .oauth import OAuthClient
+from .outbound.auth import Authorizer, OutboundAuth
+from .outbound.connectivity import MODE_ENV, Connectivity
+from .outbound.csrf import CookieJars, CsrfStore
+from .outbound.plan import Plan, plan_flow
+from .outbound.pools import Pools
 from .tokens import UserToken
 
 if TYPE_CHECKING:
-    from .http import DestinationSession
+    from .outbound.clients import AsyncDestinationClient, DestinationClient
+    from .outbound.session import DestinationSession
 
 __all__ = ["Propagator", "default_propagator", "set_default_propagator"]
 
@@ -62,6 +67,10 @@ class Propagator:
         self.connectivity = Connectivity(self.bindings, self.oauth, self.cache, mode)
         self.authorizer = Authorizer(self.oauth, self.cache, self.connectivity)
         self.resolver = DestinationResolver(self.environ, self.bindings, cwd=cwd, oauth=self.oauth, cache=self.cache)
+        #: Connection pools, cookie jars and CSRF tokens shared by every session and client.
+        self.pools = Pools()
+        self.cookie_jars = CookieJars()
+        self.csrf_tokens = CsrfStore()
         self._validator: Any = validator
         self._lock = threading.Lock()
         # IAS flows (see propagation.inbound.IasFlows); None = environment / off.
@@ -132,24 +141,64 @@ class Propagator:
         return as_user_token(user_token) if user_token is not None else current_token()
 
     def destination(self, name: str, *, user_token: str | UserToken | None = None) -> Destination:
-        """Resolve ``name`` (DESIGN §3). Raises :class:`~propagation.errors.DestinationNotFoundError`."""
+        """Resolve ``name`` for the user's tenant (DESIGN §3).
+        Raises :class:`~propagation.errors.DestinationNotFoundError`."""
         return self.resolver.resolve(name, self._user(user_token))
 
+    def plan(self, name: str, method: str = "GET", url: str = "", *, user_token: str | UserToken | None = None) -> Plan:
+        """The :class:`~propagation.outbound.plan.Plan` of one request (headers, proxy, pool…)."""
+        return run_sync(plan_flow(self, name, self._user(user_token), method, url), self.oauth.io)
+
+    async def aplan(
+        self, name: str, method: str = "GET", url: str = "", *, user_token: str | UserToken | None = None
+    ) -> Plan:
+        """:meth:`plan` for async code: every exchange and lookup is awaited."""
+        return await run_async(plan_flow(self, name, self._user(user_token), method, url), self.oauth.aio)
+
     def headers(self, name: str, *, user_token: str | UserToken | None = None) -> dict[str, str]:
-        """The headers a call to ``name`` carries for the user — for clients other than ``requests``."""
-        user = self._user(user_token)
-        return dict(self.authorize(self.resolver.resolve(name, user), user).headers)
+        """The headers a call to ``name`` carries for the user — for clients of your own. An
+        on-premise destination's call must also go through :meth:`plan`'s ``proxy``."""
+        return dict(self.plan(name, user_token=user_token).headers)
+
+    async def async_headers(self, name: str, *, user_token: str | UserToken | None = None) -> dict[str, str]:
+        """:meth:`headers` without blocking the event loop."""
+        return dict((await self.aplan(name, user_token=user_token)).headers)
 
     def authorize(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
-        return self.authorizer.authorize(destination, user)
+        return run_sync(self.authorizer.authorize_flow(destination, user), self.oauth.io)
 
     def session(self, name: str, *, user_token: str | UserToken | None = None, csrf: bool = True) -> "DestinationSession":
         """A ``requests.Session`` bound to destination ``name``, calling as the current (or given) user.
 
         ``csrf=False`` turns off the automatic ``X-CSRF-Token`` fetch for modifying calls."""
-        from .http import DestinationSession
+        from .outbound.session import DestinationSession
 
         return DestinationSession(self, name, user_token=user_token, csrf=csrf)
+
+    def client(self, name: str, *, user_token: str | UserToken | None = None, csrf: bool = True, **kwargs: Any) -> "DestinationClient":
+        """An ``httpx.Client`` bound to destination ``name`` (same rules as :meth:`session`)."""
+        from .outbound.clients import DestinationClient
+
+        return DestinationClient(self, name, user_token=user_token, csrf=csrf, **kwargs)
+
+    def async_client(
+        self, name: str, *, user_token: str | UserToken | None = None, csrf: bool = True, **kwargs: Any
+    ) -> "AsyncDestinationClient":
+        """An ``httpx.AsyncClient`` bound to destination ``name``; nothing blocks the event loop."""
+        from .outbound.clients import AsyncDestinationClient
+
+        return AsyncDestinationClient(self, name, user_token=user_token, csrf=csrf, **kwargs)
+
+    def close(self) -> None:
+        """Close the engine's connection pools and its token endpoint session."""
+        self.pools.close()
+        self.oauth.close()
+
+    async def aclose(self) -> None:
+        """Close the async pools and clients of the running event loop, and the sync ones."""
+        await self.pools.aclose()
+        await self.oauth.aclose()
+        self.oauth.close()
 
 
 _default: Propagator | None = None

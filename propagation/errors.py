@@ -16,6 +16,7 @@ __all__ = [
     "TokenExchangeError",
     "DestinationNotFoundError",
     "ConfigurationError",
+    "PathOutsideDestinationError",
 ]
 
 
@@ -87,3 +88,16 @@ class DestinationNotFoundError(PropagationError, LookupError):
 
 class ConfigurationError(PropagationError, ValueError):
     """A configuration source (environment variable, binding, file) is malformed."""
+
+
+class PathOutsideDestinationError(PropagationError, ValueError):
+    """A relative path whose dot segments climb above the destination URL's path: refused
+    before anything is sent (``"../../admin"`` must not reach ``/sap/admin``)."""
+
+    def __init__(self, path: str, base_path: str) -> None:
+        self.path = path[:200]
+        self.base_path = base_path
+        super().__init__(
+            f"Path {self.path!r} climbs above the destination's path {base_path!r} with dot segments; "
+            f"nothing was sent."
+        )

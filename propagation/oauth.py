@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import base64
 import math
-import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 from urllib.parse import quote_plus, urlsplit, urlunsplit
 
 import requests
 
 from ._log import logger
 from .errors import ConfigurationError, TokenExchangeError
+from .flow import Answer, AsyncIO, ClientCertFiles, Flow, HttpCall, Sleep, SyncIO, TransportFailure, run_async, run_sync
 from .tokens import fingerprint
 
 __all__ = [
@@ -179,41 +177,8 @@ def _expires_in(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-class _ClientCertFiles:
-    """PEM certificate and key in a private temp dir for exactly one token request.
-
-    ``requests`` only takes client certificates as file paths. The directory comes from
-    :func:`tempfile.mkdtemp` (mode 0700), the files are created 0600 with ``O_EXCL``, and
-    the whole directory is removed on exit, also when the request failed.
-    """
-
-    def __init__(self, certificate: str, key: str) -> None:
-        self._certificate = certificate
-        self._key = key
-        self.directory: str | None = None
-
-    def __enter__(self) -> tuple[str, str]:
-        self.directory = tempfile.mkdtemp(prefix="propagation-mtls-")
-        try:
-            cert_file = self._write("client.crt", self._certificate)
-            key_file = self._write("client.key", self._key)
-        except BaseException:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            raise
-        return cert_file, key_file
-
-    def _write(self, name: str, pem: str) -> str:
-        assert self.directory is not None
-        path = os.path.join(self.directory, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(pem if pem.endswith("\n") else pem + "\n")
-        return path
-
-    def __exit__(self, *exc: object) -> None:
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
+#: Kept under its old name for callers of this module.
+_ClientCertFiles = ClientCertFiles
 
 
 # -- the client ------------------------------------------------------------------------------
@@ -222,7 +187,7 @@ class OAuthClient:
 
     ``timeout`` goes to every request (``(connect, read)`` seconds). A 5xx answer or a
     connection error/timeout is retried ``retries`` times after ``backoff * 2**attempt``
-    seconds (via ``sleep``, injectable for tests); a 4xx answer is final. ``clock`` is the
+    seconds (via ``sleep``, or ``asleep`` in async code; injectable for tests); a 4xx answer is final. ``clock`` is the
     wall clock that turns ``expires_in`` into ``TokenResponse.expires_at``.
 
     Redirects are not followed: a token endpoint that redirects would receive the client
@@ -240,6 +205,7 @@ class OAuthClient:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
+        asleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
@@ -254,6 +220,19 @@ class OAuthClient:
             session = requests.Session()
             session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         self.session = session
+        #: The async side: ``httpx.AsyncClient`` per event loop (no cookies kept, no redirects).
+        self.aio = AsyncIO(asleep)
+
+    @property
+    def io(self) -> SyncIO:
+        """The blocking side: this client's ``requests`` session and ``sleep``."""
+        return SyncIO(self.session, self.sleep)
+
+    def close(self) -> None:
+        self.session.close()
+
+    async def aclose(self) -> None:
+        await self.aio.aclose()
 
     def __repr__(self) -> str:
         return f"OAuthClient(timeout={self.timeout!r}, retries={self.retries!r}, backoff={self.backoff!r})"
@@ -301,7 +280,42 @@ class OAuthClient:
         query: Mapping[str, str] | None = None,
         credentials_in_body: bool = True,
     ) -> TokenResponse:
-        """POST one token request and parse the answer.
+        """POST one token request and parse the answer (blocking); see :meth:`token_flow`."""
+        flow = self.token_flow(
+            token_url, client, grant_type, form, headers=headers, query=query, credentials_in_body=credentials_in_body
+        )
+        return run_sync(flow, self.io)
+
+    async def arequest_token(
+        self,
+        token_url: str,
+        client: ClientCredentials,
+        grant_type: str,
+        form: Mapping[str, str] | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+        credentials_in_body: bool = True,
+    ) -> TokenResponse:
+        """:meth:`request_token` for async code: awaited with ``httpx.AsyncClient``."""
+        flow = self.token_flow(
+            token_url, client, grant_type, form, headers=headers, query=query, credentials_in_body=credentials_in_body
+        )
+        return await run_async(flow, self.aio)
+
+    def token_flow(
+        self,
+        token_url: str,
+        client: ClientCredentials,
+        grant_type: str,
+        form: Mapping[str, str] | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+        credentials_in_body: bool = True,
+    ) -> Flow[TokenResponse]:
+        """One token request as a flow (:mod:`propagation.flow`): the request, its retries and
+        the parsing of the answer, without I/O.
 
         The body is ``grant_type`` + ``form`` + the client's authentication fields (those
         last, so ``form`` can never replace or add client credentials). Client
@@ -348,25 +362,11 @@ class OAuthClient:
         secrets = tuple(
             v for v in (client.client_secret, client.key, *(body.get(f) for f in _SECRET_FIELDS)) if v
         )
-        context = _RequestContext(safe_url, host, grant, client.client_id, secrets)
-
-        if client.uses_mtls:
-            assert client.certificate is not None and client.key is not None
-            with _ClientCertFiles(client.certificate, client.key) as cert:
-                return self._send(token_url, body, request_headers, dict(query or {}), cert, auth_mode, context)
-        return self._send(token_url, body, request_headers, dict(query or {}), None, auth_mode, context)
-
-    def _send(
-        self,
-        token_url: str,
-        body: dict[str, str],
-        headers: dict[str, str],
-        query: dict[str, str],
-        cert: tuple[str, str] | None,
-        auth_mode: str,
-        ctx: "_RequestContext",
-    ) -> TokenResponse:
-        """The retry loop: 5xx and connection problems retry, everything else is final."""
+        ctx = _RequestContext(safe_url, host, grant, client.client_id, secrets)
+        cert = (client.certificate, client.key) if client.uses_mtls else None
+        call = HttpCall(
+            "POST", token_url, request_headers, body, dict(query or {}), cert, self.timeout  # type: ignore[arg-type]
+        )
         attempts = self.retries + 1
         for attempt in range(attempts):
             logger.debug(
@@ -375,53 +375,35 @@ class OAuthClient:
             )
             started = self.clock()
             try:
-                response = self.session.post(
-                    token_url,
-                    data=body,
-                    headers=headers,
-                    params=query or None,
-                    cert=cert,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                )
-            except requests.exceptions.SSLError as exc:
-                # A TLS failure (untrusted IdP, rejected client certificate) does not heal.
-                logger.debug("token request host=%s grant=%s failed: %s", ctx.host, ctx.grant, type(exc).__name__)
-                raise TokenExchangeError(
-                    f"{ctx.prefix()} failed: TLS error ({type(exc).__name__}).", url=ctx.url
-                ) from exc
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                logger.debug("token request host=%s grant=%s failed: %s", ctx.host, ctx.grant, type(exc).__name__)
-                if attempt + 1 < attempts:
-                    self._pause(attempt, ctx)
+                response: Answer = yield call
+            except TransportFailure as exc:
+                logger.debug("token request host=%s grant=%s failed: %s", ctx.host, ctx.grant, exc.cause)
+                if exc.kind == "tls":
+                    # A TLS failure (untrusted IdP, rejected client certificate) does not heal.
+                    raise TokenExchangeError(f"{ctx.prefix()} failed: TLS error ({exc.cause}).", url=ctx.url) from exc.__cause__
+                if exc.kind in ("connect", "timeout") and attempt + 1 < attempts:
+                    yield self._pause(attempt, ctx)
                     continue
-                raise TokenExchangeError(
-                    f"{ctx.prefix()} failed: {type(exc).__name__} after {attempts} attempt(s).", url=ctx.url
-                ) from exc
-            except requests.exceptions.RequestException as exc:
-                raise TokenExchangeError(
-                    f"{ctx.prefix()} failed: {type(exc).__name__}.", url=ctx.url
-                ) from exc
-
-            status = response.status_code
+                suffix = f" after {attempts} attempt(s)" if exc.kind in ("connect", "timeout") else ""
+                raise TokenExchangeError(f"{ctx.prefix()} failed: {exc.cause}{suffix}.", url=ctx.url) from exc.__cause__
+            status = response.status
             logger.debug("token response host=%s grant=%s client=%s status=%d", ctx.host, ctx.grant, ctx.client_id, status)
             if status >= 500 and attempt + 1 < attempts:
-                response.close()
-                self._pause(attempt, ctx)
+                yield self._pause(attempt, ctx)
                 continue
             if 200 <= status < 300:
                 return self._parse_success(response, started, ctx)
             raise self._error(response, ctx, attempts if status >= 500 else None)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _pause(self, attempt: int, ctx: "_RequestContext") -> None:
+    def _pause(self, attempt: int, ctx: "_RequestContext") -> Sleep:
         delay = self.backoff * (2**attempt)
         logger.debug("token request host=%s grant=%s: retrying in %.3fs", ctx.host, ctx.grant, delay)
-        self.sleep(delay)
+        return Sleep(delay)
 
-    def _parse_success(self, response: requests.Response, started: float, ctx: "_RequestContext") -> TokenResponse:
+    def _parse_success(self, response: Answer, started: float, ctx: "_RequestContext") -> TokenResponse:
         """A 2xx answer must be a JSON object with a string ``access_token``."""
-        status = response.status_code
+        status = response.status
         try:
             data = response.json()
         except ValueError:
@@ -456,9 +438,9 @@ class OAuthClient:
         )
         return result
 
-    def _error(self, response: requests.Response, ctx: "_RequestContext", attempts: int | None) -> TokenExchangeError:
+    def _error(self, response: Answer, ctx: "_RequestContext", attempts: int | None) -> TokenExchangeError:
         """RFC 6749 §5.2 error answer → TokenExchangeError; tolerant of HTML and plain text."""
-        status = response.status_code
+        status = response.status
         try:
             data = response.json()
         except ValueError:

@@ -18,7 +18,7 @@ import propagation
 from propagation import ConfigurationError, MissingUserTokenError, Propagator
 from propagation.bindings import Binding, Bindings
 from propagation.cache import MemoryTokenCache
-from propagation.connectivity import ConnectivityConfig
+from propagation.outbound.connectivity import ConnectivityConfig
 from propagation.oauth import OAuthClient
 from propagation.tokens import UserToken
 

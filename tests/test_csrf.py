@@ -16,7 +16,7 @@ import responses
 import propagation
 from propagation import Propagator
 from propagation.bindings import Bindings
-from propagation.csrf import service_root
+from propagation.outbound.csrf import service_root
 from propagation.tokens import UserToken
 
 HOST = "https://s4.example.com"

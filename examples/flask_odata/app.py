@@ -26,7 +26,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 
 import propagation
 from propagation.flask import Propagation
-from propagation.http import DestinationSession
+from propagation.outbound.session import DestinationSession
 
 DESTINATION = os.environ.get("S4_DESTINATION", "S4")
 #: Optional: the Cloud Integration runtime binding (it-rt) whose iFlow takes maintenance

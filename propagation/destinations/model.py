@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from ..oauth import ClientCredentials
-
-if TYPE_CHECKING:
-    from .service import ServiceLink
 
 __all__ = ["Destination", "Properties", "AUTHENTICATIONS", "USER_AUTHENTICATIONS", "SERVICE_TOKEN_AUTHENTICATIONS", "authentication_needs_user", "canonical_authentication"]
 
@@ -141,7 +138,9 @@ class Destination:
     client: ClientCredentials | None = None
     token_service_url: str | None = None
     #: Set for destinations found by the Destination service: their authTokens and certificate.
-    service: "ServiceLink | None" = field(default=None, compare=False)
+    #: (A :class:`~propagation.destinations.service.ServiceLink`; typed loosely so that the model
+    #: does not import the service client that builds it.)
+    service: Any = field(default=None, compare=False)
 
     @property
     def needs_user(self) -> bool:

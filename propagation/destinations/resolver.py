@@ -14,6 +14,7 @@ from .model import Destination
 
 if TYPE_CHECKING:
     from ..cache import TokenCache
+    from ..flow import Flow
     from ..oauth import OAuthClient
     from .service import DestinationService
 
@@ -75,7 +76,16 @@ class DestinationResolver:
         return self._env_destinations
 
     def resolve(self, name: str, user: UserToken | None = None) -> Destination:
-        """The destination ``name``; :class:`DestinationNotFoundError` names every place looked in."""
+        """:meth:`resolve_flow`, blocking."""
+        from ..flow import run_sync
+
+        service = self.destination_service()
+        io = service.oauth.io if service is not None else None
+        return run_sync(self.resolve_flow(name, user), io)  # type: ignore[arg-type]
+
+    def resolve_flow(self, name: str, user: UserToken | None = None) -> "Flow[Destination]":
+        """The destination ``name``; :class:`DestinationNotFoundError` names every place looked in.
+        Only the Destination service (step 3) does I/O."""
         from .env import destination_from_binding
 
         found = self.env_destinations().get(name)
@@ -88,7 +98,7 @@ class DestinationResolver:
                 return destination
         service = self.destination_service()
         if service is not None:
-            destination = service.find(name, user)
+            destination = yield from service.find_flow(name, user)
             if destination is not None:
                 return destination
         searched = ["the 'destinations' environment variable (or default-env.json)"]

@@ -48,8 +48,6 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import requests
-
 from .._log import logger
 from ..bindings import Binding, Bindings
 from ..cache import CacheKey, TokenCache
@@ -59,12 +57,12 @@ from ..oauth import (
     ClientCredentials,
     OAuthClient,
     TokenResponse,
-    _ClientCertFiles,
     _expires_in,
     _safe_url,
     _sanitize,
     expand_token_type,
 )
+from ..flow import Answer, Cached, ClientCertFiles, Flow, HttpCall, Invalidate, Sleep, TransportFailure, run_sync
 from ..tokens import UserToken
 from .model import PROXY_TYPES, Destination, Properties, canonical_authentication
 
@@ -179,8 +177,8 @@ class ServiceLink:
     name: str
     certificate: tuple[str, str] | None = None  # (PEM chain, PEM key) for ClientCertificateAuthentication
 
-    def auth_headers(self, destination: Destination, user: UserToken | None) -> tuple[dict[str, str], CacheKey]:
-        return self.service.auth_headers(destination, user)
+    def auth_headers_flow(self, destination: Destination, user: UserToken | None) -> Flow[tuple[dict[str, str], CacheKey]]:
+        return self.service.auth_headers_flow(destination, user)
 
     def __repr__(self) -> str:
         return f"ServiceLink(binding={self.service.config.binding_name!r}, name={self.name!r})"
@@ -226,12 +224,16 @@ class DestinationService:
         return f"the Destination service (binding '{self.config.binding_name}', tenant '{tenant.id}'): not found"
 
     # -- step 3 of the resolver ---------------------------------------------------------
-    def find(self, name: str, user: UserToken | None) -> Destination | None:
+    def find_flow(self, name: str, user: UserToken | None) -> Flow[Destination | None]:
         """The destination ``name`` from its configuration lookup, or ``None`` (404)."""
-        answer, _, _ = self._config_answer(name, user)
+        answer, _, _ = yield from self._config_answer(name, user)
         if answer is None:
             return None
         return self._destination(name, answer)
+
+    def find(self, name: str, user: UserToken | None) -> Destination | None:
+        """:meth:`find_flow`, blocking."""
+        return run_sync(self.find_flow(name, user), self.oauth.io)
 
     def _destination(self, name: str, answer: Mapping[str, Any]) -> Destination:
         where = f"Destination '{name}' ({self.source})"
@@ -270,22 +272,22 @@ class DestinationService:
         )
 
     # -- the authorizer's part -----------------------------------------------------------
-    def auth_headers(self, destination: Destination, user: UserToken | None) -> tuple[dict[str, str], CacheKey]:
+    def auth_headers_flow(self, destination: Destination, user: UserToken | None) -> Flow[tuple[dict[str, str], CacheKey]]:
         """The target call's headers from ``authTokens`` and the key of the answer they came
         from. A user type makes the user lookup (the caller has checked ``user`` is set)."""
         name = destination.name
         if destination.needs_user:
             assert user is not None, "the authorizer raises MissingUserTokenError first"
-            answer, key = self._user_answer(destination, user)
+            answer, key = yield from self._user_answer(destination, user)
         else:
-            config_answer, key, _ = self._config_answer(name, user)
+            config_answer, key, _ = yield from self._config_answer(name, user)
             if config_answer is None:
                 raise DestinationNotFoundError(name, [self.searched(name, user)])
             answer = config_answer
         try:
             headers = self._headers(name, destination.authentication, answer, user)
         except TokenExchangeError:
-            self.cache.invalidate(key)  # never serve an answer with an error again
+            yield Invalidate(self.cache, key)  # never serve an answer with an error again
             raise
         return headers, key
 
@@ -319,7 +321,7 @@ class DestinationService:
     # -- lookups (cached) ----------------------------------------------------------------
     def _config_answer(
         self, name: str, user: UserToken | None
-    ) -> tuple[dict[str, Any] | None, CacheKey, bool]:
+    ) -> Flow[tuple[dict[str, Any] | None, CacheKey, bool]]:
         tenant = self.config.tenant_for(user)
         key = CacheKey(
             destination=name,
@@ -329,16 +331,16 @@ class DestinationService:
             extra=_digest(self.config.uri, tenant.token_url),
         )
 
-        def fetch() -> TokenResponse:
+        def fetch() -> Flow[TokenResponse]:
             return self._fetch(name, tenant, {}, user=None, authentication=None)
 
         try:
-            cached, hit = self.cache.get_or_fetch(key, fetch)
+            cached, hit = yield Cached(self.cache, key, fetch)
         except _NotFound:
             return None, key, False
         return json.loads(cached.access_token), key, hit
 
-    def _user_answer(self, destination: Destination, user: UserToken) -> tuple[dict[str, Any], CacheKey]:
+    def _user_answer(self, destination: Destination, user: UserToken) -> Flow[tuple[dict[str, Any], CacheKey]]:
         tenant = self.config.tenant_for(user)
         if destination.authentication == "OAuth2TokenExchange":
             token_type = expand_token_type(destination.properties.text("tokenService.body.subject_token_type") or "access_token")
@@ -356,11 +358,11 @@ class DestinationService:
             extra=_digest(self.config.uri, tenant.token_url, *sorted(k for k in user_headers), user_headers.get("X-Subject-Token-Type", "")),
         )
 
-        def fetch() -> TokenResponse:
+        def fetch() -> Flow[TokenResponse]:
             return self._fetch(destination.name, tenant, user_headers, user=user, authentication=destination.authentication)
 
         try:
-            cached, hit = self.cache.get_or_fetch(key, fetch)
+            cached, hit = yield Cached(self.cache, key, fetch)
         except _NotFound:
             raise DestinationNotFoundError(destination.name, [self.searched(destination.name, user)]) from None
         answer = json.loads(cached.access_token)
@@ -370,7 +372,7 @@ class DestinationService:
         )
         return answer, key
 
-    def _service_token(self, tenant: _Tenant) -> tuple[TokenResponse, CacheKey, bool]:
+    def _service_token(self, tenant: _Tenant) -> Flow[tuple[TokenResponse, CacheKey, bool]]:
         key = CacheKey(
             destination=_SERVICE_TOKEN_KEY,
             grant=GRANT_CLIENT_CREDENTIALS,
@@ -378,8 +380,8 @@ class DestinationService:
             tenant=tenant.id,
             extra=_digest(tenant.token_url),
         )
-        token, hit = self.cache.get_or_fetch(
-            key, lambda: self.oauth.request_token(tenant.token_url, self.config.client, GRANT_CLIENT_CREDENTIALS, {})
+        token, hit = yield Cached(
+            self.cache, key, lambda: self.oauth.token_flow(tenant.token_url, self.config.client, GRANT_CLIENT_CREDENTIALS, {})
         )
         return token, key, hit
 
@@ -391,21 +393,20 @@ class DestinationService:
         *,
         user: UserToken | None,
         authentication: str | None,
-    ) -> TokenResponse:
+    ) -> Flow[TokenResponse]:
         """One find call (with a fresh service token once if the cached one is refused).
         ``authentication`` is set for a user lookup, whose answer must carry usable tokens."""
         url = self.config.uri + FIND_PATH + quote(name, safe="")
         started = self.oauth.clock()
         for second_try in (False, True):
-            token, token_key, hit = self._service_token(tenant)
+            token, token_key, hit = yield from self._service_token(tenant)
             headers = {"Accept": "application/json", "Authorization": f"Bearer {token.access_token}", **user_headers}
-            response = self._get(url, headers, name, tenant, user)
-            status = response.status_code
+            response = yield from self._get(url, headers, name, tenant, user)
+            status = response.status
             if status in (401, 403) and hit and not second_try:
                 logger.info("destination=%s destination-service refused a cached service token (%d): fetching a new one",
                             name, status)
-                self.cache.invalidate(token_key)
-                response.close()
+                yield Invalidate(self.cache, token_key)
                 continue
             break
         secrets = (token.access_token,) + tuple(user_headers.values())
@@ -453,8 +454,8 @@ class DestinationService:
             return min(lifetimes) if lifetimes else self.config_ttl
         return min([self.config_ttl, *lifetimes])
 
-    def _get(self, url: str, headers: dict[str, str], name: str, tenant: _Tenant, user: UserToken | None) -> requests.Response:
-        """GET with the OAuth client's session, timeout and retry policy (5xx, connection)."""
+    def _get(self, url: str, headers: dict[str, str], name: str, tenant: _Tenant, user: UserToken | None) -> Flow[Answer]:
+        """GET with the OAuth client's timeout and retry policy (5xx, connection)."""
         attempts = self.oauth.retries + 1
         safe = _safe_url(url)
         for attempt in range(attempts):
@@ -463,25 +464,22 @@ class DestinationService:
                 name, tenant.id, user.fingerprint if user else None, attempt + 1, attempts,
             )
             try:
-                response = self.oauth.session.get(url, headers=headers, timeout=self.oauth.timeout, allow_redirects=False)
-            except requests.exceptions.SSLError as exc:
-                raise TokenExchangeError(f"Destination service lookup of '{name}' at {safe}: TLS error ({type(exc).__name__}).",
-                                         url=safe) from exc
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                if attempt + 1 < attempts:
-                    self.oauth.sleep(self.oauth.backoff * (2**attempt))
+                response: Answer = yield HttpCall("GET", url, headers, timeout=self.oauth.timeout)
+            except TransportFailure as exc:
+                if exc.kind == "tls":
+                    raise TokenExchangeError(
+                        f"Destination service lookup of '{name}' at {safe}: TLS error ({exc.cause}).", url=safe
+                    ) from exc.__cause__
+                if exc.kind in ("connect", "timeout") and attempt + 1 < attempts:
+                    yield Sleep(self.oauth.backoff * (2**attempt))
                     continue
+                suffix = f" after {attempts} attempt(s)" if exc.kind in ("connect", "timeout") else ""
                 raise TokenExchangeError(
-                    f"Destination service lookup of '{name}' at {safe} failed: {type(exc).__name__} after {attempts} attempt(s).",
-                    url=safe,
-                ) from exc
-            except requests.exceptions.RequestException as exc:
-                raise TokenExchangeError(f"Destination service lookup of '{name}' at {safe} failed: {type(exc).__name__}.",
-                                         url=safe) from exc
-            logger.debug("destination=%s destination-service find status=%d", name, response.status_code)
-            if response.status_code >= 500 and attempt + 1 < attempts:
-                response.close()
-                self.oauth.sleep(self.oauth.backoff * (2**attempt))
+                    f"Destination service lookup of '{name}' at {safe} failed: {exc.cause}{suffix}.", url=safe
+                ) from exc.__cause__
+            logger.debug("destination=%s destination-service find status=%d", name, response.status)
+            if response.status >= 500 and attempt + 1 < attempts:
+                yield Sleep(self.oauth.backoff * (2**attempt))
                 continue
             return response
         raise AssertionError("unreachable")  # pragma: no cover
@@ -491,7 +489,7 @@ class _NotFound(Exception):
     """404 from the find call (never cached)."""
 
 
-def _error_text(response: requests.Response, secrets: tuple[str, ...]) -> str | None:
+def _error_text(response: Answer, secrets: tuple[str, ...]) -> str | None:
     try:
         data = response.json()
     except ValueError:
@@ -582,5 +580,5 @@ def client_certificate(destination: Destination, url: str) -> Iterator[tuple[str
     ):
         yield None
         return
-    with _ClientCertFiles(*link.certificate) as files:
+    with ClientCertFiles(*link.certificate) as files:
         yield files

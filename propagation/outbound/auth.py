@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
-from ._log import logger
-from .cache import CacheKey, TokenCache
-from .destinations.model import SERVICE_TOKEN_AUTHENTICATIONS, Destination
-from .errors import ConfigurationError, MissingUserTokenError
-from .oauth import (
+from .._log import logger
+from ..cache import CacheKey, TokenCache
+from ..destinations.model import SERVICE_TOKEN_AUTHENTICATIONS, Destination
+from ..errors import ConfigurationError, MissingUserTokenError
+from ..flow import Cached, Flow
+from ..oauth import (
     GRANT_CLIENT_CREDENTIALS,
     GRANT_JWT_BEARER,
     GRANT_PASSWORD,
@@ -29,7 +30,7 @@ from .oauth import (
     TokenResponse,
     expand_token_type,
 )
-from .tokens import UserToken
+from ..tokens import UserToken
 
 if TYPE_CHECKING:
     from .connectivity import Connectivity
@@ -99,7 +100,7 @@ class Authorizer:
         self.oauth = oauth
         self.cache = cache
         self.connectivity = connectivity
-        self._strategies: dict[str, Callable[[Destination, UserToken | None], OutboundAuth]] = {
+        self._strategies: dict[str, Callable[[Destination, UserToken | None], Flow[OutboundAuth]]] = {
             "NoAuthentication": self._no_authentication,
             "BasicAuthentication": self._basic,
             "OAuth2ClientCredentials": self._client_credentials,
@@ -110,7 +111,7 @@ class Authorizer:
             "PrincipalPropagation": self._principal_propagation,
         }
 
-    def authorize(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+    def authorize_flow(self, destination: Destination, user: UserToken | None) -> Flow[OutboundAuth]:
         """Headers for one call to ``destination`` as ``user``.
 
         Raises :class:`MissingUserTokenError` *before any request* when the destination
@@ -156,13 +157,13 @@ class Authorizer:
                     f"https to the backend); the Connectivity proxy headers must never reach the target."
                 )
             self.connectivity.config(destination)  # no binding: fail before any token request
-        result = strategy(destination, user)
+        result = yield from strategy(destination, user)
         for header, value in destination.properties.prefixed("URL.headers.").items():
             if not _is_proxy_header(header):
                 result.headers.setdefault(header, value)
         if destination.on_premise:
             assert self.connectivity is not None
-            proxy = self.connectivity.authorize(
+            proxy = yield from self.connectivity.authorize_flow(
                 destination, user, propagate_user=destination.authentication == "PrincipalPropagation"
             )
             result.headers.update(proxy.headers)
@@ -177,18 +178,20 @@ class Authorizer:
         return result
 
     # -- strategies -----------------------------------------------------------------
-    def _service_tokens(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+    def _service_tokens(self, destination: Destination, user: UserToken | None) -> Flow[OutboundAuth]:
         # The Destination service's authTokens are the headers; cache_key is its answer's key,
         # so a 401 from the target drops that answer and the retry looks it up again.
         assert destination.service is not None
-        headers, key = destination.service.auth_headers(destination, user)
+        headers, key = yield from destination.service.auth_headers_flow(destination, user)
         return OutboundAuth("destination-service", headers, cache_key=key, user=user)
 
-    def _client_certificate(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+    def _client_certificate(self, destination: Destination, user: UserToken | None) -> Flow[OutboundAuth]:
+        yield from ()  # a flow without I/O
         # No header: DestinationSession presents the service's certificate (mTLS).
         return OutboundAuth("client-certificate")
 
-    def _principal_propagation(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+    def _principal_propagation(self, destination: Destination, user: UserToken | None) -> Flow[OutboundAuth]:
+        yield from ()  # a flow without I/O
         # No Authorization for the target: the Cloud Connector maps the user carried to the
         # Connectivity proxy (added by authorize() for on-premise destinations).
         if not destination.on_premise:
@@ -198,37 +201,39 @@ class Authorizer:
             )
         return OutboundAuth("principal-propagation", user=user)
 
-    def _no_authentication(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+    def _no_authentication(self, destination: Destination, user: UserToken | None) -> Flow[OutboundAuth]:
+        yield from ()  # a flow without I/O
         if destination.forward_auth_token and user is not None:
             return OutboundAuth("forward", {"Authorization": f"Bearer {user.raw}"}, user=user)
         return OutboundAuth("none")
 
-    def _basic(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+    def _basic(self, destination: Destination, user: UserToken | None) -> Flow[OutboundAuth]:
+        yield from ()  # a flow without I/O
         name, password = _user_and_password(destination)
         raw = f"{name}:{password}".encode("utf-8")
         return OutboundAuth("basic", {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")})
 
-    def _client_credentials(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+    def _client_credentials(self, destination: Destination, user: UserToken | None) -> Flow[OutboundAuth]:
         tenant = user.tenant if user is not None else None
-        return self._exchange(destination, None, tenant, GRANT_CLIENT_CREDENTIALS, {}, "client_credentials")
+        return (yield from self._exchange(destination, None, tenant, GRANT_CLIENT_CREDENTIALS, {}, "client_credentials"))
 
-    def _password(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+    def _password(self, destination: Destination, user: UserToken | None) -> Flow[OutboundAuth]:
         name, password = _user_and_password(destination)
         form = {"username": name, "password": password}
         tenant = user.tenant if user is not None else None
-        return self._exchange(destination, None, tenant, GRANT_PASSWORD, form, "password", extra=name)
+        return (yield from self._exchange(destination, None, tenant, GRANT_PASSWORD, form, "password", extra=name))
 
-    def _jwt_bearer(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+    def _jwt_bearer(self, destination: Destination, user: UserToken | None) -> Flow[OutboundAuth]:
         assert user is not None
-        return self._exchange(destination, user, user.tenant, GRANT_JWT_BEARER, {"assertion": user.raw}, "jwt-bearer")
+        return (yield from self._exchange(destination, user, user.tenant, GRANT_JWT_BEARER, {"assertion": user.raw}, "jwt-bearer"))
 
-    def _token_exchange(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
+    def _token_exchange(self, destination: Destination, user: UserToken | None) -> Flow[OutboundAuth]:
         assert user is not None
         form = {
             "subject_token": user.raw,
             "subject_token_type": TOKEN_TYPE_URNS["access_token"],
         }
-        return self._exchange(destination, user, user.tenant, GRANT_TOKEN_EXCHANGE, form, "token-exchange")
+        return (yield from self._exchange(destination, user, user.tenant, GRANT_TOKEN_EXCHANGE, form, "token-exchange"))
 
     # -- shared OAuth path ---------------------------------------------------------
     def _exchange(
@@ -241,7 +246,7 @@ class Authorizer:
         strategy: str,
         *,
         extra: str = "",
-    ) -> OutboundAuth:
+    ) -> Flow[OutboundAuth]:
         client, token_url = self._client(destination, user)
         props = destination.properties
         body = dict(form)
@@ -274,12 +279,12 @@ class Authorizer:
             extra=_shape_digest(shape),
         )
 
-        def fetch() -> TokenResponse:
-            return self.oauth.request_token(
+        def fetch() -> Flow[TokenResponse]:
+            return self.oauth.token_flow(
                 token_url, client, grant, body, headers=headers, query=query, credentials_in_body=in_body
             )
 
-        token, hit = self.cache.get_or_fetch(key, fetch)
+        token, hit = yield Cached(self.cache, key, fetch)
         logger.debug(
             "destination=%s grant=%s cache=%s user=%s",
             destination.name,

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from ._log import logger
-from .bindings import Binding, Bindings
-from .cache import CacheKey, TokenCache
-from .destinations.model import Destination
-from .errors import ConfigurationError
-from .oauth import GRANT_CLIENT_CREDENTIALS, GRANT_JWT_BEARER, ClientCredentials, OAuthClient
-from .tokens import UserToken
+from .._log import logger
+from ..bindings import Binding, Bindings
+from ..cache import CacheKey, TokenCache
+from ..destinations.model import Destination
+from ..errors import ConfigurationError
+from ..flow import Cached, Flow
+from ..oauth import GRANT_CLIENT_CREDENTIALS, GRANT_JWT_BEARER, ClientCredentials, OAuthClient, TokenResponse
+from ..tokens import UserToken
 
 __all__ = [
     "MODES",
@@ -194,7 +195,7 @@ class Connectivity:
             return self.mode
         return normalize_mode(value, f"Destination '{destination.name}' ({destination.source}) property connectivityMode")
 
-    def authorize(self, destination: Destination, user: UserToken | None, *, propagate_user: bool) -> ProxyAuth:
+    def authorize_flow(self, destination: Destination, user: UserToken | None, *, propagate_user: bool) -> Flow[ProxyAuth]:
         """Proxy headers for one call. ``propagate_user``: the user travels to the Cloud
         Connector (PrincipalPropagation); ``user`` must then be set."""
         config = self.config(destination)
@@ -221,10 +222,10 @@ class Connectivity:
             extra=hashlib.sha256(token_url.encode("utf-8")).hexdigest(),
         )
 
-        def fetch() -> Any:
-            return self.oauth.request_token(token_url, config.client, grant, form)
+        def fetch() -> Flow[TokenResponse]:
+            return self.oauth.token_flow(token_url, config.client, grant, form)
 
-        token, hit = self.cache.get_or_fetch(key, fetch)
+        token, hit = yield Cached(self.cache, key, fetch)
         headers[HEADER_PROXY_AUTHORIZATION] = f"Bearer {token.access_token}"
         if propagate_user and user is not None and mode == "header":
             headers[HEADER_USER] = f"Bearer {user.raw}"

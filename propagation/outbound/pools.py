@@ -1,0 +1,178 @@
+"""The engine's connection pools, shared by every session and client it makes (DESIGN §2a).
+
+One pool per :class:`PoolKey` — (scheme, host, port, proxy, client
+certificate, TLS verification) and, through the Connectivity proxy, the principal (tenant,
+user, location) — so ``propagation.session("S4")`` made per request reuses kept-alive
+connections, and a connection through the Cloud Connector never carries a second user.
+
+Bounded: at most ``maxsize`` pools per kind (least recently used closed first), and a pool
+unused for ``idle`` seconds is closed on the next lookup. ``close()`` / ``aclose()`` close all.
+``httpx`` async transports belong to the event loop that made them, so they are kept per loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
+
+from .._log import logger
+from ..flow import ssl_context
+
+if TYPE_CHECKING:
+    import httpx
+    from requests.adapters import HTTPAdapter
+
+__all__ = ["Pools", "PoolKey"]
+
+Cert = tuple[str, str]
+
+
+P = TypeVar("P")
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    """Which pooled connections may carry a request: per origin, proxy, client certificate and
+    TLS verification — and through the Connectivity proxy also per principal (tenant, user
+    fingerprint, location), so a kept-alive connection through the Cloud Connector never
+    carries a second user."""
+
+    scheme: str
+    host: str
+    port: int | None
+    proxy: str | None = None
+    certificate: str | None = None  # fingerprint of the client certificate, never the key
+    verify: bool = True
+    principal: tuple[str | None, str | None, str | None] | None = None
+
+
+class _Lru(Generic[P]):
+    """Pools by key, LRU-bounded; ``get`` hands back the evicted and idle ones to close."""
+
+    def __init__(self, maxsize: int, idle: float, clock: Callable[[], float]) -> None:
+        self.maxsize = maxsize
+        self.idle = idle
+        self._clock = clock
+        self._items: "OrderedDict[Any, tuple[P, float]]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, make: Callable[[], P]) -> tuple[P, list[P]]:
+        """The pool for ``key`` (made if new) and the pools to close (evicted or idle)."""
+        now = self._clock()
+        stale: list[P] = []
+        with self._lock:
+            entry = self._items.get(key)
+            if entry is None:
+                pool = make()
+            else:
+                pool = entry[0]
+            self._items[key] = (pool, now)
+            self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                stale.append(self._items.popitem(last=False)[1][0])
+            for other, (candidate, used) in list(self._items.items()):
+                if now - used <= self.idle:
+                    break  # ordered by last use: the rest are fresher
+                del self._items[other]
+                stale.append(candidate)
+        return pool, stale
+
+    def drain(self) -> list[P]:
+        with self._lock:
+            pools = [pool for pool, _ in self._items.values()]
+            self._items.clear()
+        return pools
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Pools:
+    """Connection pools of one engine for ``requests`` (``HTTPAdapter``) and ``httpx``
+    (``HTTPTransport`` / ``AsyncHTTPTransport``)."""
+
+    def __init__(self, *, maxsize: int = 256, idle: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.maxsize = maxsize
+        self.idle = idle
+        self._clock = clock
+        self._adapters: _Lru["HTTPAdapter"] = _Lru(maxsize, idle, clock)
+        self._transports: _Lru["httpx.HTTPTransport"] = _Lru(maxsize, idle, clock)
+        self._async: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lru[httpx.AsyncHTTPTransport]]" = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Pools(requests={len(self._adapters)}, httpx={len(self._transports)}, maxsize={self.maxsize})"
+
+    # -- requests -------------------------------------------------------------------------
+    def adapter(self, key: PoolKey | None) -> "HTTPAdapter":
+        from requests.adapters import HTTPAdapter
+
+        adapter, stale = self._adapters.get(key, lambda: HTTPAdapter(pool_connections=4, pool_maxsize=32))
+        for old in stale:
+            logger.debug("closing an idle or evicted connection pool")
+            old.close()
+        return adapter
+
+    # -- httpx ------------------------------------------------------------------------------
+    def transport(self, key: PoolKey, client_cert: Cert | None) -> "httpx.HTTPTransport":
+        import httpx
+
+        def make() -> httpx.HTTPTransport:
+            return httpx.HTTPTransport(**self._options(key, client_cert))
+
+        transport, stale = self._transports.get(key, make)
+        for old in stale:
+            old.close()
+        return transport
+
+    async def async_transport(self, key: PoolKey, client_cert: Cert | None) -> "httpx.AsyncHTTPTransport":
+        import httpx
+
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            lru = self._async.get(loop)
+            if lru is None:
+                lru = self._async[loop] = _Lru(self.maxsize, self.idle, self._clock)
+
+        def make() -> httpx.AsyncHTTPTransport:
+            return httpx.AsyncHTTPTransport(**self._options(key, client_cert))
+
+        transport, stale = lru.get(key, make)
+        for old in stale:
+            await old.aclose()
+        return transport
+
+    @staticmethod
+    def _options(key: PoolKey, client_cert: Cert | None) -> dict[str, Any]:
+        import httpx
+
+        options: dict[str, Any] = {"trust_env": False}
+        if client_cert is not None or not key.verify:
+            options["verify"] = ssl_context(client_cert, key.verify)
+        if key.proxy:
+            options["proxy"] = httpx.Proxy(key.proxy)
+        return options
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close every ``requests`` and sync ``httpx`` pool (async ones: :meth:`aclose`)."""
+        for adapter in self._adapters.drain():
+            adapter.close()
+        for transport in self._transports.drain():
+            transport.close()
+
+    async def aclose(self) -> None:
+        """Close the async pools of the running loop, and the sync ones."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            lru = self._async.pop(loop, None)
+        for transport in lru.drain() if lru is not None else []:
+            await transport.aclose()
+        self.close()

@@ -28,13 +28,11 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Mapping, Protocol, TypeVar
 
 if TYPE_CHECKING:
     import httpx
     import requests
-
-    from .cache import CacheKey, TokenCache
 
 __all__ = [
     "HttpCall",
@@ -52,6 +50,15 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class Cache(Protocol):
+    """The part of :class:`propagation.cache.TokenCache` the executors use (keys are
+    :class:`propagation.cache.CacheKey`)."""
+
+    def get_or_fetch(self, key: Any, fetch: Callable[[], Any]) -> tuple[Any, bool]: ...
+
+    def invalidate(self, key: Any) -> None: ...
 
 
 @dataclass(frozen=True, repr=False)
@@ -106,15 +113,15 @@ class Sleep:
 class Cached:
     """``cache.get_or_fetch(key, <run fetch()'s flow>)`` → ``(token, was_hit)``."""
 
-    cache: "TokenCache"
-    key: "CacheKey"
+    cache: Cache
+    key: Any
     fetch: Callable[[], "Flow[Any]"]
 
 
 @dataclass(frozen=True, repr=False)
 class Invalidate:
-    cache: "TokenCache"
-    key: "CacheKey"
+    cache: Cache
+    key: Any
 
 
 Step = HttpCall | Sleep | Cached | Invalidate
@@ -331,7 +338,7 @@ async def run_async(flow: "Flow[T]", io: AsyncIO) -> T:
             error = exc
 
 
-async def aget_or_fetch(cache: "TokenCache", key: "CacheKey", afetch: Callable[[], Awaitable[Any]]) -> Any:
+async def aget_or_fetch(cache: Cache, key: Any, afetch: Callable[[], Awaitable[Any]]) -> Any:
     """A cache's awaitable ``get_or_fetch``: its own ``aget_or_fetch`` when it has one, else its
     blocking one run in a worker thread whose ``fetch`` is awaited back on this loop (so a
     third-party cache keeps its single-flight and never blocks the loop)."""

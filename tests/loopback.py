@@ -1,0 +1,140 @@
+"""A real HTTP/1.1 keep-alive server on loopback that records *connections*: it plays a token
+endpoint (``POST .../oauth/token``, optionally slow), a backend, and — for requests whose
+request line carries an absolute URL — a forward proxy (the Connectivity proxy) that answers
+for the virtual host itself. Every request is recorded with the id of the TCP connection it
+came on, so tests can count connections and see which principals shared one."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Seen:
+    connection: int
+    method: str
+    target: str  # the request line's target: a path, or an absolute URL (proxied)
+    headers: dict[str, str]
+    proxied: bool
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.target).path
+
+    def header(self, name: str) -> str | None:
+        low = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == low), None)
+
+
+@dataclass
+class Loopback:
+    delay: float = 0.0
+    seen: list[Seen] = field(default_factory=list)
+    exchanges: list[dict[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def setup(self) -> None:
+                super().setup()
+                self.connection_id = next(outer._ids)
+
+            def _reply(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length).decode() if length else ""
+                seen = Seen(self.connection_id, self.command, self.path, dict(self.headers.items()),
+                            self.path.startswith("http://"))
+                if self.command == "POST" and seen.path.endswith("/oauth/token"):
+                    fields = {k: v[0] for k, v in parse_qs(body).items()}
+                    with outer._lock:
+                        outer.exchanges.append(fields)
+                        n = len(outer.exchanges)
+                    if outer.delay:
+                        time.sleep(outer.delay)
+                    user = user_of(fields.get("assertion", "")) or "technical"
+                    self._reply(200, {"access_token": f"at-{user}-{n}", "token_type": "bearer", "expires_in": 3600})
+                    return
+                with outer._lock:
+                    outer.seen.append(seen)
+                extra = {}
+                if (seen.header("X-CSRF-Token") or "").lower() == "fetch":
+                    extra["X-CSRF-Token"] = f"csrf-{self.connection_id}"
+                self._reply(200, {"ok": True, "connection": self.connection_id}, extra)
+
+            do_GET = do_POST = do_HEAD = do_PATCH = do_DELETE = do_PUT = _handle  # noqa: N815
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 128
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def connections(self) -> set[int]:
+        with self._lock:
+            return {s.connection for s in self.seen}
+
+    def principals_per_connection(self, header: str = "Proxy-Authorization") -> dict[int, set[str]]:
+        result: dict[int, set[str]] = {}
+        with self._lock:
+            for s in self.seen:
+                result.setdefault(s.connection, set()).add(principal_of(s.header(header) or ""))
+        return result
+
+    def __enter__(self) -> "Loopback":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def user_of(jwt: str) -> str | None:
+    try:
+        body = jwt.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        return str(claims.get("user_name") or claims.get("sub"))
+    except Exception:
+        return None
+
+
+def principal_of(header: str) -> str:
+    """``Bearer at-<user>-<n>`` → ``<user>``."""
+    token = header.split(" ", 1)[-1]
+    return token[3:].rsplit("-", 1)[0] if token.startswith("at-") else token

@@ -1,0 +1,155 @@
+"""Real sockets: connections pooled by the engine (a session or client made per call opens no
+new connection), kept-alive connections through the Connectivity proxy never carry a second
+user, and a slow IdP never stalls the event loop of an ``async_client``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+import propagation
+from propagation import Propagator
+from propagation.bindings import Binding, Bindings
+from propagation.cache import MemoryTokenCache
+from propagation.oauth import OAuthClient
+from propagation.outbound.pools import PoolKey, Pools
+
+from loopback import Loopback, principal_of
+from test_outbound_core import TRANSPORTS, Transport, user
+
+
+@pytest.fixture
+def server() -> Any:
+    with Loopback() as srv:
+        yield srv
+
+
+def jwt_engine(srv: Loopback) -> Propagator:
+    return Propagator(
+        environ={"destinations": json.dumps([{
+            "name": "S4", "url": f"{srv.base}/odata", "Authentication": "OAuth2JWTBearer",
+            "tokenServiceURL": f"{srv.base}/oauth/token", "clientId": "c", "clientSecret": "s"}])},
+        bindings=Bindings([]), cache=MemoryTokenCache(), oauth=OAuthClient(retries=0),
+    )
+
+
+def onprem_engine(srv: Loopback) -> Propagator:
+    connectivity = Binding(name="conn", label="connectivity", credentials={
+        "clientid": "conn-client", "clientsecret": "conn-secret", "token_service_url": srv.base,
+        "onpremise_proxy_host": "127.0.0.1", "onpremise_proxy_http_port": str(srv.port)})
+    return Propagator(
+        environ={"destinations": json.dumps([{
+            "name": "S4", "url": "http://s4-virtual:44300/sap/opu/odata/sap/API_SRV", "ProxyType": "OnPremise",
+            "Authentication": "PrincipalPropagation", "CloudConnectorLocationId": "LOC1"}])},
+        bindings=Bindings([connectivity]), cache=MemoryTokenCache(), oauth=OAuthClient(retries=0),
+    )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_30_calls_each_with_a_new_session_use_at_most_2_connections(server: Loopback, transport: Transport) -> None:
+    engine = jwt_engine(server)
+    token = user("alice")
+
+    def calls() -> None:
+        for _ in range(30):
+            response = transport.call(transport.make(engine, "S4", user_token=token), "GET", "Items")
+            assert response.status_code == 200
+
+    if transport.name == "async_client":  # one event loop, as in an ASGI server
+        async def run() -> None:
+            for _ in range(30):
+                assert (await engine.async_client("S4", user_token=token).get("Items")).status_code == 200
+            await engine.aclose()
+
+        asyncio.run(run())
+    else:
+        calls()
+        engine.close()
+    assert len(server.seen) == 30
+    assert len(server.connections()) <= 2, server.connections()
+    assert len(server.exchanges) == 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_connection_through_the_connectivity_proxy_never_carries_a_second_user(server: Loopback, transport: Transport) -> None:
+    engine = onprem_engine(server)
+    tokens = {"alice": user("alice"), "bob": user("bob")}
+    s4 = transport.make(engine, "S4")  # one client for everybody
+    order = ["alice", "bob"] * 10
+
+    if transport.name == "async_client":
+        async def run() -> None:
+            for who in order:
+                with propagation.use_token(tokens[who]):
+                    assert (await s4.get("Items")).status_code == 200
+            await engine.aclose()
+
+        asyncio.run(run())
+    else:
+        for who in order:
+            with propagation.use_token(tokens[who]):
+                assert transport.call(s4, "GET", "Items").status_code == 200
+    assert all(s.proxied and s.target.startswith("http://s4-virtual:44300/") for s in server.seen)
+    per_connection = server.principals_per_connection()
+    assert all(len(principals) == 1 for principals in per_connection.values()), per_connection
+    assert set().union(*per_connection.values()) == {"alice", "bob"}
+    assert len(per_connection) <= 4  # pooled per principal, not one connection per call
+    assert [s.header("SAP-Connectivity-SCC-Location_ID") for s in server.seen] == ["LOC1"] * 20
+    assert [principal_of(s.header("Proxy-Authorization") or "") for s in server.seen] == order
+
+
+def test_a_slow_idp_does_not_stall_the_event_loop() -> None:
+    with Loopback(delay=0.3) as srv:
+        engine = jwt_engine(srv)
+        users = [user(f"user{i}") for i in range(5)]
+        gaps: list[float] = []
+
+        async def ticker(stop: asyncio.Event) -> None:
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        async def run() -> float:
+            stop = asyncio.Event()
+            tick = asyncio.create_task(ticker(stop))
+            s4 = engine.async_client("S4")
+            started = time.perf_counter()
+
+            async def one(token: str) -> int:
+                with propagation.use_token(token):
+                    return (await s4.get("Items")).status_code
+
+            statuses = await asyncio.gather(*(one(t) for t in users))
+            elapsed = time.perf_counter() - started
+            stop.set()
+            await tick
+            await engine.aclose()
+            assert statuses == [200] * 5
+            return elapsed
+
+        elapsed = asyncio.run(run())
+    assert len(srv.exchanges) == 5
+    assert max(gaps) < 0.15, f"event loop stalled for {max(gaps):.3f} s"
+    assert elapsed < 5 * 0.3  # the five exchanges overlapped instead of queueing
+
+
+def test_pools_are_bounded_and_idle_pools_are_closed() -> None:
+    now = [0.0]
+    pools = Pools(maxsize=2, idle=10.0, clock=lambda: now[0])
+    keys = [PoolKey("https", f"h{i}.example.com", 443) for i in range(3)]
+    adapters = [pools.adapter(k) for k in keys]
+    assert pools.adapter(keys[2]) is adapters[2] and pools.adapter(keys[1]) is adapters[1]
+    again = pools.adapter(keys[0])
+    assert again is not adapters[0]  # keys[0] was evicted (LRU, maxsize 2) when keys[2] came
+    now[0] = 100.0
+    assert pools.adapter(keys[0]) is again  # the one in use stays
+    assert len(pools._adapters) == 1  # the idle other (keys[1]) was closed
+    pools.close()
+    assert len(pools._adapters) == 0

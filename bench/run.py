@@ -192,6 +192,58 @@ def outbound(quick: bool) -> None:
     verdict("session(name).get <= 1.10 x requests.Session.get", ratio <= 1.10, f"{ratio:.3f} x plain")
 
 
+# -- (e) a new session/client per call over TLS keep-alive ----------------------------------------
+def per_call(quick: bool) -> None:
+    print("(e) a new session()/client() per call vs one reused requests.Session, TLS keep-alive loopback")
+    from propagation.sandbox.pki import Pki
+
+    xsuaa = jwtkit.Xsuaa()
+    user = xsuaa.token("alice@example.com")
+    pki = Pki(prefix="propagation-bench-pki-")
+    saved = {k: os.environ.get(k) for k in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
+    os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = str(pki.ca_file)
+    try:
+        with LoopbackServer(tls=(str(pki.cert_file), str(pki.key_file))) as srv:
+            engine = Propagator(
+                environ={"destinations": json.dumps([{
+                    "name": "S4", "url": f"{srv.base}/odata", "Authentication": "OAuth2JWTBearer",
+                    "tokenServiceURL": srv.token_url, "clientId": "dest-client", "clientSecret": "secret-VALUE"}])},
+                bindings=Bindings([]), oauth=OAuthClient(retries=0),
+            )
+            plain = requests.Session()
+            url = f"{srv.base}/odata/Items"
+
+            def get_plain() -> None:
+                plain.get(url).raise_for_status()
+
+            def new_session() -> None:
+                engine.session("S4", user_token=user).get("Items").raise_for_status()
+
+            def new_client() -> None:
+                engine.client("S4", user_token=user).get("Items").raise_for_status()
+
+            for fn in (get_plain, new_session, new_client):
+                for _ in range(30):
+                    fn()
+            n = 200 if quick else 2000
+            rates = best_of(2 if quick else 5, {"plain": lambda: rate(get_plain, n), "session": lambda: rate(new_session, n),
+                                                "client": lambda: rate(new_client, n)})
+            assert srv.exchanges == 1, srv.exchanges
+            engine.close()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        pki.cleanup()
+    for name, value in rates.items():
+        print(f"        {name:<11} {1e6 / value:7.1f} us/call")
+    ratio = rates["plain"] / rates["session"]
+    print(f"        new client() per call = {rates['plain'] / rates['client']:.3f} x plain")
+    verdict("new session() per call <= 1.10 x reused requests.Session (TLS)", ratio <= 1.10, f"{ratio:.3f} x plain")
+
+
 # -- (c) concurrency ------------------------------------------------------------------------------
 def concurrency(quick: bool) -> None:
     users_n = 20 if quick else 100
@@ -267,15 +319,22 @@ def memory(quick: bool) -> None:
             f"{len(default):,} entries kept of {users_n:,}; {per:,.0f} B/token")
 
 
+SECTIONS: dict[str, Callable[[bool], None]] = {
+    "a": inbound, "b": outbound, "c": concurrency, "d": memory, "e": per_call,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CI-sized runs")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), help="run only these sections")
     args = parser.parse_args(argv)
     logging.getLogger("propagation").setLevel(logging.WARNING)
     print(f"propagation bench ({'quick' if args.quick else 'full'}), Python {sys.version.split()[0]}, "
           f"{os.cpu_count()} CPUs")
-    for section in (inbound, outbound, concurrency, memory):
+    chosen = [SECTIONS[k] for k in args.only] if args.only else list(SECTIONS.values())
+    for section in chosen:
         started = time.perf_counter()
         section(args.quick)
         print(f"        [{time.perf_counter() - started:.1f} s]")

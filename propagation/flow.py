@@ -166,9 +166,18 @@ class ClientCertFiles:
             self.directory = None
 
 
+def ca_bundle() -> str:
+    """The CA bundle to trust: ``SSL_CERT_FILE`` or ``REQUESTS_CA_BUNDLE`` when set (as
+    ``httpx`` and ``requests`` honour them), else certifi's."""
+    import certifi
+
+    return os.environ.get("SSL_CERT_FILE") or os.environ.get("REQUESTS_CA_BUNDLE") or certifi.where()
+
+
 def ssl_context(client_cert: tuple[str, str] | None, verify: bool = True) -> ssl.SSLContext:
-    """A default TLS context, with ``client_cert`` loaded (its files exist only while loading)."""
-    context = ssl.create_default_context()
+    """A TLS context trusting :func:`ca_bundle`, with ``client_cert`` loaded (its files exist
+    only while loading); ``verify=False`` (``TrustAll``) checks nothing."""
+    context = ssl.create_default_context(cafile=ca_bundle() if verify else None)
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -249,8 +258,9 @@ class AsyncIO:
             clients = self._clients.setdefault(loop, {})
             client = clients.get(cert)
         if client is None:
-            verify: Any = ssl_context(cert) if cert is not None else True
-            client = httpx.AsyncClient(verify=verify, follow_redirects=False, trust_env=False)
+            verify = ssl_context(cert)
+            # trust_env: the CA bundle and proxy variables apply as they do to ``requests``.
+            client = httpx.AsyncClient(verify=verify, follow_redirects=False, trust_env=True)
             with self._lock:
                 client = clients.setdefault(cert, client)
         return client

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterator, Mapping
 
 from ..oauth import ClientCredentials
@@ -150,6 +151,11 @@ class Destination:
             forward_auth_token=self.forward_auth_token,
             system_user=bool(self.properties.text("SystemUser")),
         )
+
+    @cached_property
+    def memo(self) -> dict[Any, Any]:
+        """Values derived from this (immutable) destination by its users, computed once."""
+        return {}
 
     @property
     def on_premise(self) -> bool:

@@ -93,6 +93,45 @@ def _user_and_password(destination: Destination) -> tuple[str, str]:
     return name, str(password)
 
 
+@dataclass(frozen=True)
+class _TokenRequestShape:
+    """What a destination's token request always carries (memoized per destination object):
+    ``tokenService.body.*`` (token types and resource expanded), ``scope``, the token URL's
+    headers and queries, where the client credentials go, and the digest of all that."""
+
+    body: dict[str, str]
+    headers: dict[str, str]
+    query: dict[str, str]
+    in_body: bool
+    digest: str
+
+    @classmethod
+    def of(cls, destination: Destination, token_url: str, extra: str) -> "_TokenRequestShape":
+        props = destination.properties
+        body: dict[str, str] = {}
+        for param, value in props.prefixed("tokenService.body.").items():
+            if param in ("subject_token_type", "requested_token_type", "actor_token_type"):
+                value = expand_token_type(value)
+            elif param == "resource" and ":" not in value:
+                value = RESOURCE_PROVIDER_PREFIX + value.strip()
+            body[param] = value
+        scope = props.text("scope")
+        if scope:
+            body.setdefault("scope", scope)
+        headers = props.prefixed("tokenServiceURL.headers.")
+        query = props.prefixed("tokenServiceURL.queries.")
+        in_body = props.flag("tokenService.addClientCredentialsInBody", True)
+        shape = (
+            token_url,
+            tuple(sorted((k, v) for k, v in body.items() if k not in _USER_SECRET_FIELDS)),
+            tuple(sorted(headers.items())),
+            tuple(sorted(query.items())),
+            in_body,
+            extra,
+        )
+        return cls(body, headers, query, in_body, _shape_digest(shape))
+
+
 class Authorizer:
     """Turns (destination, user) into the headers of the outbound call."""
 
@@ -248,35 +287,19 @@ class Authorizer:
         extra: str = "",
     ) -> Flow[OutboundAuth]:
         client, token_url = self._client(destination, user)
-        props = destination.properties
-        body = dict(form)
-        for param, value in props.prefixed("tokenService.body.").items():
-            if param in ("subject_token_type", "requested_token_type", "actor_token_type"):
-                value = expand_token_type(value)
-            elif param == "resource" and ":" not in value:
-                value = RESOURCE_PROVIDER_PREFIX + value.strip()
-            body[param] = value
-        scope = props.text("scope")
-        if scope:
-            body.setdefault("scope", scope)
-        headers = props.prefixed("tokenServiceURL.headers.")
-        query = props.prefixed("tokenServiceURL.queries.")
-        in_body = props.flag("tokenService.addClientCredentialsInBody", True)
-        shape = (
-            token_url,
-            tuple(sorted((k, v) for k, v in body.items() if k not in _USER_SECRET_FIELDS)),
-            tuple(sorted(headers.items())),
-            tuple(sorted(query.items())),
-            in_body,
-            extra,
-        )
+        memo_key = ("token-request", token_url, extra)
+        shape = destination.memo.get(memo_key)
+        if shape is None:
+            shape = destination.memo[memo_key] = _TokenRequestShape.of(destination, token_url, extra)
+        body = {**form, **shape.body} if form else shape.body
+        headers, query, in_body = shape.headers, shape.query, shape.in_body
         key = CacheKey(
             destination=destination.name,
             grant=grant,
             client=client.client_id,
             tenant=tenant,
             user=user.fingerprint if user is not None else None,
-            extra=_shape_digest(shape),
+            extra=shape.digest,
         )
 
         def fetch() -> Flow[TokenResponse]:

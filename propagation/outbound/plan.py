@@ -159,10 +159,13 @@ def plan_flow(
                     pool=PoolKey(scheme, host, port))
     outbound = yield from engine.authorizer.authorize_flow(destination, user)
     headers = dict(outbound.headers)
-    params = dict(destination.properties.prefixed("URL.queries."))
-    sap_client = destination.properties.text("sap-client")
-    if sap_client:
-        params.setdefault("sap-client", sap_client)
+    params = destination.memo.get("url-params")
+    if params is None:
+        params = dict(destination.properties.prefixed("URL.queries."))
+        sap_client = destination.properties.text("sap-client")
+        if sap_client:
+            params.setdefault("sap-client", sap_client)
+        destination.memo["url-params"] = params
     proxy = outbound.proxy_url
     if proxy is None and destination.proxy_host and destination.proxy_port:
         proxy = f"http://{destination.proxy_host}:{destination.proxy_port}"

@@ -153,9 +153,7 @@ class Pools:
     def _options(key: PoolKey, client_cert: Cert | None) -> dict[str, Any]:
         import httpx
 
-        options: dict[str, Any] = {"trust_env": False}
-        if client_cert is not None or not key.verify:
-            options["verify"] = ssl_context(client_cert, key.verify)
+        options: dict[str, Any] = {"verify": ssl_context(client_cert, key.verify)}
         if key.proxy:
             options["proxy"] = httpx.Proxy(key.proxy)
         return options

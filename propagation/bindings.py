@@ -147,6 +147,8 @@ _K8S_METADATA = frozenset({"type", "provider", "label", "plan", "tags", "instanc
 _METADATA_FILE = ".metadata"
 _DATA_LINK = "..data"
 _READ_ATTEMPTS = 5
+#: Seconds between two checks of ``SERVICE_BINDING_ROOT`` for rotated bindings.
+DEFAULT_REFRESH_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -339,10 +341,6 @@ def _k8s_fingerprint(root_value: str) -> tuple[Any, ...]:
     return tuple(out)
 
 
-#: Seconds between two checks of ``SERVICE_BINDING_ROOT`` for rotated bindings.
-DEFAULT_REFRESH_INTERVAL = 10.0
-
-
 @dataclass(frozen=True)
 class _Snapshot:
     bindings: tuple[Binding, ...]
@@ -385,7 +383,7 @@ class Bindings:
 
         An empty ``VCAP_SERVICES`` counts as unset. Raises :class:`ConfigurationError` on any
         malformed source: a half-read configuration would fail later and more obscurely.
-        ``refresh_interval=None`` turns the rotation check off (``refresh()`` still works).
+        ``refresh_interval=None``: no automatic rotation check (``refresh()`` only).
         """
         env = os.environ if environ is None else environ
         static: list[Binding] = []
@@ -417,8 +415,8 @@ class Bindings:
 
     def _read(self) -> tuple[tuple[Binding, ...], tuple[str, ...]]:
         assert self._root is not None
-        bindings = self._static.bindings + tuple(_k8s_bindings(self._root))
-        return bindings, self._static.sources + (f"SERVICE_BINDING_ROOT ({self._root})",)
+        return (self._static.bindings + tuple(_k8s_bindings(self._root)),
+                self._static.sources + (f"SERVICE_BINDING_ROOT ({self._root})",))
 
     # -- rotation ------------------------------------------------------------------------------
     @property
@@ -459,10 +457,11 @@ class Bindings:
             logger.warning("rotated service bindings not taken (keeping the previous ones): %s", exc)
 
     def snapshot(self) -> "Bindings":
-        """The current bindings as a fixed set that never changes (one unit of work)."""
+        """The current bindings as a fixed set (same ``generation``) that never changes."""
         self._maybe_refresh()
-        state = self._state
-        return Bindings(state.bindings, state.sources)
+        pinned = Bindings()
+        pinned._state = self._state
+        return pinned
 
     # -- lookups ---------------------------------------------------------------------------------
     def _current(self) -> _Snapshot:

@@ -217,3 +217,40 @@ def test_vcap_bindings_stay_beside_rotated_ones(volume: SecretVolume) -> None:
     assert b.refresh() is True
     assert [(x.label, x.name) for x in b] == [("identity", "ias"), ("xsuaa", "xsuaa")]
     assert b.sources == ("VCAP_SERVICES", f"SERVICE_BINDING_ROOT ({volume.folder.parent})")
+
+
+def test_derived_values_follow_rotation(volume: SecretVolume) -> None:
+    from propagation.rotation import Derived
+
+    b = load(volume, interval=None)
+    builds: list[tuple[str, str]] = []
+
+    def build(snapshot: Bindings) -> tuple[str, str]:
+        builds.append(pair(snapshot))
+        return builds[-1]
+
+    derived = Derived(b, build)
+    assert derived.get() == derived.get() == ("id-1", "secret-1-VALUE")
+    volume.write(xsuaa_files(2))
+    assert derived.get() == ("id-1", "secret-1-VALUE")  # not refreshed yet
+    b.refresh()
+    assert derived.get() == derived.get() == ("id-2", "secret-2-VALUE")
+    assert builds == [("id-1", "secret-1-VALUE"), ("id-2", "secret-2-VALUE")]
+
+
+def test_derived_build_error_is_not_memoised(volume: SecretVolume) -> None:
+    from propagation.rotation import Derived
+
+    b = load(volume, interval=None)
+    outcomes: list[Any] = [ConfigurationError("bad binding"), ("ok", "ok")]
+
+    def build(snapshot: Bindings) -> Any:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    derived = Derived(b, build)
+    with pytest.raises(ConfigurationError, match="bad binding"):
+        derived.get()
+    assert derived.get() == ("ok", "ok")

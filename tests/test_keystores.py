@@ -12,7 +12,7 @@ import socket
 import ssl
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any
 
 import jks
 import pytest

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 import ssl
+import tempfile
 from typing import Any, Mapping
 
 from ..errors import ConfigurationError
@@ -163,9 +165,6 @@ def ssl_context(ca_bundle: str | None = None, client: tuple[str, str] | None = N
     optional client certificate ``(PEM chain, PEM key)`` (for httpx's ``verify=``)."""
     context = ssl.create_default_context(cadata=ca_bundle) if ca_bundle else ssl.create_default_context()
     if client is not None:
-        import os
-        import tempfile
-
         # ssl loads a client certificate only from files: a private directory, removed at once.
         with tempfile.TemporaryDirectory(prefix="propagation-") as folder:
             chain_path, key_path = os.path.join(folder, "chain.pem"), os.path.join(folder, "key.pem")

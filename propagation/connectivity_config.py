@@ -10,7 +10,8 @@ Shapes this parser reads:
   ``clientid``/``clientsecret``, ``token_service_url``, ``token_service_domain``,
   ``subaccount_id``, ``subaccount_subdomain`` and a ``connectivity_service`` object — without
   ``url`` and without the proxy (cloud-sdk-js issues 1653/5451/5649: users patch the secret
-  by hand). On Kubernetes a missing proxy host or port is the cluster's Connectivity Proxy,
+  by hand). On Kubernetes (a binding read from ``SERVICE_BINDING_ROOT``, or
+  ``kubernetes=True``) a missing proxy host or port is the cluster's Connectivity Proxy,
   ``connectivity-proxy.kyma-system.svc.cluster.local:20003`` (the Kyma module's service); a
   missing token URL is ``https://{subaccount_subdomain}.{token_service_domain}`` (or
   ``identityzone``/``uaadomain``). On Cloud Foundry a binding without a proxy stays an error:
@@ -112,16 +113,18 @@ def _cert_host(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def _on_kubernetes(binding: Binding) -> bool:
-    return binding.source.startswith("SERVICE_BINDING_ROOT") or (binding.plan or "").lower() == "connectivity_proxy"
-
-
-def connectivity_config(binding: Binding) -> ConnectivityBinding:
+def connectivity_config(binding: Binding, *, kubernetes: bool | None = None) -> ConnectivityBinding:
     """Parse a ``connectivity`` binding (CF or Kyma shape); :class:`ConfigurationError` naming
-    the binding and the missing keys when it cannot be used."""
+    the binding and the missing keys when it cannot be used.
+
+    ``kubernetes``: whether the cluster's Connectivity Proxy may stand in for a missing proxy;
+    default: the binding was read from ``SERVICE_BINDING_ROOT`` (a caller that knows better,
+    e.g. from ``KUBERNETES_SERVICE_HOST`` in its environment, passes it).
+    """
     creds = binding.credentials
-    where = f"Connectivity binding '{binding.name}'" + (f" ({binding.source})" if binding.source else "")
-    kubernetes = _on_kubernetes(binding)
+    where = f"Connectivity binding '{binding.name}'"  # the wording doctor and today's tests expect
+    if kubernetes is None:
+        kubernetes = binding.source.startswith("SERVICE_BINDING_ROOT")
 
     raw_type = _text(creds, "credential-type") or _text(creds, "credential_type")
     credential_type = raw_type.lower() if raw_type else None

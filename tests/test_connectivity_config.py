@@ -50,7 +50,7 @@ def binding(credentials: dict[str, Any], source: str = "VCAP_SERVICES", plan: st
         pytest.param(binding(KYMA, K8S, onpremise_proxy_host="cp.my-ns.svc.cluster.local", onpremise_proxy_port="20004"),
                      f"https://provider.{UAADOMAIN}/oauth/token", "http://cp.my-ns.svc.cluster.local:20004", True,
                      "binding-secret", id="kyma-patched-secret"),
-        pytest.param(binding(PROXY_PLAN, plan="connectivity_proxy"), f"https://provider.{UAADOMAIN}/oauth/token",
+        pytest.param(binding(PROXY_PLAN, K8S, plan="connectivity_proxy"), f"https://provider.{UAADOMAIN}/oauth/token",
                      f"http://{KYMA_PROXY_HOST}:20003", False, "binding-secret", id="connectivity_proxy-plan"),
         pytest.param(binding(KYMA, K8S, **{"credential-type": "x509", "clientsecret": None, "certificate": CERT, "key": KEY}),
                      "https://provider.authentication.cert.eu10.hana.ondemand.com/oauth/token",
@@ -139,6 +139,20 @@ def test_errors(b: Binding, message: str) -> None:
     assert message in str(info.value)
     assert str(info.value).startswith("Connectivity binding 'conn'")
     assert SECRET not in str(info.value) and "KEY-VALUE" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kubernetes, expected",
+    [pytest.param(True, f"http://{KYMA_PROXY_HOST}:20003", id="told-kubernetes"), pytest.param(None, None, id="vcap-default")],
+)
+def test_kubernetes_flag(kubernetes: bool | None, expected: str | None) -> None:
+    """A VCAP-style binding inside a pod (the caller saw KUBERNETES_SERVICE_HOST) may use the cluster proxy."""
+    b = binding(PROXY_PLAN, plan="connectivity_proxy")
+    if expected is None:
+        with pytest.raises(ConfigurationError, match="needs 'onpremise_proxy_host'"):
+            connectivity_config(b, kubernetes=kubernetes)
+    else:
+        assert connectivity_config(b, kubernetes=kubernetes).proxy_url == expected
 
 
 def test_kyma_secret_files_end_to_end(tmp_path: Path) -> None:

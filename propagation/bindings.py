@@ -1,6 +1,7 @@
 """Service bindings: ``VCAP_SERVICES`` (Cloud Foundry, read with ``cfenv``), Kubernetes /
 Kyma bindings under ``SERVICE_BINDING_ROOT`` (a folder per binding, a file per credential
-key), and ``default-env.json`` in the working directory for local runs.
+key; rotated in place, re-read without a restart), and ``default-env.json`` in the working
+directory for local runs.
 
 Every malformed input raises :class:`~propagation.errors.ConfigurationError` naming the
 variable, file or JSON path at fault, never a credential value: a broken binding should be
@@ -10,14 +11,18 @@ fixed in minutes, not debugged for hours, and the message may end up in a log.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import cfenv
 
+from ._log import logger
 from .errors import ConfigurationError
 
 __all__ = ["Binding", "Bindings", "load_default_env", "default_env_path", "parse_json"]
@@ -81,21 +86,16 @@ def load_default_env(cwd: str | os.PathLike[str] | None = None) -> dict[str, Any
     return data
 
 
+_JSON_TYPES: tuple[tuple[Any, str], ...] = (
+    (bool, "boolean"), ((int, float), "number"), (str, "string"), (list, "array"), (dict, "object"),
+)
+
+
 def _json_type(value: Any) -> str:
     """The JSON name of a value's type, for messages that must not show the value."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
+    return next((name for kinds, name in _JSON_TYPES if isinstance(value, kinds)), type(value).__name__)
 
 
 # -- Cloud Foundry: VCAP_SERVICES ---------------------------------------------------------------
@@ -145,6 +145,10 @@ def _vcap_bindings(data: Any, where: str, source: str) -> list[Binding]:
 #: Files that describe the binding rather than hold credentials (without a ``.metadata`` file).
 _K8S_METADATA = frozenset({"type", "provider", "label", "plan", "tags", "instance_name", "instance_guid"})
 _METADATA_FILE = ".metadata"
+_DATA_LINK = "..data"
+_READ_ATTEMPTS = 5
+#: Seconds between two checks of ``SERVICE_BINDING_ROOT`` for rotated bindings.
+DEFAULT_REFRESH_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -213,10 +217,46 @@ def _k8s_tags(value: Any, path: Path) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _data_target(folder: Path) -> str | None:
+    """Where the ``..data`` symlink of a Kubernetes secret volume points, or ``None``."""
+    try:
+        return os.readlink(folder / _DATA_LINK)
+    except OSError:
+        return None
+
+
 def _k8s_binding(folder: Path) -> Binding:
-    """One servicebinding.io folder. ``..data`` indirection is followed by reading the visible files."""
+    """One servicebinding.io folder, read as one consistent version.
+
+    A Kubernetes secret volume holds its files in a timestamped directory that the ``..data``
+    symlink points to, and swaps that symlink atomically on rotation; the visible files are
+    symlinks through ``..data``. Reading them one by one during a swap would mix old and new
+    credentials (an old client id with a new secret), so the files are read from the
+    directory ``..data`` points to, and the read is repeated if ``..data`` moved meanwhile.
+    """
+    for _ in range(_READ_ATTEMPTS):
+        target = _data_target(folder)
+        if target is None:
+            return _read_k8s_binding(folder, folder)
+        try:
+            binding = _read_k8s_binding(folder, folder / target)
+        except ConfigurationError:
+            if _data_target(folder) != target:
+                continue  # the old version was removed while we read it
+            raise
+        if _data_target(folder) == target:
+            return binding
+    raise ConfigurationError(f"binding folder {folder} kept changing while it was read ({_READ_ATTEMPTS} attempts)")
+
+
+def _read_k8s_binding(folder: Path, directory: Path) -> Binding:
+    """The binding named after ``folder`` from the files in ``directory``."""
     files: dict[str, Path] = {}
-    for entry in folder.iterdir():
+    try:
+        entries = list(directory.iterdir())
+    except OSError as exc:
+        raise ConfigurationError(f"{directory} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    for entry in entries:
         if entry.name.startswith(".") and entry.name != _METADATA_FILE:
             continue  # hidden files and the ..data / ..<timestamp> symlink farm of secret volumes
         if entry.is_file():
@@ -282,16 +322,53 @@ def _k8s_bindings(root_value: str) -> list[Binding]:
     ]
 
 
+def _k8s_fingerprint(root_value: str) -> tuple[Any, ...]:
+    """A cheap summary of ``SERVICE_BINDING_ROOT`` that changes whenever a binding does: each
+    secret volume's ``..data`` target (swapped on every update), else each file's inode,
+    mtime and size. No file is opened."""
+    out: list[Any] = []
+    try:
+        for folder in sorted(os.scandir(root_value), key=lambda e: e.name):
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue
+            target: Any = _data_target(Path(folder.path))
+            if target is None:
+                stats = [(e.name, os.stat(e.path)) for e in os.scandir(folder.path)]
+                target = tuple(sorted((n, st.st_ino, st.st_mtime_ns, st.st_size) for n, st in stats))
+            out.append((folder.name, target))
+    except OSError:  # something vanished mid-scan: report "changed", the next check settles it
+        return ("<changing>", time.monotonic_ns())
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    bindings: tuple[Binding, ...]
+    sources: tuple[str, ...]
+    generation: int = 0
+    fingerprint: tuple[Any, ...] | None = None
+
+
 # -- the collection --------------------------------------------------------------------------------
 class Bindings:
     """All service bindings the app can see, in source order (Cloud Foundry first, then Kubernetes).
 
-    Immutable after construction so that one engine can share it across threads.
+    Shared by one engine across threads. ``SERVICE_BINDING_ROOT`` bindings are rotated in
+    place (Kubernetes swaps the ``..data`` symlink): at most every ``refresh_interval`` seconds
+    a lookup checks that folder cheaply and, if it changed, re-reads it completely and swaps
+    the new snapshot in with one assignment: old or new credentials, never a mix.
+    :meth:`snapshot` pins one version for a unit of work; :attr:`generation` tells caches of
+    parsed configs that they are stale. ``VCAP_SERVICES`` cannot change and is read once.
     """
 
     def __init__(self, bindings: Iterable[Binding] = (), sources: Iterable[str] = ()) -> None:
-        self._bindings: tuple[Binding, ...] = tuple(bindings)
-        self._sources: tuple[str, ...] = tuple(sources)
+        self._state = _Snapshot(tuple(bindings), tuple(sources))
+        self._static = self._state  # the part that never changes (VCAP_SERVICES)
+        self._root: str | None = None  # SERVICE_BINDING_ROOT, re-read on rotation
+        self._interval = DEFAULT_REFRESH_INTERVAL
+        self._clock: Callable[[], float] = time.monotonic
+        self._next_check = 0.0
+        self._lock = threading.Lock()
 
     @classmethod
     def from_env(
@@ -299,20 +376,23 @@ class Bindings:
         environ: Mapping[str, str] | None = None,
         *,
         cwd: str | os.PathLike[str] | None = None,
+        refresh_interval: float | None = DEFAULT_REFRESH_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> "Bindings":
         """Read ``VCAP_SERVICES`` (else ``default-env.json``'s) and ``SERVICE_BINDING_ROOT``.
 
         An empty ``VCAP_SERVICES`` counts as unset. Raises :class:`ConfigurationError` on any
         malformed source: a half-read configuration would fail later and more obscurely.
+        ``refresh_interval=None``: no automatic rotation check (``refresh()`` only).
         """
         env = os.environ if environ is None else environ
-        bindings: list[Binding] = []
-        sources: list[str] = []
+        static: list[Binding] = []
+        static_sources: list[str] = []
         vcap = env.get("VCAP_SERVICES")
         if vcap is not None and vcap.strip():
             data = parse_json(vcap, "VCAP_SERVICES")
-            bindings.extend(_vcap_bindings(data, "VCAP_SERVICES", "VCAP_SERVICES"))
-            sources.append("VCAP_SERVICES")
+            static.extend(_vcap_bindings(data, "VCAP_SERVICES", "VCAP_SERVICES"))
+            static_sources.append("VCAP_SERVICES")
         else:
             default_env = load_default_env(cwd)
             if default_env is not None and default_env.get("VCAP_SERVICES") is not None:
@@ -321,30 +401,89 @@ class Bindings:
                 value = default_env["VCAP_SERVICES"]
                 if isinstance(value, str):
                     value = parse_json(value, where)
-                bindings.extend(_vcap_bindings(value, where, source))
-                sources.append(source)
+                static.extend(_vcap_bindings(value, where, source))
+                static_sources.append(source)
+        self = cls(static, static_sources)
         root = env.get("SERVICE_BINDING_ROOT")
         if root is not None and root.strip():
-            bindings.extend(_k8s_bindings(root))
-            sources.append(f"SERVICE_BINDING_ROOT ({root})")
-        return cls(bindings, sources)
+            self._root, self._clock = root, clock
+            self._interval = math.inf if refresh_interval is None else max(0.0, refresh_interval)
+            fingerprint = _k8s_fingerprint(root)  # taken first: a change during the read shows up next check
+            self._state = _Snapshot(*self._read(), 0, fingerprint)
+            self._next_check = clock() + self._interval
+        return self
+
+    def _read(self) -> tuple[tuple[Binding, ...], tuple[str, ...]]:
+        assert self._root is not None
+        return (self._static.bindings + tuple(_k8s_bindings(self._root)),
+                self._static.sources + (f"SERVICE_BINDING_ROOT ({self._root})",))
+
+    # -- rotation ------------------------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        """Incremented each time rotated bindings were swapped in."""
+        self._maybe_refresh()
+        return self._state.generation
+
+    def refresh(self) -> bool:
+        """Check ``SERVICE_BINDING_ROOT`` now; ``True`` if a changed set was swapped in. Raises
+        :class:`ConfigurationError` for malformed new files (the old snapshot stays in use)."""
+        if self._root is None:
+            return False
+        with self._lock:
+            current = self._state
+            for _ in range(_READ_ATTEMPTS):
+                before = _k8s_fingerprint(self._root)
+                if before == current.fingerprint:
+                    return False
+                bindings, sources = self._read()
+                if _k8s_fingerprint(self._root) == before:  # nothing moved while we read: one version
+                    self._state = _Snapshot(bindings, sources, current.generation + 1, before)
+                    names = [f"{b.label}:{b.name}" for b in bindings]
+                    logger.info("service bindings rotated under SERVICE_BINDING_ROOT: %s (generation %d)", names, current.generation + 1)
+                    return True
+            raise ConfigurationError(f"SERVICE_BINDING_ROOT kept changing while it was read ({_READ_ATTEMPTS} attempts)")
+
+    def _maybe_refresh(self) -> None:
+        if self._root is None:
+            return
+        now = self._clock()
+        if now < self._next_check:
+            return
+        self._next_check = now + self._interval  # racing threads are serialised by refresh()
+        try:
+            self.refresh()
+        except ConfigurationError as exc:
+            logger.warning("rotated service bindings not taken (keeping the previous ones): %s", exc)
+
+    def snapshot(self) -> "Bindings":
+        """The current bindings as a fixed set (same ``generation``) that never changes."""
+        self._maybe_refresh()
+        pinned = Bindings()
+        pinned._state = self._state
+        return pinned
+
+    # -- lookups ---------------------------------------------------------------------------------
+    def _current(self) -> _Snapshot:
+        self._maybe_refresh()
+        return self._state
 
     def __iter__(self) -> Iterator[Binding]:
-        return iter(self._bindings)
+        return iter(self._current().bindings)
 
     def __len__(self) -> int:
-        return len(self._bindings)
+        return len(self._current().bindings)
 
     @property
     def sources(self) -> tuple[str, ...]:
         """Human-readable places that were read, for "looked in …" messages."""
-        return self._sources
+        return self._current().sources
 
     def find_all(self, *, label: str | None = None, name: str | None = None, tag: str | None = None) -> list[Binding]:
         """Every binding matching all given criteria (none given: all bindings)."""
         return [
             b
-            for b in self._bindings
+            for b in self._current().bindings
             if (label is None or b.label == label)
             and (name is None or b.name == name)
             and (tag is None or tag in b.tags)
@@ -356,4 +495,5 @@ class Bindings:
         return found[0] if found else None
 
     def __repr__(self) -> str:
-        return f"Bindings({[f'{b.label}:{b.name}' for b in self._bindings]!r}, sources={self._sources!r})"
+        state = self._state
+        return f"Bindings({[f'{b.label}:{b.name}' for b in state.bindings]!r}, sources={state.sources!r})"

@@ -6,6 +6,8 @@ An entry is read the way the approuter reads it, and may also carry Destination-
 property names, so one configuration works for the approuter, the SAP Cloud SDK and this
 library. Keys are case-insensitive. Every entry key is kept verbatim in
 :attr:`Destination.properties`; the typed fields of :class:`Destination` are derived from them.
+A key that is a near miss of a known one (``Authentification``) is refused rather than
+ignored (:mod:`.vocabulary`); other unknown keys are listed by :func:`unknown_keys`.
 
 OAuth client of an entry: ``clientId`` with ``clientSecret``, or ``clientId`` with
 ``clientCertificate`` and ``clientKey`` (PEM strings) for mTLS client authentication at the
@@ -29,8 +31,9 @@ from ..bindings import Binding, Bindings, _json_type, default_env_path, load_def
 from ..errors import ConfigurationError
 from ..oauth import ClientCredentials
 from .model import _CANONICAL_AUTH, PROXY_TYPES, Destination, Properties, canonical_authentication
+from .vocabulary import check_keys
 
-__all__ = ["destinations_from_env", "destination_from_binding", "ENV_VARIABLE"]
+__all__ = ["destinations_from_env", "destination_from_binding", "unknown_keys", "ENV_VARIABLE"]
 
 #: The approuter's environment variable.
 ENV_VARIABLE = "destinations"
@@ -58,25 +61,10 @@ def destinations_from_env(
     ``destinations``) yields ``{}``. The whole list is validated at once so that a typo in
     any entry surfaces at start-up, not at the first call to that destination.
     """
-    raw = environ.get(ENV_VARIABLE)
-    if raw is not None and raw.strip():
-        source = _ENV_SOURCE
-        where = f"the {_ENV_SOURCE}"
-        data = parse_json(raw, f"The {_ENV_SOURCE}")
-        what = f"The {_ENV_SOURCE}"
-    else:
-        default_env = load_default_env(cwd)
-        if default_env is None or default_env.get(ENV_VARIABLE) is None:
-            return {}
-        source = f"default-env.json ({default_env_path(cwd)})"
-        where = source
-        what = f"'destinations' in {source}"
-        data = default_env[ENV_VARIABLE]
-        if isinstance(data, str):
-            data = parse_json(data, what)
-    if not isinstance(data, list):
-        raise ConfigurationError(f"{what} is not a JSON array (found {_json_type(data)})")
-
+    raw = _raw_entries(environ, cwd)
+    if raw is None:
+        return {}
+    data, where, source = raw
     result: dict[str, Destination] = {}
     first_index: dict[str, int] = {}
     for index, entry in enumerate(data):
@@ -89,6 +77,67 @@ def destinations_from_env(
         result[destination.name] = destination
         first_index[destination.name] = index
     return result
+
+
+def unknown_keys(environ: Mapping[str, str], *, cwd: str | os.PathLike[str] | None = None) -> list[str]:
+    """Warnings for the keys of ``destinations`` entries that no reader knows (``doctor``).
+
+    They are ignored by the library: a custom key is harmless, but it may be a misspelling
+    that :mod:`~propagation.destinations.vocabulary` does not recognise as one. Near misses of
+    known keys are not listed here: :func:`destinations_from_env` refuses them. Malformed
+    input raises the same :class:`ConfigurationError` as :func:`destinations_from_env`.
+    """
+    raw = _raw_entries(environ, cwd)
+    if raw is None:
+        return []
+    data, where, _ = raw
+    warnings: list[str] = []
+    for index, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            continue
+        check = check_keys(str(key) for key in entry)
+        if check.unknown:
+            warnings.append(
+                f"{_entry_label(entry, index)} in {where}: unknown "
+                f"{'key' if len(check.unknown) == 1 else 'keys'} "
+                f"{', '.join(repr(_short(k)) for k in check.unknown)} (ignored)"
+            )
+    return warnings
+
+
+def _raw_entries(
+    environ: Mapping[str, str], cwd: str | os.PathLike[str] | None
+) -> tuple[list[Any], str, str] | None:
+    """The parsed entry list, where it came from (for messages) and its ``Destination.source``."""
+    raw = environ.get(ENV_VARIABLE)
+    if raw is not None and raw.strip():
+        source = _ENV_SOURCE
+        where = f"the {_ENV_SOURCE}"
+        data = parse_json(raw, f"The {_ENV_SOURCE}")
+        what = f"The {_ENV_SOURCE}"
+    else:
+        default_env = load_default_env(cwd)
+        if default_env is None or default_env.get(ENV_VARIABLE) is None:
+            return None
+        source = f"default-env.json ({default_env_path(cwd)})"
+        where = source
+        what = f"'destinations' in {source}"
+        data = default_env[ENV_VARIABLE]
+        if isinstance(data, str):
+            data = parse_json(data, what)
+    if not isinstance(data, list):
+        raise ConfigurationError(f"{what} is not a JSON array (found {_json_type(data)})")
+    return data, where, source
+
+
+def _short(key: str) -> str:
+    return key if len(key) <= 60 else key[:57] + "..."
+
+
+def _entry_label(entry: Mapping[str, Any], index: int) -> str:
+    """``destinations[i] ('NAME')``, or ``destinations[i]`` while the name is unknown."""
+    name = Properties(entry).get("name")
+    return f"destinations[{index}] ('{name.strip()}')" if isinstance(name, str) and name.strip() else f"destinations[{index}]"
 
 
 def destination_from_binding(binding: Binding) -> Destination | None:
@@ -295,6 +344,13 @@ def _from_entry(entry: Any, index: int, where: str, source: str, bindings: Bindi
             raise ConfigurationError(
                 f"destinations[{index}] in {where} has both '{other}' and '{key}' (keys are case-insensitive)"
             )
+    check = check_keys(str(key) for key in entry)
+    if check.typos:
+        key, meant = check.typos[0]
+        raise ConfigurationError(
+            f"{_entry_label(entry, index)} in {where}: unknown key {_short(key)!r}; did you mean {meant!r}? "
+            f"(a misspelt key would be ignored, and the destination called without it)"
+        )
     props = Properties(entry)
     name = props.get("name")
     if not isinstance(name, str) or not name.strip():

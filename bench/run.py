@@ -244,6 +244,23 @@ def per_call(quick: bool) -> None:
     verdict("new session() per call <= 1.10 x reused requests.Session (TLS)", ratio <= 1.10, f"{ratio:.3f} x plain")
 
 
+# -- (f) async: an ASGI app calling on premise with async_client ------------------------------------
+def async_onprem(quick: bool) -> None:
+    import async_load
+
+    print("(f) async: ASGI app (uvicorn, 1 worker) -> async_client -> Connectivity proxy -> on-premise, per user")
+    r = async_load.run(quick)
+    print(f"        {r['users']} users x {r['calls']} calls, {r['concurrency']} concurrent clients: {r['requests']:,} requests "
+          f"in {r['seconds']:.2f} s = {r['throughput']:,.0f} req/s; p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; "
+          f"statuses {r['statuses']}")
+    print(f"        {r['exchanges']} connectivity exchanges for {r['users']} users; event-loop max lag {r['lag_ms']:.1f} ms "
+          f"(sync figure for comparison: bench/loadtest.py, gunicorn)")
+    ok = r["statuses"] == {200: r["requests"]} and r["proxied"] >= r["requests"]
+    verdict("exchanges == users (on-premise, async)", ok and r["exchanges"] == r["users"],
+            f"{r['exchanges']} exchanges for {r['users']} users")
+    verdict("event-loop max lag <= 10 ms", r["lag_ms"] <= 10.0, f"{r['lag_ms']:.1f} ms")
+
+
 # -- (c) concurrency ------------------------------------------------------------------------------
 def concurrency(quick: bool) -> None:
     users_n = 20 if quick else 100
@@ -320,7 +337,7 @@ def memory(quick: bool) -> None:
 
 
 SECTIONS: dict[str, Callable[[bool], None]] = {
-    "a": inbound, "b": outbound, "c": concurrency, "d": memory, "e": per_call,
+    "a": inbound, "b": outbound, "c": concurrency, "d": memory, "e": per_call, "f": async_onprem,
 }
 
 

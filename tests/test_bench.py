@@ -1,4 +1,4 @@
-"""``bench/run.py --quick`` runs to completion and reports its four sections (no timed
+"""``bench/run.py --quick`` runs to completion and reports its six sections (no timed
 assertions: the figures are for people, not for the test-suite)."""
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ def test_bench_quick_completes_and_prints_every_section():
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    for section in ("(a) inbound", "(b) outbound cache hit", "(c) 64 threads", "(d) memory per cached token"):
+    for section in ("(a) inbound", "(b) outbound cache hit", "(c) 64 threads", "(d) memory per cached token",
+                    "(e) a new session()/client() per call", "(f) async: ASGI app"):
         assert section in done.stdout
-    assert done.stdout.count("PASS") + done.stdout.count("MISS") == 4
+    assert done.stdout.count("PASS") + done.stdout.count("MISS") == 7
+    assert "PASS  exchanges == users (on-premise, async)" in done.stdout  # a count, not a timing
     assert "summary:" in done.stdout

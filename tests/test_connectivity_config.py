@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from propagation.bindings import Binding, Bindings
-from propagation.connectivity import ConnectivityConfig
+from propagation.outbound.connectivity import ConnectivityConfig
 from propagation.connectivity_config import KYMA_PROXY_HOST, connectivity_config
 from propagation.errors import ConfigurationError
 from propagation.tokens import UserToken

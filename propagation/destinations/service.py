@@ -38,12 +38,9 @@ Nothing logged or raised here contains a token, secret or key.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -64,6 +61,7 @@ from ..oauth import (
 )
 from ..flow import Answer, Cached, ClientCertFiles, Flow, HttpCall, Invalidate, Sleep, TransportFailure, run_sync
 from ..tokens import UserToken
+from . import keystores
 from .model import PROXY_TYPES, Destination, Properties, canonical_authentication
 
 __all__ = [
@@ -86,7 +84,6 @@ FIND_PATH = "/destination-configuration/v1/destinations/"
 _SERVICE_TOKEN_KEY = "<destination-service>"
 _GRANT_CONFIG = "destination-service:find"
 _GRANT_USER = "destination-service:find-user"
-_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.S)
 
 
 def _text(creds: Mapping[str, Any], key: str) -> str | None:
@@ -176,6 +173,7 @@ class ServiceLink:
     service: "DestinationService"
     name: str
     certificate: tuple[str, str] | None = None  # (PEM chain, PEM key) for ClientCertificateAuthentication
+    trust: str | None = None  # PEM CA bundle of ``TrustStoreLocation``: the target's TLS trusts only these
 
     def auth_headers_flow(self, destination: Destination, user: UserToken | None) -> Flow[tuple[dict[str, str], CacheKey]]:
         return self.service.auth_headers_flow(destination, user)
@@ -257,7 +255,8 @@ class DestinationService:
             raise ConfigurationError(f"{where}: ProxyType {str(props.text('ProxyType'))[:20]!r} is not supported.")
         certificate = None
         if authentication == "ClientCertificateAuthentication":
-            certificate = _client_certificate(where, props, answer.get("certificates"))
+            certificate = keystores.client_certificate(where, props, answer.get("certificates"))
+        trust = keystores.trust_store(where, props, answer.get("certificates"))
         assert url is not None
         return Destination(
             name=name,
@@ -268,7 +267,7 @@ class DestinationService:
             source=self.source,
             forward_auth_token=props.flag("forwardAuthToken", False),
             strict_ssl=not props.flag("TrustAll", False),
-            service=ServiceLink(self, name, certificate),
+            service=ServiceLink(self, name, certificate, trust),
         )
 
     # -- the authorizer's part -----------------------------------------------------------
@@ -503,62 +502,6 @@ def _error_text(response: Answer, secrets: tuple[str, ...]) -> str | None:
             if text:
                 return text
     return None
-
-
-# -- ClientCertificateAuthentication ---------------------------------------------------------------
-def _client_certificate(where: str, props: Properties, certificates: Any) -> tuple[str, str]:
-    """(PEM chain, PEM key) of the destination's key store (``KeyStoreLocation``), PEM or PKCS#12."""
-    items = [c for c in certificates if isinstance(c, Mapping)] if isinstance(certificates, list) else []
-    location = props.text("KeyStoreLocation")
-    chosen = None
-    for item in items:
-        if location is None or item.get("Name") == location:
-            chosen = item
-            break
-    if chosen is None or location is None and len(items) != 1:
-        raise ConfigurationError(
-            f"{where}: ClientCertificateAuthentication needs the key store named by 'KeyStoreLocation' in the "
-            f"answer's certificates ({'none' if not items else ', '.join(repr(str(i.get('Name'))[:40]) for i in items)})."
-        )
-    store_name = str(chosen.get("Name") or location or "")
-    try:
-        content = base64.b64decode(str(chosen.get("Content") or ""), validate=False)
-    except (binascii.Error, ValueError):
-        raise ConfigurationError(f"{where}: key store '{store_name}' is not base64.") from None
-    lower = store_name.lower()
-    if lower.endswith((".p12", ".pfx")):
-        from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
-
-        password = props.get("KeyStorePassword")
-        try:
-            key, cert, extra = pkcs12.load_key_and_certificates(
-                content, str(password).encode("utf-8") if password not in (None, "") else None
-            )
-        except (ValueError, TypeError):
-            raise ConfigurationError(
-                f"{where}: key store '{store_name}' cannot be read as PKCS#12 (wrong 'KeyStorePassword'?)."
-            ) from None
-        if key is None or cert is None:
-            raise ConfigurationError(f"{where}: key store '{store_name}' holds no private key and certificate.")
-        chain = cert.public_bytes(Encoding.PEM) + b"".join(c.public_bytes(Encoding.PEM) for c in extra or [])
-        key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-        return chain.decode("ascii"), key_pem.decode("ascii")
-    if lower.endswith((".pem", ".crt", ".cer")) or b"-----BEGIN" in content:
-        try:
-            text = content.decode("ascii")
-        except UnicodeDecodeError:
-            raise ConfigurationError(f"{where}: key store '{store_name}' is not PEM text.") from None
-        blocks = [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(text)]
-        certs = "\n".join(b for kind, b in blocks if kind == "CERTIFICATE")
-        keys = [b for kind, b in blocks if kind.endswith("PRIVATE KEY")]
-        if not certs or len(keys) != 1:
-            raise ConfigurationError(
-                f"{where}: key store '{store_name}' needs a certificate and one unencrypted private key (PEM)."
-            )
-        return certs + "\n", keys[0] + "\n"
-    raise ConfigurationError(
-        f"{where}: key store '{store_name}' has an unsupported format (use .pem, .p12 or .pfx; JKS is not supported)."
-    )
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

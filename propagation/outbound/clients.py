@@ -156,12 +156,12 @@ def _stale(step: _Replan) -> Any:
     return outbound.cache_key if step.status == 401 else outbound.proxy_cache_key
 
 
-def _route(request: httpx.Request) -> tuple[PoolKey, tuple[str, str] | None]:
+def _route(request: httpx.Request) -> tuple[PoolKey, tuple[str, str] | None, str | None]:
     plan: Plan | None = request.extensions.get(PLAN)
     target = origin(str(request.url))
     if plan is None or plan.pool is None or target != origin(plan.url) or not plan.same_origin:
-        return PoolKey(*target), None
-    return plan.pool, plan.client_cert
+        return PoolKey(*target), None, None
+    return plan.pool, plan.client_cert, plan.trust
 
 
 def _strip_elsewhere(request: httpx.Request) -> None:
@@ -181,8 +181,7 @@ class _Router(httpx.BaseTransport):
         self.engine = engine
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        key, cert = _route(request)
-        return self.engine.pools.transport(key, cert).handle_request(request)
+        return self.engine.pools.transport(*_route(request)).handle_request(request)
 
 
 class _AsyncRouter(httpx.AsyncBaseTransport):
@@ -190,8 +189,7 @@ class _AsyncRouter(httpx.AsyncBaseTransport):
         self.engine = engine
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        key, cert = _route(request)
-        transport = await self.engine.pools.async_transport(key, cert)
+        transport = await self.engine.pools.async_transport(*_route(request))
         return await transport.handle_async_request(request)
 
 

@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .._log import logger
 from ..bindings import Binding, Bindings
 from ..cache import CacheKey, TokenCache
+from ..connectivity_config import connectivity_config
 from ..destinations.model import Destination
 from ..errors import ConfigurationError
 from ..flow import Cached, Flow
+from ..rotation import Derived
 from ..oauth import GRANT_CLIENT_CREDENTIALS, GRANT_JWT_BEARER, ClientCredentials, OAuthClient, TokenResponse
 from ..tokens import UserToken
 
@@ -63,21 +65,6 @@ def normalize_mode(value: Any, where: str) -> str:
     return mode
 
 
-def _text(creds: Mapping[str, Any], key: str) -> str | None:
-    value = creds.get(key)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not value.strip():
-        return None
-    return value.strip()
-
-
-def _token_url(base: str) -> str:
-    """``{base}/oauth/token`` unless ``base`` already is the token endpoint."""
-    base = base.rstrip("/")
-    return base if base.endswith("/oauth/token") else base + "/oauth/token"
-
-
 @dataclass(frozen=True, repr=False)
 class ConnectivityConfig:
     """What the ``connectivity`` binding says: the OAuth client, its token URL and the proxy."""
@@ -94,35 +81,12 @@ class ConnectivityConfig:
         return f"http://{self.proxy_host}:{self.proxy_port}"
 
     @classmethod
-    def from_binding(cls, binding: Binding) -> "ConnectivityConfig":
-        creds = binding.credentials
-        where = f"Connectivity binding '{binding.name}'"
-        client_id = _text(creds, "clientid")
-        certificate, key = _text(creds, "certificate"), _text(creds, "key")
-        secret = _text(creds, "clientsecret")
-        mtls = bool(certificate and key)
-        if not client_id or not (secret or mtls):
-            raise ConfigurationError(f"{where} needs 'clientid' with 'clientsecret' (or 'certificate' and 'key').")
-        base = (_text(creds, "certurl") if mtls else None) or _text(creds, "token_service_url") or _text(creds, "url")
-        if not base:
-            raise ConfigurationError(f"{where} needs 'token_service_url' (or 'url').")
-        host = _text(creds, "onpremise_proxy_host")
-        port_text = _text(creds, "onpremise_proxy_http_port") or _text(creds, "onpremise_proxy_port")
-        try:
-            port = int(port_text) if port_text else 0
-        except ValueError:
-            port = 0
-        if not host or not 0 < port < 65536:
-            raise ConfigurationError(
-                f"{where} needs 'onpremise_proxy_host' and 'onpremise_proxy_http_port' (or 'onpremise_proxy_port')."
-            )
-        client = ClientCredentials(
-            client_id=client_id,
-            client_secret=None if mtls else secret,
-            certificate=certificate if mtls else None,
-            key=key if mtls else None,
-        )
-        return cls(client, _token_url(base), host, port, _text(creds, "uaadomain"), binding.name)
+    def from_binding(cls, binding: Binding, *, kubernetes: bool | None = None) -> "ConnectivityConfig":
+        """Parse the binding (Cloud Foundry or Kyma shape, secret or X.509; see
+        :func:`propagation.connectivity_config.connectivity_config`)."""
+        parsed = connectivity_config(binding, kubernetes=kubernetes)
+        return cls(parsed.client, parsed.token_url, parsed.proxy_host, parsed.proxy_port, parsed.uaadomain,
+                   parsed.binding_name)
 
     def token_url_for(self, user: UserToken | None) -> str:
         """The token URL of the user's (subscriber) tenant: an XSUAA token endpoint under the
@@ -140,6 +104,11 @@ class ConnectivityConfig:
 
     def __repr__(self) -> str:
         return f"ConnectivityConfig(binding={self.binding_name!r}, client={self.client!r}, proxy={self.proxy_url!r})"
+
+
+def _parse(bindings: Bindings) -> ConnectivityConfig | None:
+    binding = bindings.find(label="connectivity")
+    return ConnectivityConfig.from_binding(binding) if binding is not None else None
 
 
 @dataclass
@@ -163,22 +132,21 @@ class Connectivity:
         self.oauth = oauth
         self.cache = cache
         self.mode = normalize_mode(mode, "Propagator")
-        self._config: ConnectivityConfig | None = None
+        # Re-parsed when the binding files rotate (Kubernetes), never half-old, half-new.
+        self._config: Derived[ConnectivityConfig | None] = Derived(bindings, _parse)
 
     def __repr__(self) -> str:
         return f"Connectivity(mode={self.mode!r})"
 
     def config(self, destination: Destination) -> ConnectivityConfig:
         """The connectivity binding's configuration, or a :class:`ConfigurationError` naming ``destination``."""
-        if self._config is None:
-            binding = self.bindings.find(label="connectivity")
-            if binding is None:
-                raise ConfigurationError(
-                    f"Destination '{destination.name}' ({destination.source}) has ProxyType OnPremise: "
-                    f"it needs a 'connectivity' service binding (the Connectivity proxy), and none is bound."
-                )
-            self._config = ConnectivityConfig.from_binding(binding)
-        return self._config
+        config = self._config.get()
+        if config is None:
+            raise ConfigurationError(
+                f"Destination '{destination.name}' ({destination.source}) has ProxyType OnPremise: "
+                f"it needs a 'connectivity' service binding (the Connectivity proxy), and none is bound."
+            )
+        return config
 
     def proxy_url(self, destination: Destination) -> str | None:
         """The proxy URL when ``destination`` is on-premise and a binding exists, else ``None``."""

@@ -110,6 +110,7 @@ class Plan:
     params: dict[str, str] = field(default_factory=dict)
     proxy: str | None = None
     client_cert: tuple[str, str] | None = None
+    trust: str | None = None  # PEM CA bundle: the target's TLS trusts only these (TrustStoreLocation)
     verify: bool = True
     timeout: Any = DEFAULT_TIMEOUT
     csrf: bool = False
@@ -142,8 +143,8 @@ class Engine(Protocol):
     def destination(self, name: str, *, user_token: Any = None) -> Destination: ...
 
 
-def _certificate_fingerprint(cert: tuple[str, str] | None) -> str | None:
-    return hashlib.sha256(cert[0].encode("utf-8")).hexdigest()[:32] if cert is not None else None
+def _fingerprint(pem: str | None) -> str | None:
+    return hashlib.sha256(pem.encode("utf-8")).hexdigest()[:32] if pem is not None else None
 
 
 def plan_flow(
@@ -173,6 +174,7 @@ def plan_flow(
     cert = None
     if destination.authentication == "ClientCertificateAuthentication" and link is not None:
         cert = link.certificate
+    trust = link.trust if link is not None else None
     principal = None
     if destination.on_premise:
         principal = (
@@ -180,7 +182,8 @@ def plan_flow(
             user.fingerprint if user is not None and destination.needs_user else None,
             destination.location_id,
         )
-    pool = PoolKey(scheme, host, port, proxy, _certificate_fingerprint(cert), destination.strict_ssl, principal)
+    pool = PoolKey(scheme, host, port, proxy, _fingerprint(cert[0] if cert else None), destination.strict_ssl,
+                   principal, _fingerprint(trust))
     return Plan(
         destination,
         user,
@@ -191,6 +194,7 @@ def plan_flow(
         params,
         proxy,
         cert,
+        trust,
         destination.strict_ssl,
         _timeout(destination),
         csrf and method.upper() in MODIFYING_METHODS,

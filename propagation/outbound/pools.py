@@ -13,6 +13,10 @@ unused for ``idle`` seconds is closed on the next lookup. ``close()`` / ``aclose
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import shutil
+import tempfile
 import threading
 import time
 import weakref
@@ -48,6 +52,7 @@ class PoolKey:
     proxy: str | None = None
     certificate: str | None = None  # fingerprint of the client certificate, never the key
     verify: bool = True
+    trust: str | None = None  # fingerprint of the destination's trust store (its CA bundle)
     principal: tuple[str | None, str | None, str | None] | None = None
 
 
@@ -106,6 +111,8 @@ class Pools:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        self._trust_dir: str | None = None
+        self._trust_files: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"Pools(requests={len(self._adapters)}, httpx={len(self._transports)}, maxsize={self.maxsize})"
@@ -121,18 +128,20 @@ class Pools:
         return adapter
 
     # -- httpx ------------------------------------------------------------------------------
-    def transport(self, key: PoolKey, client_cert: Cert | None) -> "httpx.HTTPTransport":
+    def transport(self, key: PoolKey, client_cert: Cert | None, trust: str | None = None) -> "httpx.HTTPTransport":
         import httpx
 
         def make() -> httpx.HTTPTransport:
-            return httpx.HTTPTransport(**self._options(key, client_cert))
+            return httpx.HTTPTransport(**self._options(key, client_cert, trust))
 
         transport, stale = self._transports.get(key, make)
         for old in stale:
             old.close()
         return transport
 
-    async def async_transport(self, key: PoolKey, client_cert: Cert | None) -> "httpx.AsyncHTTPTransport":
+    async def async_transport(
+        self, key: PoolKey, client_cert: Cert | None, trust: str | None = None
+    ) -> "httpx.AsyncHTTPTransport":
         import httpx
 
         loop = asyncio.get_running_loop()
@@ -142,7 +151,7 @@ class Pools:
                 lru = self._async[loop] = _Lru(self.maxsize, self.idle, self._clock)
 
         def make() -> httpx.AsyncHTTPTransport:
-            return httpx.AsyncHTTPTransport(**self._options(key, client_cert))
+            return httpx.AsyncHTTPTransport(**self._options(key, client_cert, trust))
 
         transport, stale = lru.get(key, make)
         for old in stale:
@@ -150,13 +159,29 @@ class Pools:
         return transport
 
     @staticmethod
-    def _options(key: PoolKey, client_cert: Cert | None) -> dict[str, Any]:
+    def _options(key: PoolKey, client_cert: Cert | None, trust: str | None) -> dict[str, Any]:
         import httpx
 
-        options: dict[str, Any] = {"verify": ssl_context(client_cert, key.verify)}
+        options: dict[str, Any] = {"verify": ssl_context(client_cert, key.verify, trust)}
         if key.proxy:
             options["proxy"] = httpx.Proxy(key.proxy)
         return options
+
+    def trust_file(self, trust: str) -> str:
+        """A file holding the PEM bundle ``trust`` (``requests`` takes CA bundles as paths only):
+        written once per bundle into a private directory (0700, files 0600), removed by :meth:`close`."""
+        digest = hashlib.sha256(trust.encode("utf-8")).hexdigest()[:32]
+        with self._lock:
+            path = self._trust_files.get(digest)
+            if path is None:
+                if self._trust_dir is None:
+                    self._trust_dir = tempfile.mkdtemp(prefix="propagation-trust-")
+                path = os.path.join(self._trust_dir, f"{digest}.pem")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w", encoding="ascii") as handle:
+                    handle.write(trust)
+                self._trust_files[digest] = path
+        return path
 
     # -- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -165,6 +190,11 @@ class Pools:
             adapter.close()
         for transport in self._transports.drain():
             transport.close()
+        with self._lock:
+            directory, self._trust_dir = self._trust_dir, None
+            self._trust_files.clear()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
     async def aclose(self) -> None:
         """Close the async pools of the running loop, and the sync ones."""

@@ -160,7 +160,7 @@ class DestinationSession(requests.Session):
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = plan.timeout
         kwargs["auth"] = PlanAuth(self, plan)
-        kwargs.setdefault("verify", plan.verify)
+        kwargs.setdefault("verify", self.propagator.pools.trust_file(plan.trust) if plan.trust and plan.verify else plan.verify)
         if plan.proxy:
             kwargs["proxies"] = {"http": plan.proxy, "https": plan.proxy}
         from ..destinations.service import client_certificate
@@ -212,7 +212,7 @@ class DestinationSession(requests.Session):
             "allow_redirects": False,
             "auth": PlanAuth(self, plan),
             "timeout": plan.timeout,
-            "verify": plan.verify,
+            "verify": self.propagator.pools.trust_file(plan.trust) if plan.trust and plan.verify else plan.verify,
         }
         if plan.proxy:
             kwargs["proxies"] = {"http": plan.proxy, "https": plan.proxy}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class Seen:
 @dataclass
 class Loopback:
     delay: float = 0.0
+    tls: ssl.SSLContext | None = None  # server context: HTTPS (handshake in the handler thread)
     seen: list[Seen] = field(default_factory=list)
     exchanges: list[dict[str, str]] = field(default_factory=list)
 
@@ -50,6 +52,8 @@ class Loopback:
             disable_nagle_algorithm = True
 
             def setup(self) -> None:
+                if isinstance(self.request, ssl.SSLSocket):
+                    self.request.do_handshake()
                 super().setup()
                 self.connection_id = next(outer._ids)
 
@@ -95,10 +99,14 @@ class Loopback:
             request_queue_size = 128
 
         self.server = Server(("127.0.0.1", 0), Handler)
+        if self.tls is not None:
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True, do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def base(self) -> str:
+        if self.tls is not None:
+            return f"https://localhost:{self.server.server_address[1]}"  # the name in the certificate
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     @property

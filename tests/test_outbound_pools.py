@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from typing import Any
 
@@ -153,3 +154,56 @@ def test_pools_are_bounded_and_idle_pools_are_closed() -> None:
     assert len(pools._adapters) == 1  # the idle other (keys[1]) was closed
     pools.close()
     assert len(pools._adapters) == 0
+
+
+# -- TrustStoreLocation: the target's TLS trusts the destination's own CA bundle ---------------------
+@pytest.mark.parametrize("with_trust", [pytest.param(True, id="trust-store"), pytest.param(False, id="no-trust-store")])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_trust_store_of_the_destination_is_what_the_target_tls_is_checked_against(
+    transport: Transport, with_trust: bool
+) -> None:
+    import base64
+
+    import httpx
+    import requests
+    import responses
+    import respx
+
+    from propagation.sandbox.pki import Pki
+
+    pki = Pki(prefix="propagation-test-trust-")
+    try:
+        with Loopback(tls=pki.server_context()) as backend, responses.RequestsMock(assert_all_requests_are_fired=False) as rsps, \
+                respx.mock(assert_all_called=False) as router:
+            configuration = {"Name": "S4", "Type": "HTTP", "URL": f"{backend.base}/api",
+                             "Authentication": "NoAuthentication", "ProxyType": "Internet"}
+            if with_trust:
+                configuration["TrustStoreLocation"] = "backend-ca.pem"
+            answer = {"destinationConfiguration": configuration, "certificates": [
+                {"Name": "backend-ca.pem", "Type": "CERTIFICATE", "Content": base64.b64encode(pki.ca_file.read_bytes()).decode()}]}
+            token = {"access_token": "svc", "expires_in": 3600}
+            for mock in ("requests", "httpx"):
+                if mock == "requests":
+                    rsps.add(responses.POST, "https://provider.auth.example.com/oauth/token", json=token)
+                    rsps.add(responses.GET, re.compile(r"https://destination\.example\.com/.*"), json=answer)
+                    rsps.add_passthru(backend.base)
+                else:
+                    router.post("https://provider.auth.example.com/oauth/token").respond(json=token)
+                    router.get(url__startswith="https://destination.example.com/").respond(json=answer)
+                    router.route(host="localhost").pass_through()
+            binding = Binding(name="dest", label="destination", credentials={
+                "clientid": "dest-client", "clientsecret": "dest-secret", "url": "https://provider.auth.example.com",
+                "uri": "https://destination.example.com", "tenantid": "provider-zid"})
+            engine = Propagator(environ={}, bindings=Bindings([binding]), cache=MemoryTokenCache(),
+                                oauth=OAuthClient(retries=0))
+            s4 = transport.make(engine, "S4")
+            if with_trust:
+                assert transport.call(s4, "GET", "Items").status_code == 200
+                assert [s.path for s in backend.seen] == ["/api/Items"]
+            else:
+                with pytest.raises((requests.exceptions.SSLError, httpx.ConnectError)):
+                    transport.call(s4, "GET", "Items")
+                assert backend.seen == []
+            engine.close()
+    finally:
+        pki.cleanup()

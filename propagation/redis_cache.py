@@ -23,13 +23,11 @@ when a :class:`RedisTokenCache` is built, so the core does not need them.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import os
+import asyncio
 import secrets
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -37,6 +35,7 @@ from ._log import logger
 from .cache import CacheKey, MemoryTokenCache, TokenCache
 from .errors import ConfigurationError
 from .oauth import TokenResponse
+from .sealing import Sealer, decode_key
 
 if TYPE_CHECKING:
     from .bindings import Bindings
@@ -49,9 +48,6 @@ CACHE_PREFIX_ENV = "PROPAGATION_CACHE_PREFIX"
 CACHE_TIMEOUT_ENV = "PROPAGATION_CACHE_TIMEOUT"
 #: Label of a bound Redis service (BTP "Redis on SAP BTP, hyperscaler option").
 REDIS_LABEL = "redis-cache"
-
-_FORMAT = b"\x01"  # value layout version: 0x01 | nonce (12) | AES-GCM ciphertext+tag
-_NONCE = 12
 
 # KEYS[1] = lock key, ARGV[1] = our random lock value: delete only a lock we still own.
 _RELEASE = """
@@ -74,46 +70,6 @@ class _Flight:
         self.result: TokenResponse | None = None
         self.error: BaseException | None = None
         self.owner = owner
-
-
-def decode_key(value: str, what: str = CACHE_KEY_ENV) -> bytes:
-    """A base64 (standard or URL-safe) 32-byte key; the message never contains the value."""
-    text = (value or "").strip()
-    raw = b""
-    for decode in (base64.b64decode, base64.urlsafe_b64decode):
-        try:
-            raw = decode(text + "=" * (-len(text) % 4))
-        except (binascii.Error, ValueError):
-            continue
-        if len(raw) == 32:
-            return raw
-    raise ConfigurationError(f"{what} must be 32 bytes, base64-encoded (AES-256 key); got {len(raw)} bytes or invalid base64.")
-
-
-def _token_to_json(token: TokenResponse, usable_until: float) -> bytes:
-    data = {
-        "access_token": token.access_token,
-        "token_type": token.token_type,
-        "expires_at": token.expires_at,
-        "scope": token.scope,
-        "issued_token_type": token.issued_token_type,
-        "extra": dict(token.extra),
-        "usable_until": usable_until,
-    }
-    return json.dumps(data, separators=(",", ":"), default=str).encode("utf-8")
-
-
-def _token_from_json(raw: bytes) -> tuple[TokenResponse, float]:
-    data = json.loads(raw.decode("utf-8"))
-    token = TokenResponse(
-        access_token=data["access_token"],
-        token_type=data.get("token_type") or "bearer",
-        expires_at=data.get("expires_at"),
-        scope=data.get("scope"),
-        issued_token_type=data.get("issued_token_type"),
-        extra=data.get("extra") or {},
-    )
-    return token, float(data["usable_until"])
 
 
 class RedisTokenCache:
@@ -150,12 +106,11 @@ class RedisTokenCache:
             import redis
             from redis.backoff import NoBackoff
             from redis.retry import Retry
-            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         except ImportError as exc:  # pragma: no cover - depends on the installation
             raise ConfigurationError("The Redis token cache needs the extra: pip install 'propagation[redis]'.") from exc
 
         self._redis_errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
-        self._aead = AESGCM(bytes(key))
+        self._sealer = Sealer(bytes(key))
         self.prefix = prefix.rstrip(":")
         self.lock_ms = int(lock_ms)
         self.max_wait = float(max_wait)
@@ -169,6 +124,11 @@ class RedisTokenCache:
             "retry": Retry(NoBackoff(), 0),  # fail fast: the fallback is the retry
             "health_check_interval": 30,
         }
+        # How to build a redis.asyncio client for aget_or_fetch (one per event loop).
+        self._async_spec: tuple[str, Any] = ("client", client) if client is not None else (
+            ("url", url) if url is not None else ("connection", dict(connection or {})))
+        self._async_options = {k: v for k, v in options.items() if k != "retry"}
+        self._async_clients: Any = weakref.WeakKeyDictionary()
         if client is not None:
             self.redis = client
             self.where = "redis"
@@ -265,25 +225,14 @@ class RedisTokenCache:
         return f"{self.prefix}:{digest}"
 
     def _seal(self, name: str, token: TokenResponse, until: float) -> bytes:
-        nonce = os.urandom(_NONCE)
-        return _FORMAT + nonce + self._aead.encrypt(nonce, _token_to_json(token, until), name.encode("ascii"))
+        return self._sealer.seal(name, token, until)
 
     def _open(self, name: str, value: bytes | None) -> TokenResponse | None:
-        if value is None:
+        opened = self._sealer.open(name, value)
+        if opened is None:
             return None
-        from cryptography.exceptions import InvalidTag
-
-        try:
-            if value[:1] != _FORMAT or len(value) < 1 + _NONCE + 16:
-                raise ValueError("unknown layout")
-            plain = self._aead.decrypt(value[1 : 1 + _NONCE], value[1 + _NONCE :], name.encode("ascii"))
-            token, until = _token_from_json(plain)
-        except (InvalidTag, ValueError, KeyError, TypeError):
-            logger.debug("token cache: a Redis value did not decrypt (other key?): treated as a miss")
-            return None
-        if self.clock() >= until:
-            return None
-        return token
+        token, until = opened
+        return None if self.clock() >= until else token
 
     def _read(self, name: str) -> TokenResponse | None:
         return self._open(name, self._call("get", self.redis.get, name))
@@ -388,6 +337,98 @@ class RedisTokenCache:
             raise TypeError(f"fetch() returned {type(token).__name__}, not TokenResponse")
         return token
 
+    # -- async (redis.asyncio): never blocks the event loop ---------------------------------------
+    def _aredis(self) -> Any:
+        """The ``redis.asyncio`` client of the running loop, or ``None`` when one cannot be
+        built from what this cache was given (then the blocking client runs in a thread)."""
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            import redis.asyncio as aredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            kind, spec = self._async_spec
+            options = {**self._async_options, "retry": Retry(NoBackoff(), 0)}
+            if kind == "url":
+                client = aredis.Redis.from_url(spec, **options)
+            elif kind == "connection":
+                client = aredis.Redis(**{**options, **spec})
+            else:
+                kwargs = getattr(getattr(spec, "connection_pool", None), "connection_kwargs", None)
+                if not isinstance(kwargs, dict) or "host" not in kwargs:
+                    return None
+                client = aredis.Redis(**{k: v for k, v in kwargs.items() if k in ("host", "port", "db", "password", "username")},
+                                      **options)
+            self._async_clients[loop] = client
+        return client
+
+    async def _acall(self, doing: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not self.available:
+            raise _RedisDown()
+        try:
+            return await fn(*args, **kwargs)
+        except self._redis_errors as exc:
+            self._failed(exc, doing)
+            raise _RedisDown() from None
+
+    async def aget_or_fetch(self, key: CacheKey, fetch: Callable[[], Any]) -> tuple[TokenResponse, bool]:
+        """:meth:`get_or_fetch` for coroutines, with ``redis.asyncio``: the same Redis lock, so
+        one exchange per key across coroutines, threads and processes; nothing blocks the loop."""
+        client = self._aredis()
+        if client is None:  # a client object we cannot mirror: its blocking calls go to a thread
+            loop = asyncio.get_running_loop()
+            return await asyncio.to_thread(
+                self.get_or_fetch, key, lambda: asyncio.run_coroutine_threadsafe(fetch(), loop).result()
+            )
+        digest = key.digest()
+        name, lock, mine = self._name(digest), f"{self.prefix}:lock:{digest}", secrets.token_hex(16)
+        try:
+            token = self._open(name, await self._acall("get", client.get, name))
+            if token is not None:
+                return token, True
+            deadline, delay = time.monotonic() + self.max_wait, 0.005
+            while not await self._acall("lock", client.set, lock, mine, nx=True, px=self.lock_ms):
+                if time.monotonic() >= deadline:  # another process's fetch takes too long: fetch here
+                    mine = ""
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+                token = self._open(name, await self._acall("get", client.get, name))
+                if token is not None:
+                    return token, True
+            if mine:  # the previous holder may have stored and released in between
+                token = self._open(name, await self._acall("get", client.get, name))
+                if token is not None:
+                    await self._aunlock(client, lock, mine)
+                    return token, True
+        except _RedisDown:
+            return await self.fallback.aget_or_fetch(key, fetch)
+        try:
+            token = self._checked(await fetch())
+            now = self.clock()
+            until = self.fallback.usable_until(token, now)
+            if until > now:
+                try:
+                    await self._acall("set", client.set, name, self._seal(name, token, until), px=int((until - now) * 1000))
+                except _RedisDown:
+                    await self.fallback.aget_or_fetch(key, _returning(token))
+            return token, False
+        finally:
+            if mine:
+                await self._aunlock(client, lock, mine)
+
+    async def _aunlock(self, client: Any, lock: str, mine: str) -> None:
+        try:
+            await self._acall("unlock", client.eval, _RELEASE, 1, lock, mine)
+        except _RedisDown:
+            pass  # the lock expires by itself after lock_ms
+
+    async def aclose(self) -> None:
+        client = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
     def invalidate(self, key: CacheKey) -> None:
         self.fallback.invalidate(key)
         try:
@@ -417,6 +458,13 @@ class RedisTokenCache:
             self.redis.close()
         except self._redis_errors:
             pass
+
+
+def _returning(token: TokenResponse) -> Callable[[], Any]:
+    async def fetch() -> TokenResponse:
+        return token
+
+    return fetch
 
 
 def _glob_escape(text: str) -> str:

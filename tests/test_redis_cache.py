@@ -333,3 +333,69 @@ def test_url_password_never_logged(prefix, caplog):
     cache.get_or_fetch(key(), lambda: token())
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "Redis" in text and "pw-SECRET" not in text and JWT_ACCESS not in text
+
+
+# -- async (redis.asyncio) ----------------------------------------------------------------------
+def test_coroutines_and_a_second_process_make_one_exchange_without_blocking_the_loop(server, prefix, raw):
+    """50 coroutines of one process (its own cache object) and a thread standing for another
+    process miss the same key at once: one fetch in all; the event loop keeps ticking."""
+    import asyncio
+
+    ours, theirs = make(server.url, prefix), make(server.url, prefix)
+    fetches: list[str] = []
+    gaps: list[float] = []
+
+    async def afetch() -> TokenResponse:
+        fetches.append("coroutine")
+        await asyncio.sleep(0.2)
+        return token("shared-VALUE")
+
+    def fetch() -> TokenResponse:
+        fetches.append("thread")
+        time.sleep(0.2)
+        return token("shared-VALUE")
+
+    async def main() -> list[tuple[TokenResponse, bool]]:
+        other = asyncio.get_running_loop().run_in_executor(None, theirs.get_or_fetch, key(), fetch)
+        stop = asyncio.Event()
+
+        async def tick() -> None:
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.005)
+                gaps.append(time.perf_counter() - last)
+                last = time.perf_counter()
+
+        ticker = asyncio.create_task(tick())
+        results = await asyncio.gather(*(ours.aget_or_fetch(key(), afetch) for _ in range(50)))
+        await other
+        stop.set()
+        await ticker
+        await ours.aclose()
+        return results
+
+    results = asyncio.run(main())
+    assert len(fetches) == 1, fetches
+    assert {t.access_token for t, _ in results} == {"shared-VALUE"}
+    assert max(gaps) < 0.19, max(gaps)  # a loop blocked by the 0.2 s fetch of the other side would show it
+    assert raw.keys(f"{prefix}:lock:*") == []  # the lock was released
+
+
+def test_async_falls_back_to_memory_when_redis_is_down(prefix):
+    import asyncio
+
+    cache = RedisTokenCache("redis://127.0.0.1:1", key=KEY, prefix=prefix, socket_timeout=0.2)
+    calls: list[int] = []
+
+    async def afetch() -> TokenResponse:
+        calls.append(1)
+        return token("fallback-VALUE")
+
+    async def main() -> None:
+        first = await cache.aget_or_fetch(key(), afetch)
+        second = await cache.aget_or_fetch(key(), afetch)
+        assert first == (first[0], False) and second[1] is True
+        await cache.aclose()
+
+    asyncio.run(main())
+    assert len(calls) == 1 and not cache.available

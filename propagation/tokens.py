@@ -101,10 +101,14 @@ class UserToken:
 
     @property
     def subdomain(self) -> str | None:
-        """Subaccount subdomain: ``ext_attr.zdn``, else the issuer's first host label."""
+        """XSUAA subaccount subdomain: ``ext_attr.zdn``, else the issuer's first host label.
+        ``None`` for IAS tokens: their issuer's label is the IAS tenant, not the subaccount (they
+        name their tenant by id, :attr:`tenant`)."""
         ext_attr = self.claims.get("ext_attr")
         if isinstance(ext_attr, Mapping) and isinstance(ext_attr.get("zdn"), str) and ext_attr["zdn"]:
             return ext_attr["zdn"]
+        if self.kind != "xsuaa":
+            return None
         iss = self.issuer
         if iss:
             host = urlsplit(iss if "://" in iss else f"https://{iss}").hostname or ""

@@ -102,7 +102,7 @@ def test_subscriber_token_url_under_the_certificate_domain() -> None:
     c = connectivity_config(binding(KYMA, K8S, **{"credential-type": "x509", "clientsecret": None, "certificate": CERT, "key": KEY}))
     config = ConnectivityConfig(c.client, c.token_url, c.proxy_host, c.proxy_port, c.uaadomain, c.binding_name)
     user = UserToken.parse(_jwt({"zid": "sub-zone", "ext_attr": {"zdn": "subscriber"}, "iss": f"https://subscriber.{UAADOMAIN}/oauth/token"}))
-    assert config.token_url_for(user) == "https://subscriber.authentication.cert.eu10.hana.ondemand.com/oauth/token"
+    assert config.token_endpoint_for(user) == ("https://subscriber.authentication.cert.eu10.hana.ondemand.com/oauth/token", {})
 
 
 def _jwt(claims: dict[str, Any]) -> str:

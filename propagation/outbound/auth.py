@@ -12,7 +12,7 @@ import json
 from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from .._log import logger
 from ..cache import CacheKey, TokenCache
@@ -30,6 +30,7 @@ from ..oauth import (
     TokenResponse,
     expand_token_type,
 )
+from ..tenant_urls import tenant_token_endpoint
 from ..tokens import UserToken
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ class _TokenRequestShape:
     digest: str
 
     @classmethod
-    def of(cls, destination: Destination, token_url: str, extra: str) -> "_TokenRequestShape":
+    def of(cls, destination: Destination, token_url: str, extra: str, zone_headers: dict[str, str]) -> "_TokenRequestShape":
         props = destination.properties
         body: dict[str, str] = {}
         for param, value in props.prefixed("tokenService.body.").items():
@@ -118,7 +119,7 @@ class _TokenRequestShape:
         scope = props.text("scope")
         if scope:
             body.setdefault("scope", scope)
-        headers = props.prefixed("tokenServiceURL.headers.")
+        headers = {**props.prefixed("tokenServiceURL.headers."), **zone_headers}
         query = props.prefixed("tokenServiceURL.queries.")
         in_body = props.flag("tokenService.addClientCredentialsInBody", True)
         shape = (
@@ -286,11 +287,11 @@ class Authorizer:
         *,
         extra: str = "",
     ) -> Flow[OutboundAuth]:
-        client, token_url = self._client(destination, user)
-        memo_key = ("token-request", token_url, extra)
+        client, token_url, zone_headers = self._client(destination, user)
+        memo_key = ("token-request", token_url, extra, tuple(zone_headers.items()))
         shape = destination.memo.get(memo_key)
         if shape is None:
-            shape = destination.memo[memo_key] = _TokenRequestShape.of(destination, token_url, extra)
+            shape = destination.memo[memo_key] = _TokenRequestShape.of(destination, token_url, extra, zone_headers)
         body = {**form, **shape.body} if form else shape.body
         headers, query, in_body = shape.headers, shape.query, shape.in_body
         key = CacheKey(
@@ -319,22 +320,17 @@ class Authorizer:
         scheme = SAML2_HEADER_SCHEME if issued == TOKEN_TYPE_URNS["saml2-header"] else "Bearer"
         return OutboundAuth(strategy, {"Authorization": f"{scheme} {token.access_token}"}, cache_key=key, user=user)
 
-    def _client(self, destination: Destination, user: UserToken | None) -> tuple[ClientCredentials, str]:
+    def _client(self, destination: Destination, user: UserToken | None) -> tuple[ClientCredentials, str, dict[str, str]]:
+        """The destination's OAuth client, token URL and extra headers. ``tokenServiceURLType:
+        Common``: the user's tenant's endpoint (subdomain, or ``X-zid`` for an IAS user)."""
         if destination.client is None or not destination.token_service_url:
             raise ConfigurationError(
                 f"Destination '{destination.name}' ({destination.source}): {destination.authentication} needs "
                 f"'tokenServiceURL' and 'clientId' with 'clientSecret' (or a service binding's OAuth client)."
             )
         token_url = destination.token_service_url
-        if (
-            user is not None
-            and user.subdomain
-            and (destination.properties.text("tokenServiceURLType") or "").lower() == "common"
-        ):
-            # Common token URL: the subscriber's subdomain replaces the first host label.
-            parts = urlsplit(token_url)
-            host = parts.hostname or ""
-            rest = host.split(".", 1)[1] if "." in host else host
-            netloc = f"{user.subdomain}.{rest}" + (f":{parts.port}" if parts.port else "")
-            token_url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-        return destination.client, token_url
+        if user is not None and (destination.properties.text("tokenServiceURLType") or "").lower() == "common":
+            host = urlsplit(token_url).hostname or ""
+            token_url, headers = tenant_token_endpoint(token_url, host.split(".", 1)[1] if "." in host else None, user)
+            return destination.client, token_url, headers
+        return destination.client, token_url, {}

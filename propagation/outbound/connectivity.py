@@ -22,9 +22,9 @@ property ``connectivityMode``, else ``Propagator(connectivity_mode=…)``, else 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .._log import logger
 from ..bindings import Binding, Bindings
@@ -34,6 +34,7 @@ from ..destinations.model import Destination
 from ..errors import ConfigurationError
 from ..flow import Cached, Flow
 from ..rotation import Derived
+from ..tenant_urls import tenant_token_endpoint
 from ..oauth import GRANT_CLIENT_CREDENTIALS, GRANT_JWT_BEARER, ClientCredentials, OAuthClient, TokenResponse
 from ..tokens import UserToken
 
@@ -88,19 +89,10 @@ class ConnectivityConfig:
         return cls(parsed.client, parsed.token_url, parsed.proxy_host, parsed.proxy_port, parsed.uaadomain,
                    parsed.binding_name)
 
-    def token_url_for(self, user: UserToken | None) -> str:
-        """The token URL of the user's (subscriber) tenant: an XSUAA token endpoint under the
-        binding's ``uaadomain`` gets the user's subdomain as first host label, so the proxy
-        token belongs to the user's tenant (and reaches that tenant's Cloud Connector)."""
-        if user is None or not user.subdomain or not self.uaadomain:
-            return self.token_url
-        parts = urlsplit(self.token_url)
-        host = (parts.hostname or "").lower()
-        suffix = "." + self.uaadomain.lower()
-        if not host.endswith(suffix) or host.count(".") != suffix.count("."):
-            return self.token_url
-        netloc = f"{user.subdomain}{suffix}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    def token_endpoint_for(self, user: UserToken | None) -> tuple[str, dict[str, str]]:
+        """The token URL (and ``X-zid`` header) of the user's tenant, so the proxy token belongs
+        to that tenant and reaches its Cloud Connector: see :mod:`propagation.tenant_urls`."""
+        return tenant_token_endpoint(self.token_url, self.uaadomain, user)
 
     def __repr__(self) -> str:
         return f"ConnectivityConfig(binding={self.binding_name!r}, client={self.client!r}, proxy={self.proxy_url!r})"
@@ -168,7 +160,7 @@ class Connectivity:
         Connector (PrincipalPropagation); ``user`` must then be set."""
         config = self.config(destination)
         mode = self.mode_for(destination)
-        token_url = config.token_url_for(user)
+        token_url, zone_headers = config.token_endpoint_for(user)
         tenant = user.tenant if user is not None else None
         headers: dict[str, str] = {}
         if propagate_user and user is not None and mode == "exchange":
@@ -187,11 +179,11 @@ class Connectivity:
             client=config.client.client_id,
             tenant=tenant,
             user=key_user,
-            extra=hashlib.sha256(token_url.encode("utf-8")).hexdigest(),
+            extra=hashlib.sha256(json.dumps([token_url, zone_headers], sort_keys=True).encode("utf-8")).hexdigest(),
         )
 
         def fetch() -> Flow[TokenResponse]:
-            return self.oauth.token_flow(token_url, config.client, grant, form)
+            return self.oauth.token_flow(token_url, config.client, grant, form, headers=zone_headers)
 
         token, hit = yield Cached(self.cache, key, fetch)
         headers[HEADER_PROXY_AUTHORIZATION] = f"Bearer {token.access_token}"

@@ -13,6 +13,8 @@ from ..tokens import MAX_TOKEN_LENGTH, UserToken
 from .ias_flows import IasFlows
 from .public_paths import PublicPaths
 from .result import Authenticated
+from .scopes import ScopeCheck
+from .x5t import check_x5t
 
 __all__ = ["InboundGate", "GateEngine", "bearer_token"]
 
@@ -78,10 +80,14 @@ class InboundGate:
         ias_to_xsuaa: bool | None = None,
         xsuaa_trust_client_id: str | None = None,
         public_clients: Iterable[str] | str | None = None,
+        allow_technical: bool = False,
+        validate_x5t: bool = False,
     ) -> None:
         self.propagator = propagator
         self.public_paths = PublicPaths(public_paths)
         self.require_token = require_token
+        self.allow_technical = bool(allow_technical)
+        self.validate_x5t = bool(validate_x5t)
         # Build the validator now: a missing binding fails at startup, not on the first request.
         self.validator = propagator.validator
         flows = getattr(propagator, "ias_flows", None)
@@ -89,8 +95,19 @@ class InboundGate:
             flows(ias_to_xsuaa=ias_to_xsuaa, xsuaa_trust_client_id=xsuaa_trust_client_id, public_clients=public_clients)
             if callable(flows) else None
         )
+        self.scope_check = ScopeCheck(getattr(self.validator, "xsappname", None))
         # Resolved once: the per-request lookup is then one call, no getattr, no wrapper.
-        self._lookup: Callable[[str], Authenticated | None] = self._result_lookup()
+        found = self._result_lookup()
+        if not self.allow_technical:
+            # The validator's cache is shared by every gate of the engine, so a technical
+            # token another gate admitted must not pass here: a miss sends it to authenticate().
+            def users_only(raw: str, found: Callable[[str], Authenticated | None] = found) -> Authenticated | None:
+                hit = found(raw)
+                return hit if hit is None or hit.token.is_user else None
+
+            self._lookup: Callable[[str], Authenticated | None] = users_only
+        else:
+            self._lookup = found
 
     def _result_lookup(self) -> Callable[[str], "Authenticated | None"]:
         if self.flows is not None:
@@ -144,16 +161,38 @@ class InboundGate:
             raise InvalidTokenError("Token could not be validated.") from None
 
     def authenticate(self, raw: str) -> Authenticated:
-        """:meth:`validate` plus the IAS flows when on; same error contract."""
+        """:meth:`validate` plus the IAS flows when on; same error contract. A technical
+        token (no user: XSUAA or IAS client credentials) is refused unless ``allow_technical``."""
         if self.flows is None:
-            return Authenticated(self.validate(raw))
+            return self.admit(Authenticated(self.validate(raw)))
         try:
-            return self.flows.authenticate(raw)
+            result = self.flows.authenticate(raw)
         except InvalidTokenError:
             raise
         except Exception as exc:  # noqa: BLE001 - as in validate()
             logger.error("inbound token %s: IAS flow failed (%s)", _fingerprint(raw), type(exc).__name__)
             raise InvalidTokenError("Token could not be validated.") from None
+        return self.admit(result)
+
+    def admit(self, auth: Authenticated) -> Authenticated:
+        """``auth`` if its caller may pass this gate (user, or technical and allowed)."""
+        token = auth.token
+        if not self.allow_technical and not token.is_user:
+            client = "".join(ch if ch.isprintable() else "?" for ch in str(token.client_id or "?"))[:80]
+            raise InvalidTokenError(
+                f"Token of client '{client}' carries no user (a technical client-credentials token), and this "
+                "application accepts user tokens only (allow_technical=True admits technical callers)."
+            )
+        return auth
+
+    def check_certificate(self, auth: Authenticated, forwarded_certificate: str | None) -> None:
+        """Certificate-bound tokens (``validate_x5t``): the IAS token the caller presented must
+        carry the thumbprint of the client certificate forwarded with this request (per
+        request — the token may be cached, the certificate is not). XSUAA tokens are not
+        checked (as in sap-xssec, x5t is an IAS validation)."""
+        presented = auth.public_token or auth.token
+        if presented.kind == "ias":
+            check_x5t(presented, forwarded_certificate)
 
     @staticmethod
     def rejected(exc: InvalidTokenError, raw: str | None, where: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
@@ -13,7 +12,7 @@ from ..errors import ConfigurationError, InvalidTokenError
 from ..tokens import UserToken
 from .options import IasFlowOptions
 from .result import Authenticated
-from .validator import TokenValidator, _ValidatedTokens, _xssec_verify
+from .validator import TokenValidator, _ValidatedTokens
 
 if TYPE_CHECKING:
     from ..bindings import Bindings
@@ -180,10 +179,12 @@ class IasFlows:
         if self.options.public_clients:
             parsed = UserToken.parse(raw)
             client = self._public_client(parsed)
-            if client is not None:
+            if client is not None and parsed.is_user:
                 public = self._verify_public(parsed, client)
         user = self._exchange_public(public, client) if public is not None and client is not None else self.validator.validate(raw)
-        xsuaa_token = self._to_xsuaa(user) if self.options.ias_to_xsuaa and user.kind == "ias" else None
+        # A technical IAS token (a client's, not a user's) is never exchanged as if it were a user.
+        exchange = self.options.ias_to_xsuaa and user.kind == "ias" and user.is_user
+        xsuaa_token = self._to_xsuaa(user) if exchange else None
         result = Authenticated(user, xsuaa_token, public)
         self._results.put(raw, result, result.expires_at)
         return result
@@ -201,20 +202,27 @@ class IasFlows:
         return None
 
     def _issuer_is_bound_tenant(self, issuer: str | None) -> bool:
+        """Only the bound tenant's own issuer (the binding's ``url``) or a custom domain the
+        binding lists as a whole host — never another tenant of the same domain: its tokens
+        would be sent to *our* tenant for exchange (a token of a tenant with a custom domain
+        names its tenant host in ``ias_iss``, which :attr:`UserToken.issuer` reads first)."""
         assert self.ias is not None
         if not issuer:
             return False
         parts = urlsplit(issuer if "://" in issuer else f"https://{issuer}")
-        if parts.scheme != "https" or parts.query or parts.fragment:
+        if parts.scheme != "https" or parts.query or parts.fragment or parts.path.strip("/"):
             return False
         host = _host(issuer)  # with a non-default port, as sap-xssec's issuer rule reads it
-        if host and host == _host(str(self.ias["url"])):
+        tenant = _host(str(self.ias["url"]))
+        if not host or not tenant:
+            return False
+        if host == tenant:
             return True
         domains = self.ias.get("domains") or ([self.ias["domain"]] if self.ias.get("domain") else [])
-        label, _, rest = host.partition(".")
-        return bool(re.fullmatch(r"[a-z0-9-]{1,63}", label)) and any(
-            isinstance(d, str) and rest == d.lower().strip(".") for d in domains
-        )
+        custom = {d.lower().strip(".") for d in domains if isinstance(d, str)}
+        # A listed domain the tenant host lies under (accounts.ondemand.com) is the parent
+        # domain of every tenant, not a host of ours; any other listed domain is a custom one.
+        return host in custom and not tenant.endswith("." + host)
 
     def _verify_public(self, token: UserToken, client: str) -> UserToken:
         now = self._clock()
@@ -231,7 +239,7 @@ class IasFlows:
         assert self.ias is not None
         # sap-xssec checks issuer (domains), expiry and signature (the tenant's JWKS); its
         # audience check is pointed at the public client, the audience such a token has.
-        _xssec_verify(token, "ias", {**self.ias, "clientid": client})
+        self.validator.verify(token, "ias", {**self.ias, "clientid": client})
         self._public.put(token.raw, token, expires_at)
         logger.debug("inbound public-client token %s verified (client %s)", token.fingerprint, _safe(client))
         return token

@@ -21,6 +21,7 @@ import sap.xssec
 from .._log import logger
 from ..errors import ConfigurationError, InvalidTokenError
 from ..tokens import TokenKind, UserToken
+from .key_fetch import KeyFetchLimiter
 from .result import Authenticated
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class TokenValidator:
         ias: Mapping[str, Any] | None = None,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
+        key_fetches: KeyFetchLimiter | None = None,
     ) -> None:
         self._credentials: dict[TokenKind, dict[str, Any] | None] = {
             "xsuaa": dict(xsuaa) if xsuaa is not None else None,
@@ -127,6 +129,7 @@ class TokenValidator:
         self._check_credentials()
         self._clock = clock
         self._cache = _ValidatedTokens(cache_size)
+        self.key_fetches = key_fetches if key_fetches is not None else KeyFetchLimiter()
 
     @classmethod
     def from_bindings(cls, bindings: "Bindings", **kwargs: Any) -> "TokenValidator":
@@ -213,6 +216,13 @@ class TokenValidator:
         self._cache.clear()
 
     @property
+    def xsappname(self) -> str | None:
+        """The XSUAA binding's ``xsappname`` (the prefix of the app's local scopes), if bound."""
+        xsuaa = self._credentials["xsuaa"]
+        value = xsuaa.get("xsappname") if xsuaa is not None else None
+        return value if isinstance(value, str) and value else None
+
+    @property
     def kinds(self) -> tuple[TokenKind, ...]:
         """The token kinds this validator has a binding for."""
         return tuple(k for k, v in self._credentials.items() if v is not None)
@@ -237,12 +247,37 @@ class TokenValidator:
             raise InvalidTokenError("Token expired.")
         return expires_at
 
-    def _verify(self, token: UserToken, kind: TokenKind, credentials: dict[str, Any]) -> None:
-        _xssec_verify(token, kind, credentials)
+    def _verify(self, token: UserToken, kind: TokenKind, credentials: Mapping[str, Any]) -> None:
+        self.verify(token, kind, credentials)
 
-    @staticmethod
-    def _keys_unavailable(token: UserToken, host: str, why: str) -> KeysUnavailableError:
-        return _keys_unavailable(token, host, why)
+    def verify(self, token: UserToken, kind: TokenKind, credentials: Mapping[str, Any]) -> None:
+        """sap-xssec's check of ``token`` against ``credentials``, with key fetches for
+        unknown keys rate-limited (:class:`KeyFetchLimiter`): while limited, 401 without a fetch."""
+        slot = _key_slot(token, kind)
+        limiter = self.key_fetches
+        if limiter.known(slot):
+            _xssec_verify(token, kind, credentials)
+            return
+        if not limiter.acquire(slot):
+            logger.warning("inbound token %s: key fetch for unknown %s key refused (rate limit)", token.fingerprint, kind)
+            raise InvalidTokenError(
+                "Token signing key is not known to this application, and key fetches for its issuer are "
+                "rate-limited after repeated unknown keys: try again later."
+            )
+        valid = False
+        try:
+            _xssec_verify(token, kind, credentials)
+            valid = True
+        finally:
+            limiter.done(slot, valid)
+
+
+def _key_slot(token: UserToken, kind: TokenKind) -> tuple[str, ...]:
+    """What sap-xssec fetches keys per: XSUAA zone (``zid``) or IAS issuer and tenant, and the key id."""
+    kid = token.header.get("kid")
+    zone = token.tenant or ""
+    issuer = token.issuer if kind == "ias" else ""
+    return (kind, str(issuer or "")[:200], zone[:100], str(kid)[:100] if kid is not None else "")
 
 
 def _xssec_verify(token: UserToken, kind: TokenKind, credentials: Mapping[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
@@ -202,10 +203,13 @@ class IasFlows:
         return None
 
     def _issuer_is_bound_tenant(self, issuer: str | None) -> bool:
-        """Only the bound tenant's own issuer (the binding's ``url``) or a custom domain the
-        binding lists as a whole host — never another tenant of the same domain: its tokens
-        would be sent to *our* tenant for exchange (a token of a tenant with a custom domain
-        names its tenant host in ``ias_iss``, which :attr:`UserToken.issuer` reads first)."""
+        """Only the bound tenant's own issuer (the binding's ``url``) or a host of a custom
+        domain the binding lists — never another tenant of the shared IAS domain, whose
+        tokens would otherwise be sent to *our* tenant for exchange. A listed domain the
+        tenant's host lies under (``accounts.ondemand.com``) is that shared domain; any other
+        listed domain is a custom one, matched as sap-xssec does (``<label>.<domain>``) or
+        as the whole host. (A token of a tenant reached through a custom domain also names
+        its tenant host in ``ias_iss``, which :attr:`UserToken.issuer` reads first.)"""
         assert self.ias is not None
         if not issuer:
             return False
@@ -219,10 +223,10 @@ class IasFlows:
         if host == tenant:
             return True
         domains = self.ias.get("domains") or ([self.ias["domain"]] if self.ias.get("domain") else [])
-        custom = {d.lower().strip(".") for d in domains if isinstance(d, str)}
-        # A listed domain the tenant host lies under (accounts.ondemand.com) is the parent
-        # domain of every tenant, not a host of ours; any other listed domain is a custom one.
-        return host in custom and not tenant.endswith("." + host)
+        custom = {d.lower().strip(".") for d in domains if isinstance(d, str) and d.strip(".")}
+        custom = {d for d in custom if not tenant.endswith("." + d)}
+        label, _, rest = host.partition(".")
+        return host in custom or (bool(re.fullmatch(r"[a-z0-9-]{1,63}", label)) and rest in custom)
 
     def _verify_public(self, token: UserToken, client: str) -> UserToken:
         now = self._clock()

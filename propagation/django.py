@@ -18,8 +18,8 @@
 ``PUBLIC_PATHS``, ``REQUIRE_TOKEN``, ``IAS_TO_XSUAA``, ``XSUAA_TRUST_CLIENT_ID``,
 ``PUBLIC_CLIENTS``, ``ALLOW_TECHNICAL``, ``VALIDATE_X5T``, and ``PROPAGATOR`` (a
 :class:`~propagation.Propagator`, or the dotted path of one or of a callable returning one;
-default :meth:`Propagator.from_env`). The environment is read when Django loads the
-middleware (``get_wsgi_application()`` / ``get_asgi_application()``, i.e. at server start),
+default: the process-wide engine of ``propagation.session()``). The environment is read
+when Django loads the middleware (``get_wsgi_application()`` / ``get_asgi_application()``, i.e. at server start),
 so a missing binding fails the start with the ``ConfigurationError``; with
 ``PropagationConfig`` installed, ``manage.py check`` reports it as ``propagation.E001`` too.
 
@@ -47,7 +47,7 @@ from .context import (
     current_token,
     current_xsuaa_token,
 )
-from .engine import Propagator
+from .engine import Propagator, default_propagator
 from .errors import ConfigurationError, InvalidTokenError
 from .inbound import Authenticated, InboundGate
 from .inbound.responses import refusal
@@ -96,7 +96,7 @@ def gate_from_settings(config: Mapping[str, Any] | None = None) -> InboundGate:
 
 def _propagator(value: Any) -> Propagator:
     if value is None:
-        return Propagator.from_env()
+        return default_propagator()  # shared with propagation.session() in the views
     if isinstance(value, str):
         value = import_string(value)
     if callable(value) and not isinstance(value, Propagator):

@@ -35,7 +35,7 @@ from starlette.responses import Response
 from ._log import logger
 from .asgi import ASGIApp, PropagationASGIMiddleware, Receive, Scope, Send
 from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY
-from .engine import Propagator
+from .engine import Propagator, default_propagator
 from .errors import InvalidTokenError
 from .inbound.responses import refusal
 from .inbound.scopes import InsufficientScopeError, scope_names
@@ -68,7 +68,8 @@ class Propagation:
 
     ``options`` are those of the ASGI middleware (``propagator``, ``public_paths``,
     ``require_token``, ``ias_to_xsuaa``, ``xsuaa_trust_client_id``, ``public_clients``,
-    ``allow_technical``, ``validate_x5t``). The environment is read in the app's lifespan
+    ``allow_technical``, ``validate_x5t``; default engine: :func:`propagation.default_propagator`).
+    The environment is read in the app's lifespan
     startup (a bad one fails the startup with the ``ConfigurationError``); a server run
     without lifespan reads it on the first request instead.
     """
@@ -93,9 +94,14 @@ class Propagation:
 
     def start(self) -> PropagationASGIMiddleware:
         """Read the environment and build the middleware (idempotent); raises
-        ``ConfigurationError`` for a missing or broken binding."""
+        ``ConfigurationError`` for a missing or broken binding. Without a ``propagator``
+        option the process-wide default engine is used, so ``propagation.session()`` /
+        ``async_client()`` in the routes share its caches and pools."""
         if self.middleware is None:
-            self.middleware = PropagationASGIMiddleware(_unreachable, **self.options)
+            options = dict(self.options)
+            if options.get("propagator") is None:
+                options["propagator"] = default_propagator()
+            self.middleware = PropagationASGIMiddleware(_unreachable, **options)
         return self.middleware
 
     @property

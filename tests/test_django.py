@@ -297,3 +297,35 @@ def test_core_never_imports_django() -> None:
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'django')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == []
+
+
+def test_concurrent_sync_requests_keep_their_users(propagator: Propagator, xsuaa: jwtkit.Xsuaa,
+                                                   idp_keys: respx.MockRouter) -> None:
+    """WSGI (threads): both requests are inside the view before either answers."""
+    import threading
+
+    barrier = threading.Barrier(2, timeout=10)
+    results: dict[str, Any] = {}
+
+    def view(request: HttpRequest) -> JsonResponse:
+        before = current_token()
+        barrier.wait()
+        after = current_token()
+        return JsonResponse({"before": before.user if before else None, "after": after.user if after else None})
+
+    module = type(sys)("both_urls")
+    module.urlpatterns = [path("both", require_scopes("Read")(view))]  # type: ignore[attr-defined]
+    sys.modules["both_urls"] = module
+    try:
+        with settings_for(propagator), override_settings(ROOT_URLCONF="both_urls"):
+            def run(user: str) -> None:
+                results[user] = Client().get("/both", **bearer(xsuaa.token(f"{user}@example.com"))).json()
+
+            threads = [threading.Thread(target=run, args=(u,)) for u in ("alice", "bob")]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=20)
+    finally:
+        del sys.modules["both_urls"]
+    assert results == {u: {"before": f"{u}@example.com", "after": f"{u}@example.com"} for u in ("alice", "bob")}

@@ -144,9 +144,7 @@ class PropagationMiddleware:
             response = self.get_response(request)
         finally:
             CURRENT_TOKENS.reset(handle)
-        if getattr(response, "streaming", False) and not response.is_async:
-            response.streaming_content = _with_user(response.streaming_content, current)
-        return response
+        return _keep_user(response, current)
 
     async def __acall__(self, request: HttpRequest) -> Any:
         try:
@@ -161,9 +159,7 @@ class PropagationMiddleware:
             response = await self.get_response(request)
         finally:
             CURRENT_TOKENS.reset(handle)
-        if getattr(response, "streaming", False) and response.is_async:
-            response.streaming_content = _with_user_async(response.streaming_content, current)
-        return response
+        return _keep_user(response, current)
 
     # -- steps ------------------------------------------------------------------------
     def _cached_or_none(self, request: HttpRequest) -> Any:
@@ -215,6 +211,17 @@ def _response(exc: InvalidTokenError | InsufficientScopeError) -> HttpResponse:
     for name, value in headers:
         if name != "Content-Type":
             response[name] = value
+    return response
+
+
+def _keep_user(response: Any, current: Any) -> Any:
+    """A streamed body is produced after the middleware returned (by the server, maybe in a
+    worker thread): each chunk is produced with the user set, sync or async alike."""
+    if getattr(response, "streaming", False):
+        content = response.streaming_content
+        response.streaming_content = (
+            _with_user_async(content, current) if response.is_async else _with_user(content, current)
+        )
     return response
 
 

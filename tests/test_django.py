@@ -234,6 +234,15 @@ def test_streaming_response_sees_the_user(propagator: Propagator, xsuaa: jwtkit.
     assert current_token() is None
 
 
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators")
+def test_streaming_response_under_asgi_sees_the_user(propagator: Propagator, xsuaa: jwtkit.Xsuaa,
+                                                     idp_keys: respx.MockRouter) -> None:
+    """A sync streaming view under ASGI: Django iterates it later in a worker thread."""
+    with settings_for(propagator):
+        [response] = asgi_get(ASGIHandler(), ("/stream", {"Authorization": f"Bearer {xsuaa.token()}"}))
+    assert response.content == b"0:alice@example.com;1:alice@example.com;2:alice@example.com;"
+
+
 @pytest.mark.parametrize(
     "config, message",
     [

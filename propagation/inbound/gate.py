@@ -61,10 +61,13 @@ def bearer_token(authorization: str | None) -> str:
 
 
 class InboundGate:
-    """The decision both middlewares make: public path, anonymous, or a validated user.
+    """The decision every integration makes: public path, anonymous, or a validated caller.
 
-    ``check`` returns the :class:`UserToken` (or ``None`` when no token is needed) and
-    raises :class:`InvalidTokenError` for everything that must be answered 401.
+    :meth:`cached_header` (hot path, no I/O) or :meth:`raw_token` + :meth:`authenticate`
+    give the :class:`Authenticated` caller, :meth:`check_certificate` binds it to the
+    request's client certificate (``validate_x5t``); everything that must be answered 401
+    raises :class:`InvalidTokenError`. ``scope_check`` is the app's ``require_scopes`` check.
+    A technical token (no user) passes only with ``allow_technical``.
 
     ``ias_to_xsuaa``, ``xsuaa_trust_client_id`` and ``public_clients`` switch on the IAS
     flows (:class:`IasFlows`); ``None`` takes the propagator's setting, which defaults to

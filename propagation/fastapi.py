@@ -68,8 +68,8 @@ class Propagation:
 
     ``options`` are those of the ASGI middleware (``propagator``, ``public_paths``,
     ``require_token``, ``ias_to_xsuaa``, ``xsuaa_trust_client_id``, ``public_clients``,
-    ``allow_technical``, ``validate_x5t``; default engine: :func:`propagation.default_propagator`).
-    The environment is read in the app's lifespan
+    ``allow_technical``, ``validate_x5t``); the default engine is
+    :func:`propagation.default_propagator`. The environment is read in the app's lifespan
     startup (a bad one fails the startup with the ``ConfigurationError``); a server run
     without lifespan reads it on the first request instead.
     """
@@ -160,7 +160,7 @@ async def _optional_user(
 #: The validated caller (401 when there is none, e.g. on a public path).
 CurrentUser = Annotated[UserToken, Depends(_current_user)]
 #: The validated caller or ``None`` (public paths, ``require_token=False``).
-OptionalUser = Annotated["UserToken | None", Depends(_optional_user)]
+OptionalUser = Annotated[UserToken | None, Depends(_optional_user)]
 
 
 def require_scopes(*scopes: str) -> Callable[..., None]:

@@ -44,7 +44,7 @@ class KeyFetchLimiter:
         self,
         *,
         per_issuer: int = 3,
-        overall: int = 10,
+        overall: int = 20,
         refill_seconds: float = 10.0,
         max_known: int = 4096,
         clock: Callable[[], float] = time.monotonic,

@@ -11,12 +11,14 @@ Django's ASGI handler alike.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Iterable, MutableMapping
+import copy
+import inspect
+from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping
 
 from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY, ENVIRON_PUBLIC_KEY, reset_current_tokens, set_current_tokens
 from .engine import Propagator
 from .errors import InvalidTokenError
-from .inbound import Authenticated, InboundGate, unauthorized
+from .inbound import Authenticated, InboundGate, PublicPaths, unauthorized
 
 __all__ = ["PropagationASGIMiddleware"]
 
@@ -55,7 +57,8 @@ class PropagationASGIMiddleware:
     ``ias_to_xsuaa``, ``xsuaa_trust_client_id`` and ``public_clients`` are those of the WSGI
     middleware; the XSUAA token is in ``scope["propagation.xsuaa_token"]`` (and ``state``),
     a public client's original token in ``scope["propagation.public_token"]``. Exchanges
-    run in the worker thread too.
+    run in the worker thread too. ``allow_technical`` and ``validate_x5t`` are those of the
+    WSGI middleware too.
     """
 
     def __init__(
@@ -68,6 +71,8 @@ class PropagationASGIMiddleware:
         ias_to_xsuaa: bool | None = None,
         xsuaa_trust_client_id: str | None = None,
         public_clients: Iterable[str] | str | None = None,
+        allow_technical: bool = False,
+        validate_x5t: bool = False,
     ) -> None:
         self.app = app
         self.propagator = propagator if propagator is not None else Propagator.from_env()
@@ -78,6 +83,8 @@ class PropagationASGIMiddleware:
             ias_to_xsuaa=ias_to_xsuaa,
             xsuaa_trust_client_id=xsuaa_trust_client_id,
             public_clients=public_clients,
+            allow_technical=allow_technical,
+            validate_x5t=validate_x5t,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -96,6 +103,8 @@ class PropagationASGIMiddleware:
             if auth is None:
                 raw = self.gate.raw_token(header)
                 auth = await self._validate(raw) if raw is not None else None
+            if auth is not None and self.gate.validate_x5t:
+                self.gate.check_certificate(auth, _header(scope, b"x-forwarded-client-cert"))
         except InvalidTokenError as exc:
             method = scope.get("method", "WEBSOCKET") if kind == "http" else "WEBSOCKET"
             self.gate.rejected(exc, raw, f"{method} {path}")
@@ -111,6 +120,25 @@ class PropagationASGIMiddleware:
             scope.update(found)
             scope["state"] = {**(scope.get("state") or {}), **found}
         await self._run(scope, receive, send, auth)
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Raise ``TypeError`` for an option this middleware does not take (integrations that
+        build it later call this first, so a typo fails where it is written)."""
+        known = set(inspect.signature(cls.__init__).parameters) - {"self", "app"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"Unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+
+    def bound_to(self, app: ASGIApp) -> "PropagationASGIMiddleware":
+        """This middleware (same engine and gate) in front of another ``app``."""
+        clone = copy.copy(self)
+        clone.app = app
+        return clone
+
+    @property
+    def public_paths(self) -> "PublicPaths":
+        return self.gate.public_paths
 
     async def _validate(self, raw: str) -> Authenticated:
         hit = self.gate.cached_result(raw)
@@ -145,9 +173,14 @@ class PropagationASGIMiddleware:
 
 def _authorization(scope: Scope) -> str | None:
     """The ``Authorization`` header (latin-1, as WSGI does); several of them are refused."""
-    values = [v for k, v in scope.get("headers") or () if bytes(k).lower() == b"authorization"]
+    return _header(scope, b"authorization")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """One request header (latin-1); several of them are refused (which one would count?)."""
+    values = [v for k, v in scope.get("headers") or () if bytes(k).lower() == name]
     if not values:
         return None
     if len(values) > 1:
-        raise InvalidTokenError("More than one Authorization header.")
+        raise InvalidTokenError(f"More than one {name.decode('ascii').title()} header.")
     return bytes(values[0]).decode("latin-1")

@@ -16,23 +16,33 @@ Config keys read by :meth:`Propagation.init_app` (optional): ``PROPAGATION_PUBLI
 ``PROPAGATION_REQUIRE_TOKEN`` (bool or ``"true"``/``"false"``; overrides ``require_token``),
 and for the IAS flows ``PROPAGATION_IAS_TO_XSUAA``, ``PROPAGATION_XSUAA_TRUST_CLIENT_ID`` and
 ``PROPAGATION_PUBLIC_CLIENTS`` (used when the constructor argument is not given; else the
-propagator's setting / environment variable of the same name applies).
+propagator's setting / environment variable of the same name applies), and
+``PROPAGATION_ALLOW_TECHNICAL`` / ``PROPAGATION_VALIDATE_X5T`` (booleans, default false).
+
+``require_scopes("Read")`` is the view decorator for XSUAA local scopes.
 
 This is the only module of the package that imports Flask.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import functools
+import inspect
+from typing import Any, Callable, Iterable, TypeVar
 
-from flask import Flask
+from flask import Flask, Response, current_app
 
-from .context import current_token
+from ._log import logger
+from .context import current_token, current_xsuaa_token
 from .engine import Propagator
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidTokenError
+from .inbound.responses import refusal
+from .inbound.scopes import InsufficientScopeError, scope_names
 from .wsgi import PropagationMiddleware
 
-__all__ = ["Propagation", "current_token"]
+__all__ = ["Propagation", "current_token", "require_scopes"]
+
+_View = TypeVar("_View", bound=Callable[..., Any])
 
 EXTENSION_KEY = "propagation"
 
@@ -55,6 +65,8 @@ class Propagation:
         ias_to_xsuaa: bool | None = None,
         xsuaa_trust_client_id: str | None = None,
         public_clients: Iterable[str] | str | None = None,
+        allow_technical: bool | None = None,
+        validate_x5t: bool | None = None,
     ) -> None:
         self.propagator = propagator
         self.public_paths = tuple([public_paths] if isinstance(public_paths, str) else public_paths)
@@ -62,6 +74,8 @@ class Propagation:
         self.ias_to_xsuaa = ias_to_xsuaa
         self.xsuaa_trust_client_id = xsuaa_trust_client_id
         self.public_clients = public_clients
+        self.allow_technical = allow_technical
+        self.validate_x5t = validate_x5t
         if app is not None:
             self.init_app(app)
 
@@ -74,7 +88,7 @@ class Propagation:
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("Propagation is already initialised for this app.")
         public_paths = self.public_paths + _paths(app.config.get("PROPAGATION_PUBLIC_PATHS"))
-        require_token = _flag(app.config.get("PROPAGATION_REQUIRE_TOKEN"), self.require_token)
+        require_token = _flag(app.config.get("PROPAGATION_REQUIRE_TOKEN"), self.require_token, "PROPAGATION_REQUIRE_TOKEN")
         middleware = PropagationMiddleware(
             app.wsgi_app,  # type: ignore[arg-type]
             propagator=self.propagator,
@@ -83,6 +97,10 @@ class Propagation:
             ias_to_xsuaa=_first(self.ias_to_xsuaa, app.config.get("PROPAGATION_IAS_TO_XSUAA")),
             xsuaa_trust_client_id=_first(self.xsuaa_trust_client_id, app.config.get("PROPAGATION_XSUAA_TRUST_CLIENT_ID")),
             public_clients=_first(self.public_clients, app.config.get("PROPAGATION_PUBLIC_CLIENTS")),
+            allow_technical=_flag(_first(self.allow_technical, app.config.get("PROPAGATION_ALLOW_TECHNICAL")), False,
+                                  "PROPAGATION_ALLOW_TECHNICAL"),
+            validate_x5t=_flag(_first(self.validate_x5t, app.config.get("PROPAGATION_VALIDATE_X5T")), False,
+                               "PROPAGATION_VALIDATE_X5T"),
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = self
@@ -110,7 +128,7 @@ def _paths(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _flag(value: Any, default: bool) -> bool:
+def _flag(value: Any, default: bool, name: str) -> bool:
     if value is None:
         return default
     if isinstance(value, bool):
@@ -120,4 +138,45 @@ def _flag(value: Any, default: bool) -> bool:
         return True
     if text in ("0", "false", "no", "off"):
         return False
-    raise ConfigurationError(f"PROPAGATION_REQUIRE_TOKEN must be a boolean, not {value!r}.")
+    raise ConfigurationError(f"{name} must be a boolean, not {value!r}.")
+
+
+def require_scopes(*scopes: str) -> Callable[[_View], _View]:
+    """View decorator: the caller must hold every XSUAA local scope in ``scopes``.
+
+    ``@require_scopes("Read")`` checks ``<xsappname>.Read`` as sap-xssec's
+    ``check_local_scope`` does (for an IAS caller: the XSUAA token of the IAS→XSUAA flow).
+    Missing → 403 ``insufficient_scope`` with ``WWW-Authenticate: Bearer
+    error="insufficient_scope", scope="..."``; no caller (public path, anonymous) → 401.
+    Works for sync and ``async def`` views; put it below ``@app.get(...)``.
+    """
+    names = scope_names(scopes)
+
+    def decorate(view: _View) -> _View:
+        if inspect.iscoroutinefunction(view):
+            @functools.wraps(view)
+            async def async_guarded(*args: Any, **kwargs: Any) -> Any:
+                refused = _refused(names)
+                return refused if refused is not None else await view(*args, **kwargs)
+
+            return async_guarded  # type: ignore[return-value]
+
+        @functools.wraps(view)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            refused = _refused(names)
+            return refused if refused is not None else view(*args, **kwargs)
+
+        return guarded  # type: ignore[return-value]
+
+    return decorate
+
+
+def _refused(names: tuple[str, ...]) -> Response | None:
+    check = Propagation.middleware(current_app._get_current_object()).gate.scope_check  # type: ignore[attr-defined]
+    try:
+        check.check(names, current_token(), current_xsuaa_token())
+    except (InvalidTokenError, InsufficientScopeError) as exc:
+        status, body, headers = refusal(exc)
+        logger.info("inbound request refused (%d): %s", status, exc.error_description)
+        return current_app.response_class(body, status=status, headers=headers)
+    return None

@@ -144,10 +144,22 @@ class UserToken:
         value = self.claims.get("grant_type")
         return value if isinstance(value, str) else None
 
-    @property
+    @cached_property
     def is_user(self) -> bool:
-        """False for technical (client_credentials) tokens, which carry no user."""
-        return self.grant_type != "client_credentials"
+        """False for technical tokens, which carry no user: XSUAA ``client_credentials``;
+        IAS tokens of a client — ``sap_id_type: "app"`` (how IAS marks them; ``@sap/xssec``
+        v4's ``IdentityServiceToken.idType``), ``grant_type: client_credentials``, or, for
+        tokens without ``sap_id_type``, a subject that is the client itself (``sub == azp``)."""
+        if self.grant_type == "client_credentials":
+            return False
+        if self.kind == "ias":
+            id_type = self.claims.get("sap_id_type")
+            if id_type is not None:
+                return id_type != "app"
+            sub, azp = self.claims.get("sub"), self.claims.get("azp")
+            if isinstance(sub, str) and sub and sub == azp:
+                return False
+        return True
 
     # -- lifetime -----------------------------------------------------------------
     @property

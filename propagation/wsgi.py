@@ -61,6 +61,12 @@ class PropagationMiddleware:
     :param public_clients: IAS public (PKCE) client ids whose tokens are exchanged at IAS for
         this app's token (else env ``PROPAGATION_PUBLIC_CLIENTS``, comma-separated); the
         original is in ``environ["propagation.public_token"]``.
+    :param allow_technical: Admit technical callers (XSUAA ``client_credentials``, IAS tokens
+        of a client, ``sap_id_type: app``); ``current_token().is_user`` is then ``False`` and
+        destinations that need a user refuse them. Default: such tokens are a 401.
+    :param validate_x5t: Accept IAS tokens only when certificate-bound to the client
+        certificate BTP forwards in ``X-Forwarded-Client-Cert`` (``cnf.x5t#S256``, RFC 8705);
+        a mismatch, a token without the claim or a request without a certificate is a 401.
     """
 
     def __init__(
@@ -73,6 +79,8 @@ class PropagationMiddleware:
         ias_to_xsuaa: bool | None = None,
         xsuaa_trust_client_id: str | None = None,
         public_clients: Iterable[str] | str | None = None,
+        allow_technical: bool = False,
+        validate_x5t: bool = False,
     ) -> None:
         self.app = app
         self.propagator = propagator if propagator is not None else Propagator.from_env()
@@ -83,7 +91,10 @@ class PropagationMiddleware:
             ias_to_xsuaa=ias_to_xsuaa,
             xsuaa_trust_client_id=xsuaa_trust_client_id,
             public_clients=public_clients,
+            allow_technical=allow_technical,
+            validate_x5t=validate_x5t,
         )
+        self._x5t = self.gate.validate_x5t
         self._has_public_paths = bool(self.gate.public_paths)  # most apps: skip the path match
 
     @property
@@ -99,11 +110,14 @@ class PropagationMiddleware:
             return self._run(environ, start_response, _ANONYMOUS)
         header = environ.get("HTTP_AUTHORIZATION")
         auth = self.gate.cached_header(header)  # hot path: a token validated before, unexpired
-        if auth is None:
+        if auth is None or self._x5t:
             raw: str | None = None
             try:
-                raw = self.gate.raw_token(header)
-                auth = self.gate.authenticate(raw) if raw is not None else None
+                if auth is None:
+                    raw = self.gate.raw_token(header)
+                    auth = self.gate.authenticate(raw) if raw is not None else None
+                if auth is not None and self._x5t:
+                    self.gate.check_certificate(auth, environ.get("HTTP_X_FORWARDED_CLIENT_CERT"))
             except InvalidTokenError as exc:
                 where = f"{environ.get('REQUEST_METHOD', '?')} {environ.get('PATH_INFO') or '/'}"
                 self.gate.rejected(exc, raw, where)

@@ -150,3 +150,38 @@ def test_core_never_imports_flask() -> None:
     out = subprocess.run([sys.executable, "-c", "import json\n" + code], cwd=root, capture_output=True, text=True,
                          check=True).stdout
     assert json.loads(out) == []
+
+
+def test_concurrent_requests_keep_their_users(propagator: Propagator, xsuaa: jwtkit.Xsuaa, ias: jwtkit.Ias,
+                                              idp_keys: respx.MockRouter) -> None:
+    """Two users' requests inside the view at the same time (threads, a barrier: both are
+    in before either answers) each see their own user, in the context and in require_scopes."""
+    import threading
+
+    from propagation.flask import require_scopes
+
+    app = build_app()
+    Propagation(app, propagator=propagator)
+    barrier = threading.Barrier(2, timeout=10)
+
+    @app.get("/both")
+    @require_scopes("Read")
+    def both() -> Any:
+        before = current_token()
+        barrier.wait()
+        after = current_token()
+        return {"before": before.user if before else None, "after": after.user if after else None}
+
+    alice, bob = xsuaa.token("alice@example.com"), xsuaa.token("bob@example.com")
+    results: dict[str, Any] = {}
+
+    def run(name: str, raw: str) -> None:
+        results[name] = app.test_client().get("/both", headers=bearer(raw)).json
+
+    threads = [threading.Thread(target=run, args=("alice", alice)), threading.Thread(target=run, args=("bob", bob))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert results == {"alice": {"before": "alice@example.com", "after": "alice@example.com"},
+                       "bob": {"before": "bob@example.com", "after": "bob@example.com"}}

@@ -310,14 +310,44 @@ def test_public_client_wrong_issuer(bindings: Bindings, ias: jwtkit.Ias, idp_key
     assert idp_keys["ias_openid_configuration"].call_count == 0
 
 
-def test_public_client_other_tenant_of_the_domain_is_checked_by_xssec(
-    bindings: Bindings, ias: jwtkit.Ias, idp_keys: respx.MockRouter, rsps: responses.RequestsMock
+@pytest.mark.parametrize("issuer", [
+    pytest.param("https://othertenant.accounts.ondemand.com", id="other-tenant-same-domain"),
+    pytest.param("https://accounts.ondemand.com", id="the-shared-domain-itself"),
+    pytest.param("https://mytenant.accounts.ondemand.com/path", id="with-path"),
+])
+def test_public_client_of_another_tenant_of_the_domain_is_refused_before_any_call(
+    bindings: Bindings, ias: jwtkit.Ias, idp_keys: respx.MockRouter, rsps: responses.RequestsMock, issuer: str
 ) -> None:
-    # '<label>.<domain>' is accepted by the issuer rule; the signature check then needs that tenant's keys.
-    raw = public_token(ias, issuer="https://othertenant.accounts.ondemand.com")
+    # Issue 11, finding 7: '<label>.<domain>' is sap-xssec's rule for *validation*; for the
+    # exchange at our tenant only our tenant's own tokens qualify.
+    raw = public_token(ias, issuer=issuer)
     client = build_app(engine(bindings), public_clients=[SPA]).test_client()
-    assert client.get("/me", headers=bearer(raw)).status_code == 401
+    assert_401(client.get("/me", headers=bearer(raw)),
+               f"Token of public client '{SPA}' was not issued by the bound IAS tenant ({ias.host})", raw)
     assert len(rsps.calls) == 0
+    assert [r.call_count for r in idp_keys.routes] == [0, 0, 0]
+
+
+@pytest.mark.parametrize("issuer, extra", [
+    pytest.param("https://login.example.com", {}, id="custom-domain-listed-as-host"),
+    pytest.param("https://login.corp.example", {}, id="host-under-a-listed-custom-domain"),
+    pytest.param("https://login.unlisted.example", {"ias_iss": "https://mytenant.accounts.ondemand.com"},
+                 id="ias-iss-names-the-tenant"),
+])
+def test_public_client_custom_domains_of_the_binding_pass_the_issuer_rule(
+    xsuaa: jwtkit.Xsuaa, ias: jwtkit.Ias, idp_keys: respx.MockRouter, rsps: responses.RequestsMock, issuer: str,
+    extra: dict[str, Any]
+) -> None:
+    ias.domain = "accounts.ondemand.com"
+    bound = make_bindings(xsuaa, ias)
+    creds = dict(bound.find(label="identity").credentials)  # type: ignore[union-attr]
+    creds["domains"] = ["accounts.ondemand.com", "login.example.com", "corp.example"]
+    bindings = Bindings([Binding(name="my-ias", label="identity", credentials=creds, plan="application", tags=(),
+                                 source="test"), bound.find(label="xsuaa")], sources=["test"])  # type: ignore[list-item]
+    raw = public_token(ias, issuer=issuer, extra=extra)
+    response = build_app(engine(bindings), public_clients=[SPA]).test_client().get("/me", headers=bearer(raw))
+    # Past the issuer rule: the refusal (if any) is sap-xssec's, not "not issued by the bound IAS tenant".
+    assert "not issued by the bound IAS tenant" not in response.get_data(as_text=True)
 
 
 def test_public_client_forged(bindings: Bindings, ias: jwtkit.Ias, idp_keys: respx.MockRouter,

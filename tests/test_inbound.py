@@ -350,3 +350,22 @@ def test_public_paths(path: str, public: bool) -> None:
 def test_public_paths_must_be_absolute() -> None:
     with pytest.raises(ConfigurationError, match="must be a string starting with '/'"):
         PublicPaths(["health"])
+
+
+@pytest.mark.parametrize("bogus, most", [
+    pytest.param(lambda x, n: with_kid(x.token(), f"bogus-{n}", x.key), 3, id="unknown-kid-one-zone"),
+    pytest.param(lambda x, n: x.token(zid=f"zone-{n}", key=jwtkit.rsa_key("attacker")), 20, id="unknown-zid-each-time"),
+])
+def test_bogus_keys_do_not_cost_a_key_fetch_each(validator: TokenValidator, xsuaa: jwtkit.Xsuaa,
+                                                 idp_keys: respx.MockRouter, bogus: Callable[..., str],
+                                                 most: int) -> None:
+    """Issue 11, finding 8: 40 unauthenticated requests with made-up kid/zid made sap-xssec
+    fetch keys 40 times. Now a few fetches, then 401 without a fetch (tests/test_key_fetch_limit.py)."""
+    descriptions = []
+    for n in range(40):
+        with pytest.raises(InvalidTokenError) as caught:
+            validator.validate(bogus(xsuaa, n))
+        descriptions.append(caught.value.error_description)
+    # a burst of 3 per zone, of 20 for the process (a new zone per request hits that one)
+    assert 1 <= idp_keys["xsuaa_token_keys"].call_count <= most
+    assert sum("rate-limited" in d for d in descriptions) == 40 - idp_keys["xsuaa_token_keys"].call_count

@@ -1,0 +1,317 @@
+"""Django integration: a middleware for ``MIDDLEWARE`` (sync and async), settings in
+``PROPAGATION``, and the ``require_scopes`` view decorator.
+
+.. code-block:: python
+
+    # settings.py
+    MIDDLEWARE = [..., "propagation.django.PropagationMiddleware"]
+    PROPAGATION = {"PUBLIC_PATHS": ["/health"], "IAS_TO_XSUAA": False}
+    INSTALLED_APPS = [..., "propagation.django.PropagationConfig"]   # optional: `manage.py check`
+
+    # views.py
+    from propagation.django import require_scopes
+
+    @require_scopes("Read")
+    def orders(request): ...
+
+``PROPAGATION`` keys (all optional) are the WSGI middleware's options in upper case:
+``PUBLIC_PATHS``, ``REQUIRE_TOKEN``, ``IAS_TO_XSUAA``, ``XSUAA_TRUST_CLIENT_ID``,
+``PUBLIC_CLIENTS``, ``ALLOW_TECHNICAL``, ``VALIDATE_X5T``, and ``PROPAGATOR`` (a
+:class:`~propagation.Propagator`, or the dotted path of one or of a callable returning one;
+default: the process-wide engine of ``propagation.session()``). The environment is read
+when Django loads the middleware (``get_wsgi_application()`` / ``get_asgi_application()``, i.e. at server start),
+so a missing binding fails the start with the ``ConfigurationError``; with
+``PropagationConfig`` installed, ``manage.py check`` reports it as ``propagation.E001`` too.
+
+This is the only module of the package that imports Django.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, AsyncIterator, Callable, Iterator, Mapping, TypeVar
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.apps import AppConfig
+from django.conf import settings
+from django.core import checks
+from django.http import HttpRequest, HttpResponse
+from django.utils.module_loading import import_string
+
+from ._log import logger
+from .context import (
+    CURRENT_TOKENS,
+    ENVIRON_EXCHANGED_KEY,
+    ENVIRON_KEY,
+    ENVIRON_PUBLIC_KEY,
+    current_token,
+    current_xsuaa_token,
+)
+from .engine import Propagator, default_propagator
+from .errors import ConfigurationError, InvalidTokenError
+from .inbound import Authenticated, InboundGate
+from .inbound.responses import refusal
+from .inbound.scopes import InsufficientScopeError, ScopeCheck, scope_names
+
+__all__ = ["PropagationMiddleware", "PropagationConfig", "require_scopes", "gate_from_settings"]
+
+_View = TypeVar("_View", bound=Callable[..., Any])
+#: ``request`` attribute holding the scope check of the middleware that saw the request.
+_REQUEST_CHECK = "_propagation_scope_check"
+_OPTIONS = {
+    "PUBLIC_PATHS": "public_paths",
+    "REQUIRE_TOKEN": "require_token",
+    "IAS_TO_XSUAA": "ias_to_xsuaa",
+    "XSUAA_TRUST_CLIENT_ID": "xsuaa_trust_client_id",
+    "PUBLIC_CLIENTS": "public_clients",
+    "ALLOW_TECHNICAL": "allow_technical",
+    "VALIDATE_X5T": "validate_x5t",
+}
+_FLAGS = {"REQUIRE_TOKEN", "ALLOW_TECHNICAL", "VALIDATE_X5T"}
+
+
+def gate_from_settings(config: Mapping[str, Any] | None = None) -> InboundGate:
+    """The inbound gate for ``settings.PROPAGATION`` (or ``config``); raises
+    ``ConfigurationError`` for unknown keys, bad values or a missing binding."""
+    if config is None:
+        config = getattr(settings, "PROPAGATION", None) or {}
+    if not isinstance(config, Mapping):
+        raise ConfigurationError("settings.PROPAGATION must be a dict.")
+    unknown = sorted(set(config) - set(_OPTIONS) - {"PROPAGATOR"})
+    if unknown:
+        raise ConfigurationError(
+            f"settings.PROPAGATION has unknown key(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted([*_OPTIONS, 'PROPAGATOR']))}."
+        )
+    options: dict[str, Any] = {}
+    for key, name in _OPTIONS.items():
+        if config.get(key) is None:
+            continue
+        value = config[key]
+        if key in _FLAGS and not isinstance(value, bool):
+            raise ConfigurationError(f"settings.PROPAGATION['{key}'] must be True or False, not {value!r}.")
+        options[name] = [value] if key == "PUBLIC_PATHS" and isinstance(value, str) else value
+    return InboundGate(_propagator(config.get("PROPAGATOR")), **options)
+
+
+def _propagator(value: Any) -> Propagator:
+    if value is None:
+        return default_propagator()  # shared with propagation.session() in the views
+    if isinstance(value, str):
+        value = import_string(value)
+    if callable(value) and not isinstance(value, Propagator):
+        value = value()
+    if not isinstance(value, Propagator):
+        raise ConfigurationError("settings.PROPAGATION['PROPAGATOR'] must be a Propagator, or the dotted path of "
+                                 "one or of a callable returning one.")
+    return value
+
+
+class PropagationMiddleware:
+    """Authenticate every request by its ``Authorization: Bearer <JWT>`` header.
+
+    The security stance of :class:`propagation.wsgi.PropagationMiddleware`: fail closed;
+    every bad or missing token (outside ``PUBLIC_PATHS``) is answered here with 401
+    ``{"error": "invalid_token", "error_description": ...}`` and a ``WWW-Authenticate``
+    challenge, never a 500 and never the view. On success :func:`~propagation.current_token`
+    is the caller while the view runs (and while a streaming response is produced), and
+    ``request.META["propagation.token"]`` holds it. Sync and async capable: under ASGI a
+    token not yet validated is validated in a worker thread, never on the event loop.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any], gate: InboundGate | None = None) -> None:
+        self.get_response = get_response
+        self.gate = gate if gate is not None else gate_from_settings()
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        try:
+            auth = self._cached_or_none(request)
+            if auth is _MISS:
+                auth = self._authenticate(request)
+        except InvalidTokenError as exc:
+            return self._refuse(request, exc)
+        current = (auth.token, auth.xsuaa_token) if auth is not None else (None, None)
+        handle = CURRENT_TOKENS.set(current)
+        try:
+            response = self.get_response(request)
+        finally:
+            CURRENT_TOKENS.reset(handle)
+        return _keep_user(response, current)
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        try:
+            auth = self._cached_or_none(request)
+            if auth is _MISS:
+                auth = await sync_to_async(self._authenticate, thread_sensitive=False)(request)
+        except InvalidTokenError as exc:
+            return self._refuse(request, exc)
+        current = (auth.token, auth.xsuaa_token) if auth is not None else (None, None)
+        handle = CURRENT_TOKENS.set(current)
+        try:
+            response = await self.get_response(request)
+        finally:
+            CURRENT_TOKENS.reset(handle)
+        return _keep_user(response, current)
+
+    # -- steps ------------------------------------------------------------------------
+    def _cached_or_none(self, request: HttpRequest) -> Any:
+        """Anonymous (``None``), a cached result, or ``_MISS`` (validation needed); no I/O."""
+        setattr(request, _REQUEST_CHECK, self.gate.scope_check)
+        if self.gate.is_public(request.path_info or "/"):
+            return None
+        auth = self.gate.cached_header(request.META.get("HTTP_AUTHORIZATION"))
+        if auth is None:
+            return _MISS
+        return self._admitted(request, auth)
+
+    def _authenticate(self, request: HttpRequest) -> Authenticated | None:
+        raw: str | None = None
+        try:
+            raw = self.gate.raw_token(request.META.get("HTTP_AUTHORIZATION"))
+            auth = self.gate.authenticate(raw) if raw is not None else None
+        except InvalidTokenError as exc:
+            self.gate.rejected(exc, raw, f"{request.method} {request.path_info}")
+            raise _Logged(exc.error_description) from None
+        return self._admitted(request, auth) if auth is not None else None
+
+    def _admitted(self, request: HttpRequest, auth: Authenticated) -> Authenticated:
+        if self.gate.validate_x5t:
+            self.gate.check_certificate(auth, request.META.get("HTTP_X_FORWARDED_CLIENT_CERT"))
+        request.META[ENVIRON_KEY] = auth.token
+        if auth.xsuaa_token is not None:
+            request.META[ENVIRON_EXCHANGED_KEY] = auth.xsuaa_token
+        if auth.public_token is not None:
+            request.META[ENVIRON_PUBLIC_KEY] = auth.public_token
+        return auth
+
+    def _refuse(self, request: HttpRequest, exc: InvalidTokenError) -> HttpResponse:
+        if not isinstance(exc, _Logged):
+            self.gate.rejected(exc, None, f"{request.method} {request.path_info}")
+        return _response(exc)
+
+
+class _Logged(InvalidTokenError):
+    """An InvalidTokenError already logged (with the token's fingerprint)."""
+
+
+_MISS: Any = object()
+
+
+def _response(exc: InvalidTokenError | InsufficientScopeError) -> HttpResponse:
+    status, body, headers = refusal(exc)
+    response = HttpResponse(body, status=status, content_type="application/json")
+    for name, value in headers:
+        if name != "Content-Type":
+            response[name] = value
+    return response
+
+
+def _keep_user(response: Any, current: Any) -> Any:
+    """A streamed body is produced after the middleware returned (by the server, maybe in a
+    worker thread): each chunk is produced with the user set, sync or async alike."""
+    if getattr(response, "streaming", False):
+        content = response.streaming_content
+        response.streaming_content = (
+            _with_user_async(content, current) if response.is_async else _with_user(content, current)
+        )
+    return response
+
+
+def _with_user(chunks: Iterator[bytes], current: Any) -> Iterator[bytes]:
+    """A streamed body produced with the user set (reset between chunks, like the WSGI middleware)."""
+    iterator = iter(chunks)
+    while True:
+        handle = CURRENT_TOKENS.set(current)
+        try:
+            chunk = next(iterator, _MISS)
+        finally:
+            CURRENT_TOKENS.reset(handle)
+        if chunk is _MISS:
+            return
+        yield chunk
+
+
+async def _with_user_async(chunks: AsyncIterator[bytes], current: Any) -> AsyncIterator[bytes]:
+    iterator = aiter(chunks)
+    while True:
+        handle = CURRENT_TOKENS.set(current)
+        try:
+            chunk = await anext(iterator, _MISS)
+        finally:
+            CURRENT_TOKENS.reset(handle)
+        if chunk is _MISS:
+            return
+        yield chunk
+
+
+def require_scopes(*scopes: str) -> Callable[[_View], _View]:
+    """View decorator (sync and async views): the caller must hold every XSUAA local scope
+    in ``scopes`` (``<xsappname>.<scope>``, as sap-xssec's ``check_local_scope``; for an IAS
+    caller the XSUAA token of the IAS→XSUAA flow). Missing → 403 ``insufficient_scope`` JSON
+    with the ``WWW-Authenticate`` challenge naming the scopes; no caller → 401. Needs
+    :class:`PropagationMiddleware` in ``MIDDLEWARE``. For class-based views use
+    ``django.utils.decorators.method_decorator``."""
+    names = scope_names(scopes)
+
+    def refused(request: HttpRequest) -> HttpResponse | None:
+        check: ScopeCheck | None = getattr(request, _REQUEST_CHECK, None)
+        if check is None:
+            raise ConfigurationError(
+                "require_scopes() needs 'propagation.django.PropagationMiddleware' in settings.MIDDLEWARE."
+            )
+        try:
+            check.check(names, current_token(), current_xsuaa_token())
+        except (InvalidTokenError, InsufficientScopeError) as exc:
+            logger.info("inbound request %s %s refused: %s", request.method, request.path_info[:200],
+                        exc.error_description)
+            return _response(exc)
+        return None
+
+    def decorate(view: _View) -> _View:
+        if iscoroutinefunction(view):
+            @functools.wraps(view)
+            async def async_guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                answer = refused(request)
+                return answer if answer is not None else await view(request, *args, **kwargs)
+
+            return markcoroutinefunction(async_guarded)  # type: ignore[return-value]
+
+        @functools.wraps(view)
+        def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            answer = refused(request)
+            return answer if answer is not None else view(request, *args, **kwargs)
+
+        return guarded  # type: ignore[return-value]
+
+    return decorate
+
+
+class PropagationConfig(AppConfig):
+    """Optional ``INSTALLED_APPS`` entry: ``manage.py check`` then reports an unusable
+    ``PROPAGATION`` setting or a missing binding as ``propagation.E001``."""
+
+    name = "propagation"
+    label = "propagation"
+    verbose_name = "Principal propagation"
+    default_auto_field = "django.db.models.AutoField"
+
+    def ready(self) -> None:
+        checks.register(check_settings, "propagation")
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The system check: can the middleware be built from the settings and the environment?"""
+    try:
+        gate_from_settings()
+    except ConfigurationError as exc:
+        return [checks.Error(str(exc), hint="See the 'Django' section of the propagation README.",
+                             id="propagation.E001")]
+    return []

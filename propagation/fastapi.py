@@ -1,0 +1,191 @@
+"""FastAPI (and Starlette) integration: the ASGI middleware, checked at startup, plus
+dependencies for the current user and scope checks.
+
+.. code-block:: python
+
+    from fastapi import Depends, FastAPI
+    from propagation.fastapi import CurrentUser, Propagation, require_scopes
+
+    app = FastAPI()
+    Propagation(app, public_paths=["/health"])
+
+    @app.get("/orders", dependencies=[Depends(require_scopes("Read"))])
+    async def orders(user: CurrentUser) -> dict:
+        return {"user": user.user}
+
+Why not just ``app.add_middleware(PropagationASGIMiddleware)``: Starlette builds its
+middleware on the first ASGI call, which is the lifespan; a middleware whose constructor
+raises there makes uvicorn report "ASGI 'lifespan' protocol appears unsupported", start
+anyway, and answer every request — ``/health`` included — with a 500. :class:`Propagation`
+reads the environment inside the app's lifespan startup instead (wrapping the app's own
+lifespan, if any), so a missing binding stops the server with the ``ConfigurationError``.
+
+This is the only module of the package that imports FastAPI.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, AsyncIterator, Callable
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.responses import Response
+
+from ._log import logger
+from .asgi import ASGIApp, PropagationASGIMiddleware, Receive, Scope, Send
+from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY
+from .engine import Propagator, default_propagator
+from .errors import InvalidTokenError
+from .inbound.responses import refusal
+from .inbound.scopes import InsufficientScopeError, scope_names
+from .tokens import UserToken
+
+__all__ = ["Propagation", "CurrentUser", "OptionalUser", "require_scopes", "bearer_scheme"]
+
+STATE_KEY = "propagation"
+
+#: The OpenAPI security scheme (``Authorization: Bearer <JWT>``), so ``/docs`` offers
+#: "Authorize". Validation is the middleware's; this only documents and reads the header.
+bearer_scheme = HTTPBearer(
+    scheme_name="BearerAuth",
+    bearerFormat="JWT",
+    description="A JWT of the app's XSUAA or SAP Cloud Identity Services (IAS).",
+    auto_error=False,
+)
+
+
+class _Refused(Exception):
+    """Raised by the dependencies; answered by the handler :class:`Propagation` installs."""
+
+    def __init__(self, exc: InvalidTokenError | InsufficientScopeError) -> None:
+        super().__init__(exc.error_description)
+        self.exc = exc
+
+
+class Propagation:
+    """Authenticate every request of ``app`` (see :class:`~propagation.asgi.PropagationASGIMiddleware`).
+
+    ``options`` are those of the ASGI middleware (``propagator``, ``public_paths``,
+    ``require_token``, ``ias_to_xsuaa``, ``xsuaa_trust_client_id``, ``public_clients``,
+    ``allow_technical``, ``validate_x5t``); the default engine is
+    :func:`propagation.default_propagator`. The environment is read in the app's lifespan
+    startup (a bad one fails the startup with the ``ConfigurationError``); a server run
+    without lifespan reads it on the first request instead.
+    """
+
+    def __init__(self, app: FastAPI, **options: Any) -> None:
+        PropagationASGIMiddleware.check_options(options)
+        self.app = app
+        self.options = options
+        self.middleware: PropagationASGIMiddleware | None = None
+        app.state.propagation = self
+        app.add_middleware(_Deferred, integration=self)  # type: ignore[arg-type]
+        app.add_exception_handler(_Refused, _answer)  # type: ignore[arg-type]
+        original = app.router.lifespan_context
+
+        @asynccontextmanager
+        async def lifespan(asgi_app: Any) -> AsyncIterator[Any]:
+            self.start()
+            async with original(asgi_app) as state:
+                yield state
+
+        app.router.lifespan_context = lifespan
+
+    def start(self) -> PropagationASGIMiddleware:
+        """Read the environment and build the middleware (idempotent); raises
+        ``ConfigurationError`` for a missing or broken binding. Without a ``propagator``
+        option the process-wide default engine is used, so ``propagation.session()`` /
+        ``async_client()`` in the routes share its caches and pools."""
+        if self.middleware is None:
+            options = dict(self.options)
+            if options.get("propagator") is None:
+                options["propagator"] = default_propagator()
+            self.middleware = PropagationASGIMiddleware(_unreachable, **options)
+        return self.middleware
+
+    @property
+    def propagator(self) -> Propagator:
+        return self.start().propagator
+
+
+async def _unreachable(scope: Scope, receive: Receive, send: Send) -> None:  # pragma: no cover - replaced
+    raise RuntimeError("propagation.fastapi: middleware used before it was placed in the stack")
+
+
+class _Deferred:
+    """The middleware in the Starlette stack: built by Starlette at the first ASGI call
+    (the lifespan), so it must not read the environment itself; it delegates to the
+    :class:`PropagationASGIMiddleware` that :meth:`Propagation.start` built."""
+
+    def __init__(self, app: ASGIApp, integration: Propagation) -> None:
+        self.app = app
+        self.integration = integration
+        self._inner: PropagationASGIMiddleware | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        inner = self._inner
+        if inner is None:
+            if scope.get("type") not in ("http", "websocket"):
+                await self.app(scope, receive, send)
+                return
+            inner = self._inner = self.integration.start().bound_to(self.app)
+        await inner(scope, receive, send)
+
+
+async def _answer(request: Request, exc: _Refused) -> Response:
+    status, body, headers = refusal(exc.exc)
+    logger.info("inbound request %s %s refused (%d): %s", request.method, request.url.path, status,
+                exc.exc.error_description)
+    return Response(content=body, status_code=status, headers=dict(headers))
+
+
+async def _current_user(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
+) -> UserToken:
+    token = request.scope.get(ENVIRON_KEY)
+    if token is None:
+        raise _Refused(InvalidTokenError("A Bearer token is required for this resource."))
+    return token  # type: ignore[no-any-return]
+
+
+async def _optional_user(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
+) -> UserToken | None:
+    return request.scope.get(ENVIRON_KEY)
+
+
+#: The validated caller (401 when there is none, e.g. on a public path).
+CurrentUser = Annotated[UserToken, Depends(_current_user)]
+#: The validated caller or ``None`` (public paths, ``require_token=False``).
+OptionalUser = Annotated[UserToken | None, Depends(_optional_user)]
+
+
+def require_scopes(*scopes: str) -> Callable[..., None]:
+    """A dependency: the caller must hold every XSUAA local scope in ``scopes``
+    (``<xsappname>.<scope>``, as sap-xssec's ``check_local_scope``; for an IAS caller the
+    XSUAA token of the IAS→XSUAA flow). Missing → 403 ``insufficient_scope`` with the
+    ``WWW-Authenticate`` challenge naming the scopes; no caller → 401.
+
+    ``@app.get("/orders", dependencies=[Depends(require_scopes("Read"))])``
+    """
+    names = scope_names(scopes)
+
+    async def check_scopes(
+        request: Request,
+        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
+    ) -> None:
+        integration = getattr(request.app.state, STATE_KEY, None)
+        if not isinstance(integration, Propagation):
+            raise RuntimeError("require_scopes() needs Propagation(app) installed on this app.")
+        check = integration.start().gate.scope_check
+        try:
+            check.check(names, request.scope.get(ENVIRON_KEY), request.scope.get(ENVIRON_EXCHANGED_KEY))
+        except (InvalidTokenError, InsufficientScopeError) as exc:
+            raise _Refused(exc) from None
+
+    check_scopes.__name__ = f"require_scopes_{'_'.join(names)}"
+    return check_scopes
+

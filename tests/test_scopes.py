@@ -1,0 +1,148 @@
+"""require_scopes: the framework-neutral check (ScopeCheck) and the Flask view decorator.
+(FastAPI: tests/test_fastapi.py; Django: tests/test_django.py.)"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+import respx
+import responses
+from flask import Flask
+
+import jwtkit
+from propagation.bindings import Bindings
+from propagation.engine import Propagator
+from propagation.errors import InvalidTokenError
+from propagation.flask import Propagation, require_scopes
+from propagation.inbound.responses import forbidden
+from propagation.inbound.scopes import InsufficientScopeError, ScopeCheck, scope_names
+from propagation.oauth import OAuthClient
+from propagation.tokens import UserToken
+
+TRUST = "xsuaa-trust-ias-client-id"
+
+
+@pytest.mark.parametrize(
+    "claims, required, missing",
+    [
+        pytest.param({"scope": ["app!t1.Read"]}, ("Read",), None, id="list-granted"),
+        pytest.param({"scope": "openid app!t1.Read app!t1.Write"}, ("Read", "Write"), None, id="string-granted"),
+        pytest.param({"scope": ["app!t1.Read"]}, ("Read", "Write"), "app!t1.Write", id="one-missing"),
+        pytest.param({"scope": ["Read"]}, ("Read",), "app!t1.Read", id="unqualified-is-not-local"),
+        pytest.param({"scope": ["other!t2.Read"]}, ("Read",), "app!t1.Read", id="other-app"),
+        pytest.param({"scope": ["app!t1.ReadAll"]}, ("Read",), "app!t1.Read", id="no-prefix-match"),
+        pytest.param({}, ("Read",), "app!t1.Read", id="no-scope-claim"),
+        pytest.param({"scope": 42}, ("Read",), "app!t1.Read", id="malformed-claim"),
+    ],
+)
+def test_local_scopes_of_an_xsuaa_token(claims: dict[str, Any], required: tuple[str, ...], missing: str | None) -> None:
+    token = UserToken("x.y.z", {"alg": "RS256"}, {"ext_attr": {"enhancer": "XSUAA"}, **claims})
+    check = ScopeCheck("app!t1")
+    if missing is None:
+        check.check(required, token, None)
+        return
+    with pytest.raises(InsufficientScopeError) as caught:
+        check.check(required, token, None)
+    assert caught.value.error_description == f"Missing scope {missing}."
+    assert caught.value.scopes == tuple(f"app!t1.{s}" for s in required)
+
+
+def test_ias_user_is_checked_on_its_xsuaa_token() -> None:
+    ias_token = UserToken("a.b.c", {}, {"iss": "https://t.accounts.ondemand.com", "scope": ["app!t1.Read"]})
+    xsuaa_token = UserToken("d.e.f", {}, {"ext_attr": {"enhancer": "XSUAA"}, "scope": ["app!t1.Read"]})
+    check = ScopeCheck("app!t1")
+    check.check(("Read",), ias_token, xsuaa_token)
+    with pytest.raises(InsufficientScopeError, match="IAS tokens carry no XSUAA scopes"):
+        check.check(("Read",), ias_token, None)  # a scope-looking claim on the IAS token counts for nothing
+
+
+def test_no_caller_is_401_and_no_xsuaa_binding_is_403() -> None:
+    with pytest.raises(InvalidTokenError, match="A Bearer token is required"):
+        ScopeCheck("app!t1").check(("Read",), None, None)
+    token = UserToken("x.y.z", {}, {"ext_attr": {"enhancer": "XSUAA"}, "scope": ["Read"]})
+    with pytest.raises(InsufficientScopeError, match="no XSUAA binding"):
+        ScopeCheck(None).check(("Read",), token, None)
+
+
+@pytest.mark.parametrize("names", [pytest.param((), id="none"), pytest.param(("Read Write",), id="space"),
+                                   pytest.param(('Re"ad',), id="quote"), pytest.param((42,), id="not-a-string")])
+def test_bad_scope_names_fail_at_decoration(names: tuple[Any, ...]) -> None:
+    with pytest.raises(ValueError):
+        scope_names(names)
+    with pytest.raises(ValueError):
+        require_scopes(*names)
+
+
+def test_forbidden_answer_shape() -> None:
+    body, headers = forbidden(InsufficientScopeError('Missing scope a"b.Read.', ("a.Read", "a.Write")))
+    assert body == b'{"error": "insufficient_scope", "error_description": "Missing scope a\\"b.Read."}'
+    assert dict(headers)["WWW-Authenticate"] == (
+        'Bearer error="insufficient_scope", error_description="Missing scope a\\"b.Read.", scope="a.Read a.Write"')
+    assert dict(headers)["Content-Type"] == "application/json"
+
+
+# -- Flask ------------------------------------------------------------------------------------------
+def flask_app(propagator: Propagator, **options: Any) -> Flask:
+    app = Flask(__name__)
+    Propagation(app, propagator=propagator, **options)
+
+    @app.get("/orders")
+    @require_scopes("Read")
+    def orders() -> Any:
+        return {"orders": []}
+
+    @app.get("/admin")
+    @require_scopes("Read", "Admin")
+    async def admin() -> Any:
+        return {"admin": True}
+
+    return app
+
+
+@pytest.mark.parametrize(
+    "path, scopes, status, missing",
+    [
+        pytest.param("/orders", (), 200, None, id="sync-granted"),
+        pytest.param("/admin", ("app!t123.Admin",), 200, None, id="async-granted"),
+        pytest.param("/admin", (), 403, "app!t123.Admin", id="async-missing"),
+        pytest.param("/admin", ("Admin",), 403, "app!t123.Admin", id="unqualified"),
+    ],
+)
+def test_flask_require_scopes(propagator: Propagator, xsuaa: jwtkit.Xsuaa, idp_keys: respx.MockRouter, path: str,
+                              scopes: tuple[str, ...], status: int, missing: str | None) -> None:
+    client = flask_app(propagator).test_client()
+    response = client.get(path, headers={"Authorization": f"Bearer {xsuaa.token(scopes=scopes)}"})
+    assert response.status_code == status
+    if missing:
+        assert response.json == {"error": "insufficient_scope", "error_description": f"Missing scope {missing}."}
+        assert response.headers["WWW-Authenticate"] == (
+            f'Bearer error="insufficient_scope", error_description="Missing scope {missing}.", '
+            'scope="app!t123.Read app!t123.Admin"')
+
+
+def test_flask_require_scopes_on_public_path_is_401(propagator: Propagator) -> None:
+    response = flask_app(propagator, public_paths=["/orders"]).test_client().get("/orders")
+    assert response.status_code == 401
+    assert response.json == {"error": "invalid_token", "error_description": "A Bearer token is required for this resource."}
+
+
+@pytest.fixture
+def rsps() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+@pytest.mark.parametrize("granted, status", [pytest.param(("app!t123.Admin",), 200, id="xsuaa-token-has-scope"),
+                                             pytest.param((), 403, id="xsuaa-token-lacks-scope")])
+def test_flask_ias_user_scopes_come_from_the_exchanged_xsuaa_token(
+    bindings: Bindings, xsuaa: jwtkit.Xsuaa, ias: jwtkit.Ias, idp_keys: respx.MockRouter,
+    rsps: responses.RequestsMock, granted: tuple[str, ...], status: int
+) -> None:
+    rsps.post(xsuaa.token_url, json={"access_token": xsuaa.token("bob@example.com", scopes=granted),
+                                     "token_type": "bearer", "expires_in": 3600})
+    propagator = Propagator(bindings=bindings, environ={}, oauth=OAuthClient(sleep=lambda s: None, retries=0))
+    client = flask_app(propagator, ias_to_xsuaa=True, xsuaa_trust_client_id=TRUST).test_client()
+    response = client.get("/admin", headers={"Authorization": f"Bearer {ias.token(aud=[ias.clientid, TRUST])}"})
+    assert response.status_code == status
+    assert len(rsps.calls) == 1

@@ -117,6 +117,9 @@ class Cached:
     cache: Cache
     key: Any
     fetch: Callable[[], "Flow[Any]"]
+    #: The fetched token is kept no longer than this (epoch seconds): the expiry of the user
+    #: token it was made from — an exchanged token never outlives its user's token.
+    not_after: float | None = None
 
 
 @dataclass(frozen=True, repr=False)
@@ -307,6 +310,19 @@ class AsyncIO:
             await client.aclose()
 
 
+def _capped(token: Any, not_after: float | None) -> Any:
+    expires_at = getattr(token, "expires_at", False)
+    if not_after is None or expires_at is False or (expires_at is not None and expires_at <= not_after):
+        return token
+    import dataclasses
+
+    return dataclasses.replace(token, expires_at=not_after)
+
+
+async def _acapped(fetching: Awaitable[Any], not_after: float | None) -> Any:
+    return _capped(await fetching, not_after)
+
+
 def run_sync(flow: "Flow[T]", io: SyncIO) -> T:
     """Drive ``flow`` to its result, performing each step with blocking I/O."""
     value: Any = None
@@ -323,7 +339,7 @@ def run_sync(flow: "Flow[T]", io: SyncIO) -> T:
             elif isinstance(step, Sleep):
                 io.sleep(step.seconds)
             elif isinstance(step, Cached):
-                value = step.cache.get_or_fetch(step.key, lambda s=step: run_sync(s.fetch(), io))
+                value = step.cache.get_or_fetch(step.key, lambda s=step: _capped(run_sync(s.fetch(), io), s.not_after))
             elif isinstance(step, Invalidate):
                 step.cache.invalidate(step.key)
             else:  # pragma: no cover - a programming error
@@ -348,7 +364,7 @@ async def run_async(flow: "Flow[T]", io: AsyncIO) -> T:
             elif isinstance(step, Sleep):
                 await io.sleep(step.seconds)
             elif isinstance(step, Cached):
-                value = await aget_or_fetch(step.cache, step.key, lambda s=step: run_async(s.fetch(), io))
+                value = await aget_or_fetch(step.cache, step.key, lambda s=step: _acapped(run_async(s.fetch(), io), s.not_after))
             elif isinstance(step, Invalidate):
                 ainvalidate = getattr(step.cache, "ainvalidate", None)
                 if ainvalidate is not None:

@@ -8,6 +8,7 @@ OAuth ``error`` field. No token, secret or key ever appears in a message or a lo
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
 import time
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Awaitable, Callable, Mapping
-from urllib.parse import quote_plus, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
 import requests
 
@@ -146,9 +147,8 @@ def _sanitize(text: Any, secrets: tuple[str, ...], limit: int = _MAX_TEXT) -> st
     if not isinstance(text, str):
         return None
     clean = _CONTROL.sub(" ", text).strip()
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            clean = clean.replace(secret, "[redacted]")
+    for variant in _encodings(secrets):
+        clean = _replace_ci(clean, variant) if "%" in variant else clean.replace(variant, "[redacted]")
     clean = _JWT_LIKE.sub("[redacted]", clean)
     if len(clean) > limit:
         clean = clean[: limit - 1] + "…"
@@ -159,6 +159,37 @@ def _basic_header(client_id: str, client_secret: str) -> str:
     """RFC 6749 §2.3.1: id and secret are form-urlencoded *before* Basic encoding."""
     raw = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode("utf-8")
     return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def _encodings(secrets: tuple[str, ...]) -> list[str]:
+    """Every way a secret we sent can come back in an echo: as is, form-encoded (``+`` or
+    ``%20``, upper- or lower-case escapes), JSON-escaped, base64 (alone, or as the tail of a
+    Basic header) — longest first, so a longer form is redacted before a shorter one inside it."""
+    variants: set[str] = set()
+    for secret in secrets:
+        if not secret or len(secret) < 4:
+            continue
+        variants.update({secret, quote_plus(secret), quote(secret, safe=""), json.dumps(secret)[1:-1]})
+        variants.add(base64.b64encode(secret.encode("utf-8")).decode("ascii").rstrip("="))
+    return sorted((v for v in variants if len(v) >= 4), key=len, reverse=True)
+
+
+def _replace_ci(text: str, needle: str) -> str:
+    """Replace ``needle`` whatever the case of its percent-escapes (``%2B`` / ``%2b``)."""
+    return re.sub(re.escape(needle), "[redacted]", text, flags=re.IGNORECASE)
+
+
+def _jwt_expiry(token: str) -> float | None:
+    """The ``exp`` of a JWT-shaped access token (read, not verified: it only shortens a lifetime)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, TypeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) and math.isfinite(exp) else None
 
 
 def _expires_in(value: Any) -> float | None:
@@ -359,8 +390,9 @@ class OAuthClient:
         else:
             auth_mode = "public"
 
+        basic = request_headers.get("Authorization", "").partition(" ")[2]
         secrets = tuple(
-            v for v in (client.client_secret, client.key, *(body.get(f) for f in _SECRET_FIELDS)) if v
+            v for v in (client.client_secret, client.key, basic, *(body.get(f) for f in _SECRET_FIELDS)) if v
         )
         ctx = _RequestContext(safe_url, host, grant, client.client_id, secrets)
         cert = (client.certificate, client.key) if client.uses_mtls else None
@@ -427,7 +459,8 @@ class OAuthClient:
             access_token=access_token,
             token_type=token_type if isinstance(token_type, str) and token_type else "bearer",
             # From the request's start: the IdP issued the token after that, so this errs early.
-            expires_at=started + lifetime if lifetime is not None else None,
+            # Without expires_in, a JWT's own exp (a default TTL could outlive it).
+            expires_at=started + lifetime if lifetime is not None else _jwt_expiry(access_token),
             scope=scope if isinstance(scope, str) else None,
             issued_token_type=issued if isinstance(issued, str) else None,
             extra={k: v for k, v in data.items() if k not in _TOKEN_FIELDS and k not in _MAPPED_FIELDS},

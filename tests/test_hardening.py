@@ -86,3 +86,73 @@ def test_a_common_token_url_serves_an_ias_user_by_zone_id() -> None:
         rsps.add(responses.GET, "https://api.example.com/x", json={})
         engine.session("API", user_token=ias_user()).get("x")
         assert rsps.calls[0].request.headers["X-zid"] == "subscriber-zone-id"
+
+
+# -- 6. echoed secrets, in every encoding ------------------------------------------------------------
+SECRET = "cl$ient+se/cret=VALUE"
+ASSERTION = jwtkit.unsigned({"user_name": "alice", "exp": int(time.time()) + 3600})
+
+
+def _echo(request: Any) -> tuple[int, dict[str, str], str]:
+    """An IdP that echoes the whole request back in its error description."""
+    echoed = f"body={request.body} auth={request.headers.get('Authorization')} json={json.dumps(request.body)}"
+    return 400, {}, json.dumps({"error": "invalid_request", "error_description": echoed})
+
+
+@pytest.mark.parametrize("in_body", [pytest.param(True, id="secret-in-body"), pytest.param(False, id="basic-header")])
+def test_an_idp_echoing_the_request_puts_no_secret_in_any_encoding_into_the_error_or_logs(in_body: bool, caplog: Any) -> None:
+    oauth = OAuthClient(retries=0)
+    caplog.set_level("DEBUG", logger="propagation")
+    with responses.RequestsMock() as rsps:
+        rsps.add_callback(responses.POST, "https://idp.example.com/oauth/token", callback=_echo)
+        with pytest.raises(TokenExchangeError) as info:
+            oauth.request_token("https://idp.example.com/oauth/token", ClientCredentials("my-client", SECRET),
+                                "urn:ietf:params:oauth:grant-type:jwt-bearer", {"assertion": ASSERTION},
+                                credentials_in_body=in_body)
+        sent = rsps.calls[0].request
+    text = f"{info.value} {info.value.error_description} {caplog.text}"
+    basic = (sent.headers.get("Authorization") or " ").split(" ", 1)[1]
+    forms = [SECRET, quote_plus(SECRET), quote_plus(SECRET).lower(), json.dumps(SECRET)[1:-1], ASSERTION]
+    if not in_body:
+        forms.append(basic)
+    else:
+        assert quote_plus(SECRET) in sent.body  # the echo really carried the form-encoded secret
+    for secret in forms:
+        assert secret not in text, secret
+    assert "[redacted]" in str(info.value)
+
+
+# -- 3. lifetimes ------------------------------------------------------------------------------------
+def _jwt_token(exp: float) -> str:
+    return jwtkit.unsigned({"sub": "svc", "exp": int(exp)})
+
+
+def test_an_answer_without_expires_in_lives_no_longer_than_the_tokens_own_exp() -> None:
+    now = time.time()
+    oauth = OAuthClient(retries=0)
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.POST, "https://idp.example.com/oauth/token", json={"access_token": _jwt_token(now + 90)})
+        token = oauth.request_token("https://idp.example.com/oauth/token", ClientCredentials("c", "s"), "client_credentials")
+    assert token.expires_at is not None and abs(token.expires_at - (now + 90)) < 2
+    cache = MemoryTokenCache(default_ttl=300)
+    assert cache.usable_until(token, now) <= now + 90  # not the default 300 s
+
+
+def test_an_exchanged_token_is_never_used_past_the_user_token_it_was_made_from() -> None:
+    clock = [time.time()]
+    engine = Propagator(
+        environ={"destinations": json.dumps([{"name": "API", "url": "https://api.example.com", "Authentication": "OAuth2JWTBearer",
+                                              "tokenServiceURL": "https://idp.example.com/oauth/token", "clientId": "c", "clientSecret": "s"}])},
+        bindings=Bindings([]), cache=MemoryTokenCache(clock=lambda: clock[0]), oauth=OAuthClient(retries=0))
+    user = jwtkit.unsigned({"user_name": "alice", "zid": "z", "exp": int(clock[0]) + 120, "grant_type": "password",
+                            "iss": f"https://provider.{UAADOMAIN}/oauth/token"})
+    with responses.RequestsMock() as rsps:
+        issued = iter(["first", "second"])
+        rsps.add_callback(responses.POST, "https://idp.example.com/oauth/token",
+                          callback=lambda r: (200, {}, json.dumps({"access_token": next(issued), "expires_in": 43200})))
+        assert engine.headers("API", user_token=user) == {"Authorization": "Bearer first"}
+        clock[0] += 30
+        assert engine.headers("API", user_token=user) == {"Authorization": "Bearer first"}  # cached while the user's token lives
+        clock[0] += 130  # the user's token has expired: its 12-hour exchange must not outlive it
+        assert engine.headers("API", user_token=user) == {"Authorization": "Bearer second"}
+        assert len([c for c in rsps.calls if "oauth" in c.request.url]) == 2

@@ -286,7 +286,7 @@ class DestinationService:
             return self._fetch(destination.name, tenant, user_headers, user=user, authentication=destination.authentication)
 
         try:
-            cached, hit = yield Cached(self.cache, key, fetch)
+            cached, hit = yield Cached(self.cache, key, fetch, user.expires_at)
         except _NotFound:
             raise DestinationNotFoundError(destination.name, [self.searched(destination.name, user)]) from None
         answer = json.loads(cached.access_token)

@@ -308,7 +308,7 @@ class Authorizer:
                 token_url, client, grant, body, headers=headers, query=query, credentials_in_body=in_body
             )
 
-        token, hit = yield Cached(self.cache, key, fetch)
+        token, hit = yield Cached(self.cache, key, fetch, user.expires_at if user is not None else None)
         logger.debug(
             "destination=%s grant=%s cache=%s user=%s",
             destination.name,

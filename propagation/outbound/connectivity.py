@@ -185,7 +185,7 @@ class Connectivity:
         def fetch() -> Flow[TokenResponse]:
             return self.oauth.token_flow(token_url, config.client, grant, form, headers=zone_headers)
 
-        token, hit = yield Cached(self.cache, key, fetch)
+        token, hit = yield Cached(self.cache, key, fetch, user.expires_at if key_user is not None and user is not None else None)
         headers[HEADER_PROXY_AUTHORIZATION] = f"Bearer {token.access_token}"
         if propagate_user and user is not None and mode == "header":
             headers[HEADER_USER] = f"Bearer {user.raw}"

@@ -1,40 +1,58 @@
-"""The emulated Destination service: destination declarations and the find API."""
+"""The emulated Destination service: destinations and fragments declared per tenant and
+level, and the consumption APIs.
+
+* ``GET /destination-configuration/v1/destinations/{name}`` — find: the instance level,
+  then the subaccount level, of the tenant of the service token; answer with ``owner``.
+* ``GET /destination-configuration/v2/destinations/{name}[@level]`` — consume: without a
+  level as v1 (no ``owner``; ``$includeMetadata=owner`` adds ``$metadata``); ``@instance``,
+  ``@subaccount`` — that level of the caller's tenant; ``@provider_instance``,
+  ``@provider_subaccount`` — that level of the provider tenant (a subscriber reading the
+  provider's destination).
+* Both: ``X-fragment-name: NAME[@level]`` (+ ``X-fragment-optional``) merges a fragment
+  from the destination's level and tenant; ``$skipTokenRetrieval=true`` returns the
+  configuration without running any token flow; ``$skipCredentials=true`` leaves the
+  credentials out of it.
+"""
 
 from __future__ import annotations
 
-import base64
 import secrets
+from dataclasses import replace
 from typing import Any, Mapping
-from urllib.parse import unquote
-
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..destinations.model import SERVICE_TOKEN_AUTHENTICATIONS, USER_AUTHENTICATIONS, canonical_authentication
 from ..tokens import fingerprint
-from .ias import _Ias
-from .records import Call, Exchange
-from .registry import EmulatedDestination, _EMULATED_AUTHENTICATIONS, _Reject, _Tenant, _Verified
-from .wire import (
-    FIND_PATH,
-    GRANT_CLIENT_CREDENTIALS,
-    GRANT_JWT_BEARER,
-    GRANT_PASSWORD,
-    GRANT_SAML2_BEARER,
-    GRANT_TOKEN_EXCHANGE,
-    Request,
-    Response,
-    _NO_USER_FOR,
-    _RESOURCE_PREFIX,
-    _SAML2_HEADER_TYPE,
-    _bearer,
-    _expand_token_type,
-    _json,
-    _origin,
-)
-from .xsuaa import _Xsuaa
+from .destination_tokens import _DestinationTokens
+from .records import Call
+from .registry import _EMULATED_AUTHENTICATIONS, EmulatedDestination, _Reject, _Tenant
+from .wire import _RESOURCE_PREFIX, Request, Response, _bearer, _json, _origin
+
+V1_PATH = "/destination-configuration/v1/destinations/"
+V2_PATH = "/destination-configuration/v2/destinations/"
+LEVELS = ("instance", "subaccount", "provider_instance", "provider_subaccount")
+#: Types whose ``authTokens`` the service produces (the library's set, plus a type only the service handles).
+_TOKEN_TYPES = SERVICE_TOKEN_AUTHENTICATIONS | {"OAuth2RefreshToken"}
+#: Properties ``$skipCredentials=true`` leaves out.
+_CREDENTIALS = frozenset({"clientSecret", "Password", "tokenServicePassword", "KeyStorePassword"})
+_TOP_LEVEL = {"URL": "url", "Authentication": "authentication", "ProxyType": "proxy_type"}
 
 
-class _DestinationService(_Xsuaa, _Ias):
-    """Declared destinations and ``/destination-configuration/v1/destinations/{name}``."""
+def _emulated_authentication(word: str) -> str | None:
+    if word == "oauth2refreshtoken":
+        return "OAuth2RefreshToken"
+    canonical = canonical_authentication(word)
+    return canonical if canonical in _EMULATED_AUTHENTICATIONS else None
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() == "true"
+
+
+class _DestinationService(_DestinationTokens):
+    """Declared destinations and fragments; the v1 find and v2 consume APIs."""
+
+    _fragments: dict[tuple[str | None, str, str], dict[str, str]]
 
     # ------------------------------------------------------------------ destinations
     def destination(self, spec: str, **properties: str) -> EmulatedDestination:
@@ -49,6 +67,12 @@ class _DestinationService(_Xsuaa, _Ias):
         OnPremise), ``location`` (= ``CloudConnectorLocationId``). Other keys are destination
         properties, verbatim (``sap-client=100``, ``tokenService.body.resource=X``).
         OAuth clients, users and passwords are created and registered as an admin would.
+
+        Where it lives in the Destination service: ``tenant=<subdomain>`` (only that tenant's
+        subaccount; without it the destination exists in every tenant's subaccount, each
+        tenant seeing its own copy) and ``level=subaccount`` (default) or ``level=instance``
+        (the service instance's destinations, found first). ``OAuth2RefreshToken`` (a type
+        only the service handles) needs ``X-refresh-token`` at lookup time.
         """
         words = spec.split()
         if not words:
@@ -62,12 +86,14 @@ class _DestinationService(_Xsuaa, _Ias):
         props: dict[str, str] = {}
         source = "service"
         target: str | None = None
+        tenant: str | None = None
+        level = "subaccount"
         for word in words[1:]:
             low = word.lower()
             if low in ("internet", "onpremise"):
                 proxy_type = "OnPremise" if low == "onpremise" else "Internet"
-            elif canonical_authentication(low) in _EMULATED_AUTHENTICATIONS:
-                authentication = canonical_authentication(low)
+            elif _emulated_authentication(low) is not None:
+                authentication = _emulated_authentication(low) or authentication
             elif low in ("forward", "forwardauthtoken"):
                 forward = True
             elif word.startswith("/"):
@@ -82,6 +108,10 @@ class _DestinationService(_Xsuaa, _Ias):
                     source = value
                 elif key == "target":
                     target = value
+                elif key == "tenant":
+                    tenant = value
+                elif key == "level":
+                    level = value
                 elif key == "location":
                     props["CloudConnectorLocationId"] = value
                 elif key.lower() == "forwardauthtoken":
@@ -93,6 +123,12 @@ class _DestinationService(_Xsuaa, _Ias):
         props.update({k: str(v) for k, v in properties.items()})
         if source not in ("service", "env"):
             raise ValueError(f"destination {name}: source must be 'service' or 'env', not {source!r}")
+        if level not in ("subaccount", "instance"):
+            raise ValueError(f"destination {name}: level must be 'subaccount' or 'instance', not {level!r}")
+        if tenant is not None:
+            self._tenant(tenant)  # unknown → ValueError naming the declared tenants
+        if source == "env" and (tenant is not None or level != "subaccount"):
+            raise ValueError(f"destination {name}: tenant= and level= are Destination-service notions (source=service)")
         if authentication == "PrincipalPropagation" and proxy_type != "OnPremise":
             proxy_type = "OnPremise"
         if target is None:
@@ -116,7 +152,7 @@ class _DestinationService(_Xsuaa, _Ias):
                 props.setdefault("Password", secrets.token_urlsafe(12))
                 self.add_user(props["User"], password=props["Password"], scopes=())
             if authentication in ("OAuth2ClientCredentials", "OAuth2Password", "OAuth2JWTBearer",
-                                  "OAuth2UserTokenExchange", "OAuth2SAMLBearerAssertion"):
+                                  "OAuth2UserTokenExchange", "OAuth2SAMLBearerAssertion", "OAuth2RefreshToken"):
                 if "clientId" not in props:
                     client = self._add_xsuaa_client(f"sb-{name.lower()}!t{len(self._xsuaa_clients) + 1}")
                     props["clientId"] = client.id
@@ -141,28 +177,85 @@ class _DestinationService(_Xsuaa, _Ias):
             if source == "env" and authentication == "OAuth2SAMLBearerAssertion":
                 raise ValueError(f"destination {name}: OAuth2SAMLBearerAssertion works only through the Destination service")
             self._locations.add(props.get("CloudConnectorLocationId") or None)
-            destination = EmulatedDestination(name, authentication, proxy_type, url, source, target, dict(props), forward)
-            self._destinations[name] = destination
+            destination = EmulatedDestination(name, authentication, proxy_type, url, source, target, dict(props), forward,
+                                              tenant, level)
+            self._destinations[destination.key] = destination
         for listener in list(self._listeners):
             listener(self)
         return destination
 
     @property
     def destinations(self) -> dict[str, EmulatedDestination]:
+        """Declared destinations by key: the name, ``tenant/name`` and ``name@instance``."""
         with self._lock:
             return dict(self._destinations)
 
-    # ------------------------------------------------------------------ Destination service
+    def fragment(self, spec: str, **properties: str) -> dict[str, str]:
+        """Declare a destination fragment: ``NAME [tenant=<subdomain>] [level=instance]
+        key=value ...`` (properties verbatim, e.g. ``URL=https://...``,
+        ``tokenService.body.resource=X``). A lookup with ``X-fragment-name: NAME[@level]``
+        merges them over the destination's (the fragment wins); returns the properties."""
+        words = spec.split()
+        if not words:
+            raise ValueError("a fragment line needs at least a name")
+        name, tenant, level = words[0], None, "subaccount"
+        props: dict[str, str] = {}
+        for word in words[1:]:
+            key, sep, value = word.partition("=")
+            if not sep or not key:
+                raise ValueError(f"fragment line {spec!r}: cannot read {word!r}")
+            if key == "tenant":
+                tenant = value
+            elif key == "level":
+                level = value
+            else:
+                props[key] = value
+        props.update({k: str(v) for k, v in properties.items()})
+        if level not in ("subaccount", "instance"):
+            raise ValueError(f"fragment {name}: level must be 'subaccount' or 'instance', not {level!r}")
+        if tenant is not None:
+            self._tenant(tenant)
+        with self._lock:
+            self._fragments[(tenant, level, name)] = dict(props)
+        return dict(props)
+
+    # ------------------------------------------------------------------ lookup
+    def _lookup(self, tenant: _Tenant, name: str, levels: tuple[str, ...]) -> EmulatedDestination | None:
+        """The first destination NAME at ``levels`` of ``tenant``'s subaccount (its own, then
+        the one declared for every tenant)."""
+        with self._lock:
+            for level in levels:
+                for owner in (tenant.subdomain, None):
+                    for candidate in self._destinations.values():
+                        if (candidate.name, candidate.level, candidate.tenant, candidate.source) == (
+                                name, level, owner, "service"):
+                            return candidate
+        return None
+
+    def _fragment(self, tenant: _Tenant, name: str, level: str) -> dict[str, str] | None:
+        with self._lock:
+            for owner in (tenant.subdomain, None):
+                found = self._fragments.get((owner, level, name))
+                if found is not None:
+                    return dict(found)
+        return None
+
     def _destination_find(self, request: Request, path: str) -> Response:
-        if not path.startswith(FIND_PATH) or len(path) <= len(FIND_PATH):
+        if path.startswith(V1_PATH) and len(path) > len(V1_PATH):
+            version, rest = 1, unquote(path[len(V1_PATH):])
+        elif path.startswith(V2_PATH) and len(path) > len(V2_PATH):
+            version, rest = 2, unquote(path[len(V2_PATH):])
+        else:
             return _json(404, {"ErrorMessage": "Not found"})
-        name = unquote(path[len(FIND_PATH):])
-        call = dict(service="destination", method=request.method, path=path, destination=name)
+        name, level = rest, None
+        if version == 2 and "@" in rest:
+            name, _, level = rest.rpartition("@")
+        query = {k: v[0] for k, v in parse_qs(urlsplit(request.url).query, keep_blank_values=True).items()}
+        call = dict(service="destination", method=request.method, path=path, destination=name, query=query)
         if request.method != "GET":
             self._record(self.calls, Call(status=405, error="method not allowed", **call))
             return _json(405, {"ErrorMessage": "Method not allowed"})
         raw = _bearer(request.headers.get("Authorization"))
-        service_user: str | None = None
         try:
             if raw is None:
                 raise _Reject("Missing bearer token.")
@@ -174,131 +267,61 @@ class _DestinationService(_Xsuaa, _Ias):
             return _json(401, {"ErrorMessage": "Unauthorized"}, {"WWW-Authenticate": 'Bearer realm="destination"'})
         tenant = verified.tenant
         assert tenant is not None
-        service_user = self._principal(verified.claims)
-        with self._lock:
-            destination = self._destinations.get(name)
-        if destination is None or destination.source != "service":
-            self._record(self.calls, Call(status=404, tenant=tenant.subdomain, client=self.destination_client,
-                                          carried_by="service-token", error="not found", **call))
-            return _json(404, {"ErrorMessage": "Configuration with the specified name was not found"})
-        answer: dict[str, Any] = {
-            "owner": {"SubaccountId": tenant.zid, "InstanceId": None},
-            "destinationConfiguration": destination.configuration(),
-        }
+        seen = dict(tenant=tenant.subdomain, client=self.destination_client, carried_by="service-token",
+                    token=fingerprint(raw), **call)
+
+        def refuse(status: int, text: str) -> Response:
+            self._record(self.calls, Call(status=status, error=text, **seen))
+            return _json(status, {"ErrorMessage": text})
+
+        if level is not None and level not in LEVELS:
+            return refuse(400, f"Unsupported level '{level[:40]}': use one of {', '.join(LEVELS)}.")
+        if request.headers.get("X-user-token") and request.headers.get("X-tenant"):
+            return refuse(400, "The headers X-user-token and X-tenant cannot be used together.")
+        owner = self.provider if level is not None and level.startswith("provider_") else tenant
+        levels = (level.removeprefix("provider_"),) if level else ("instance", "subaccount")
+        destination = self._lookup(owner, name, levels)
+        if destination is None:
+            return refuse(404, "Configuration with the specified name was not found")
+        fragment_header = (request.headers.get("X-fragment-name") or "").strip()
+        if fragment_header:
+            fragment_name, _, fragment_level = fragment_header.partition("@")
+            if fragment_level and fragment_level not in LEVELS:
+                return refuse(400, f"Unsupported fragment level '{fragment_level[:40]}'.")
+            fragment_owner = self.provider if fragment_level.startswith("provider_") else owner
+            fragment = self._fragment(fragment_owner, fragment_name,
+                                      fragment_level.removeprefix("provider_") or destination.level)
+            if fragment is None and not _flag(request.headers.get("X-fragment-optional")):
+                return refuse(404, f"Fragment with name '{fragment_name[:64]}' was not found")
+            if fragment is not None:
+                destination = _merged(destination, fragment_name, fragment)
+        config = destination.configuration()
+        if _flag(query.get("$skipCredentials")):
+            config = {k: v for k, v in config.items() if k not in _CREDENTIALS}
+        owner_field = ({"SubaccountId": None, "InstanceId": f"{self.destination_client}-{owner.zid}"}
+                       if destination.level == "instance" else {"SubaccountId": owner.zid, "InstanceId": None})
+        answer: dict[str, Any] = {"destinationConfiguration": config}
+        if version == 1:
+            answer = {"owner": owner_field, **answer}
+        elif "owner" in (query.get("$includeMetadata") or "").split(";"):
+            config["$metadata"] = {"owner": owner_field}
         user: str | None = None
-        if destination.authentication in SERVICE_TOKEN_AUTHENTICATIONS:
-            token, user = self._auth_token(destination, tenant, request.headers, service_user, verified.claims, raw)
+        if destination.authentication in _TOKEN_TYPES and not _flag(query.get("$skipTokenRetrieval")):
+            service_user = self._principal(verified.claims)
+            token, user = self._auth_token(destination, tenant, request.headers, service_user, verified.claims, raw or "")
             answer["authTokens"] = [token]
         else:
             user = self._user_header_principal(request.headers)
-        self._record(self.calls, Call(status=200, user=user, tenant=tenant.subdomain, client=self.destination_client,
-                                      carried_by="service-token", token=fingerprint(raw), **call))
+        self._record(self.calls, Call(status=200, user=user, **seen))
         return _json(200, answer)
 
-    def _user_header_principal(self, headers: Mapping[str, str]) -> str | None:
-        raw = headers.get("X-user-token") or headers.get("X-Subject-Token")
-        if not raw:
-            return None
-        try:
-            return self._principal(self._verify(raw).claims)
-        except _Reject:
-            return None
 
-    def _auth_token(self, destination: EmulatedDestination, tenant: _Tenant, headers: Mapping[str, str],
-                    service_user: str | None, service_claims: Mapping[str, Any],
-                    service_raw: str) -> tuple[dict[str, Any], str | None]:
-        """One ``authTokens`` entry: the service runs the destination's token flow itself."""
-        auth = destination.authentication
-        props = destination.properties
-
-        def error(text: str, user: str | None = None) -> tuple[dict[str, Any], str | None]:
-            return {"type": "", "value": "", "error": text, "expires_in": "0"}, user
-
-        if auth == "BasicAuthentication":
-            value = base64.b64encode(f"{props['User']}:{props['Password']}".encode("utf-8")).decode("ascii")
-            return {"type": "Basic", "value": value, "http_header": {"key": "Authorization", "value": f"Basic {value}"}}, None
-        client_form = {"client_id": props.get("clientId", ""), "client_secret": props.get("clientSecret", "")}
-        if auth in ("OAuth2ClientCredentials", "OAuth2Password"):
-            form = {"grant_type": GRANT_CLIENT_CREDENTIALS, **client_form}
-            if auth == "OAuth2Password":
-                form.update(grant_type=GRANT_PASSWORD, username=props.get("User", ""), password=props.get("Password", ""))
-            answer = self._xsuaa_token(tenant, form, {}, url=props.get("tokenServiceURL", ""), via="destination-service")
-            return self._auth_token_from(answer, auth), None
-
-        if auth == "OAuth2TokenExchange":
-            raw = headers.get("X-Subject-Token")
-            token_type = headers.get("X-Subject-Token-Type")
-            if not raw or not token_type:
-                return error(_NO_USER_FOR.format(auth=auth))
-        else:
-            raw = headers.get("X-user-token")
-        system_user = props.get("SystemUser") if auth == "OAuth2SAMLBearerAssertion" else None
-        user: str | None = None
-        verified: _Verified | None = None
-        if raw:
-            try:
-                verified = self._verify(raw)
-            except _Reject as exc:
-                return error(f"The user token is not valid: {exc.description}")
-            user = self._principal(verified.claims)
-            if user is None:
-                return error(f"The user token carries no user: {_NO_USER_FOR.format(auth=auth)}")
-            if verified.kind == "ias" and not (props.get("x_user_token.jwks_uri") or props.get("x_user_token.jwks")):
-                return error("The user token is not issued by XSUAA: the destination needs the property "
-                             "'x_user_token.jwks_uri' or 'x_user_token.jwks' to verify it.")
-        elif service_user is not None and auth != "OAuth2TokenExchange":
-            user, verified = service_user, _Verified("xsuaa", service_claims, tenant)  # provider-user variant
-        elif system_user:
-            user = system_user
-        else:
-            return error(_NO_USER_FOR.format(auth=auth))
-
-        if auth == "OAuth2TokenExchange":
-            form = {"grant_type": GRANT_TOKEN_EXCHANGE, **client_form, "subject_token": raw or "",
-                    "subject_token_type": token_type or ""}
-            for key, value in props.items():
-                param = key[len("tokenService.body."):] if key.startswith("tokenService.body.") else None
-                if not param or param == "subject_token_type":  # the caller's X-Subject-Token-Type wins
-                    continue
-                if param == "requested_token_type":
-                    value = _expand_token_type(value)
-                elif param == "resource" and ":" not in value:
-                    value = _RESOURCE_PREFIX + value
-                form[param] = value
-            answer = self._ias_token(form, {}, url=props.get("tokenServiceURL", ""), via="destination-service")
-            return self._auth_token_from(answer, auth), user
-        if auth == "OAuth2SAMLBearerAssertion":
-            client = self._xsuaa_clients.get(props.get("clientId", ""))
-            if client is None:
-                return error("The destination's OAuth client is not known to the token service.", user)
-            assert user is not None
-            record = self._user_of(verified.claims if verified else {}, user)
-            claims = self._xsuaa_claims(tenant, client, GRANT_SAML2_BEARER, record, record.scopes)
-            token = self._sign_xsuaa(claims)
-            self._record(self.exchanges, Exchange(
-                "xsuaa", "saml2-bearer", client.id, user, 200, None, tenant.subdomain, verified.kind if verified else None,
-                "body", {}, fingerprint(raw) if raw else None, fingerprint(token), "destination-service",
-                props.get("tokenServiceURL", "")))
-            return self._auth_token_from(_json(200, self._token_answer(token, claims)), auth), user
-        # OAuth2JWTBearer / OAuth2UserTokenExchange: jwt-bearer at the destination's token service
-        # (provider-user variant: the find call's bearer is itself the user's token).
-        assertion = raw or service_raw
-        target_tenant = verified.tenant if verified is not None and verified.tenant is not None else tenant
-        form = {"grant_type": GRANT_JWT_BEARER, **client_form, "assertion": assertion}
-        answer = self._xsuaa_token(target_tenant, form, {}, url=props.get("tokenServiceURL", ""), via="destination-service")
-        return self._auth_token_from(answer, auth), user
-
-    @staticmethod
-    def _auth_token_from(answer: Response, auth: str) -> dict[str, Any]:
-        data = answer.json() or {}
-        if answer.status != 200:
-            return {"type": "", "value": "", "expires_in": "0",
-                    "error": f"Retrieval of OAuth token for '{auth}' failed: "
-                             f"{data.get('error', 'error')}: {data.get('error_description', '')}".rstrip(": ")}
-        issued = data.get("issued_token_type")
-        scheme = "SAML2.0" if issued == _SAML2_HEADER_TYPE else "Bearer"
-        value = data["access_token"]
-        return {"type": scheme if scheme != "Bearer" else "bearer", "value": value,
-                "http_header": {"key": "Authorization", "value": f"{scheme} {value}"},
-                "expires_in": str(data.get("expires_in", 0)), "scope": data.get("scope", "")}
-
+def _merged(destination: EmulatedDestination, fragment_name: str, fragment: Mapping[str, str]) -> EmulatedDestination:
+    """The destination with a fragment's properties over its own (``FragmentName`` added)."""
+    top = {field: fragment[key] for key, field in _TOP_LEVEL.items() if key in fragment}
+    if "authentication" in top:
+        top["authentication"] = _emulated_authentication(top["authentication"].lower()) or top["authentication"]
+    props = dict(destination.properties)
+    props.update({k: v for k, v in fragment.items() if k not in _TOP_LEVEL and k not in ("Name", "Type")})
+    props["FragmentName"] = fragment_name
+    return replace(destination, properties=props, **top)

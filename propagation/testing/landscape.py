@@ -143,7 +143,9 @@ class Landscape(_DestinationService, _Connectivity, _Backends):
         for name, (password, scopes) in (users if users is not None else DEFAULT_USERS).items():
             self.add_user(name, password=password, scopes=scopes)
         self._destinations: dict[str, EmulatedDestination] = {}
+        self._fragments: dict[tuple[str | None, str, str], dict[str, str]] = {}
         self._basic_users: dict[str, str] = {}  # backend communication users (Basic)
+        self._refresh: dict[str, tuple[str, str, str, tuple[str, ...]]] = {}
         self._opaque: dict[str, tuple[str, dict[str, Any]]] = {}  # opaque/SAML artefacts → (kind, claims)
         self._locations: set[str | None] = {None}
         self._listeners: list[Callable[["Landscape"], None]] = []
@@ -311,15 +313,7 @@ class Landscape(_DestinationService, _Connectivity, _Backends):
         if service is None or service == "onprem":
             return _json(404, {"error": "not_found", "error_description": f"No emulated service at {origin}."})
         if service in ("xsuaa", "uaadomain"):
-            if path == "/token_keys" and request.method == "GET":
-                return _json(200, {"keys": [{**self._xsuaa_issuer.jwk(), "value": self._xsuaa_issuer.public_pem}]})
-            if path == "/oauth/token" and service == "xsuaa":
-                if request.method != "POST":
-                    return _json(405, {"error": "method_not_allowed", "error_description": "Use POST."})
-                tenant = self._xsuaa_tenant_of(origin)
-                assert tenant is not None
-                return self._xsuaa_token(tenant, _form(request.body), request.headers, url=_strip_query(request.url))
-            return _json(404, {"error": "not_found", "error_description": f"No XSUAA endpoint {path}."})
+            return self._xsuaa_endpoint(request, origin, path, service)
         if service == "ias":
             if path == "/.well-known/openid-configuration" and request.method == "GET":
                 ias = self.origins.ias

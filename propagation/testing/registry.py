@@ -62,6 +62,14 @@ class EmulatedDestination:
     target: str  # "backend" | "iflow" | "onprem" | "external"
     properties: Mapping[str, str]
     forward_auth_token: bool = False
+    tenant: str | None = None  # subdomain of the only subaccount holding it; None: every tenant's
+    level: str = "subaccount"  # "subaccount" | "instance"
+
+    @property
+    def key(self) -> str:
+        """``name``, ``tenant/name``, ``name@instance`` or ``tenant/name@instance``."""
+        where = f"{self.tenant}/" if self.tenant else ""
+        return f"{where}{self.name}" + ("@instance" if self.level == "instance" else "")
 
     @property
     def needs_user(self) -> bool:
@@ -101,7 +109,8 @@ class EmulatedDestination:
     def __repr__(self) -> str:
         return (
             f"EmulatedDestination(name={self.name!r}, authentication={self.authentication!r}, "
-            f"proxy_type={self.proxy_type!r}, url={self.url!r}, source={self.source!r})"
+            f"proxy_type={self.proxy_type!r}, url={self.url!r}, source={self.source!r}, tenant={self.tenant!r}, "
+            f"level={self.level!r})"
         )
 
 

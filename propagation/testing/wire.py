@@ -21,12 +21,14 @@ GRANT_PASSWORD = "password"
 GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 GRANT_SAML2_BEARER = "urn:ietf:params:oauth:grant-type:saml2-bearer"
+GRANT_REFRESH_TOKEN = "refresh_token"
 _GRANT_NAMES = {
     GRANT_CLIENT_CREDENTIALS: "client_credentials",
     GRANT_PASSWORD: "password",
     GRANT_JWT_BEARER: "jwt-bearer",
     GRANT_TOKEN_EXCHANGE: "token-exchange",
     GRANT_SAML2_BEARER: "saml2-bearer",
+    GRANT_REFRESH_TOKEN: "refresh_token",
 }
 _TOKEN_TYPE = "urn:ietf:params:oauth:token-type:"
 _SAML2_HEADER_TYPE = "urn:sap:identity:oauth:token-type:saml2-header"

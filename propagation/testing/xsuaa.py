@@ -1,20 +1,70 @@
-"""The emulated XSUAA token endpoint (``{url}/oauth/token``)."""
+"""The emulated XSUAA: ``/oauth/token`` of every tenant (by subdomain host, or by the
+``X-zid`` header at ``https://{uaadomain}``) and ``/token_keys``.
+
+What XSUAA (UAA) does and the emulation follows: request parameters may come in the query
+string as well as in the form body (Spring merges both; the body wins on a clash); a zone is
+chosen by the host's first label, or, at the bare ``uaadomain`` host, by ``X-zid`` (what
+``@sap/xssec`` v4 sends for IAS tokens, which carry no subdomain); the password grant also
+returns a ``refresh_token``, redeemable with ``grant_type=refresh_token`` by the same client.
+"""
 
 from __future__ import annotations
 
 import hmac
+import secrets
 from typing import Mapping
-
+from urllib.parse import parse_qs, urlsplit
 
 from ..tokens import fingerprint
 from .issuing import _Issuing
 from .records import Exchange
 from .registry import _OAuthError, _Reject, _Tenant
-from .wire import GRANT_CLIENT_CREDENTIALS, GRANT_JWT_BEARER, GRANT_PASSWORD, Response, _json, _params, _short
+from .wire import (
+    GRANT_CLIENT_CREDENTIALS,
+    GRANT_JWT_BEARER,
+    GRANT_PASSWORD,
+    GRANT_REFRESH_TOKEN,
+    Request,
+    Response,
+    _form,
+    _json,
+    _origin,
+    _params,
+    _short,
+    _strip_query,
+)
 
 
 class _Xsuaa(_Issuing):
-    """XSUAA ``/oauth/token``: client_credentials, password, jwt-bearer."""
+    """XSUAA ``/oauth/token``: client_credentials, password, jwt-bearer, refresh_token."""
+
+    _refresh: dict[str, tuple[str, str, str, tuple[str, ...]]]  # refresh token → (zid, client, user, scopes)
+
+    def _xsuaa_endpoint(self, request: Request, origin: str, path: str, service: str) -> Response:
+        if path == "/token_keys" and request.method == "GET":
+            return _json(200, {"keys": [{**self._xsuaa_issuer.jwk(), "value": self._xsuaa_issuer.public_pem}]})
+        if path != "/oauth/token":
+            return _json(404, {"error": "not_found", "error_description": f"No XSUAA endpoint {path}."})
+        if request.method != "POST":
+            return _json(405, {"error": "method_not_allowed", "error_description": "Use POST."})
+        tenant = self._xsuaa_tenant_of(origin) if service == "xsuaa" else None
+        zid = (request.headers.get("X-zid") or "").strip()
+        if zid:
+            named = next((t for t in self.tenants.values() if t.zid == zid), None)
+            if named is None:
+                return _json(404, {"error": "not_found",
+                                   "error_description": f"Identity zone with id '{zid[:64]}' does not exist."})
+            at_uaadomain = origin == _origin(f"https://{self.origins.uaadomain}")
+            if tenant is not None and not at_uaadomain and named.zid != tenant.zid:
+                return _json(400, {"error": "invalid_request",
+                                   "error_description": "X-zid names another identity zone than the host's subdomain."})
+            tenant = named
+        if tenant is None:
+            return _json(400, {"error": "invalid_request",
+                               "error_description": "No identity zone: use the tenant's subdomain host or the X-zid header."})
+        query = {k: v[0] for k, v in parse_qs(urlsplit(request.url).query, keep_blank_values=True).items()}
+        form = {**query, **_form(request.body)}
+        return self._xsuaa_token(tenant, form, request.headers, url=_strip_query(request.url))
 
     # ------------------------------------------------------------------ XSUAA /oauth/token
     def _xsuaa_token(self, tenant: _Tenant, form: Mapping[str, str], headers: Mapping[str, str], *,
@@ -25,6 +75,7 @@ class _Xsuaa(_Issuing):
         subject: str | None = None
         assertion_fp: str | None = None
         params = _params(form)
+        extra: dict[str, str] = {}
         try:
             client, mode = self._client_auth(self._xsuaa_clients, form, headers)
             if not grant:
@@ -40,6 +91,22 @@ class _Xsuaa(_Issuing):
                         or not hmac.compare_digest(record.password.encode(), password.encode())):
                     raise _OAuthError(401, "unauthorized", "Bad credentials")
                 claims = self._xsuaa_claims(tenant, client, grant, record, record.scopes)
+                refresh = secrets.token_urlsafe(24)
+                with self._lock:
+                    self._refresh[refresh] = (tenant.zid, client.id, record.name, record.scopes)
+                extra = {"refresh_token": refresh}
+            elif grant == GRANT_REFRESH_TOKEN:
+                presented = form.get("refresh_token") or ""
+                with self._lock:
+                    grant_of = self._refresh.get(presented)
+                if grant_of is None or grant_of[0] != tenant.zid or grant_of[1] != client.id:
+                    raise _OAuthError(401, "invalid_token", "Invalid refresh token.")
+                user = grant_of[2]
+                with self._lock:
+                    record = self._users.get(user)
+                if record is None:
+                    raise _OAuthError(401, "invalid_token", "Invalid refresh token.")
+                claims = self._xsuaa_claims(tenant, client, GRANT_PASSWORD, record, grant_of[3])
             elif grant == GRANT_JWT_BEARER:
                 raw = form.get("assertion")
                 if not raw:
@@ -88,5 +155,5 @@ class _Xsuaa(_Issuing):
         self._record(self.exchanges, Exchange(
             "xsuaa", _short(grant_override or grant), client.id, user, 200, None, tenant.subdomain, subject, mode, params,
             assertion_fp, fingerprint(token), via, url))
-        return _json(200, self._token_answer(token, claims))
+        return _json(200, self._token_answer(token, claims, extra))
 

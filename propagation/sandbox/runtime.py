@@ -168,7 +168,7 @@ class Sandbox:
         assert self._request_type is not None
         return self._request_type(
             method=incoming.method, url=incoming.url, headers=incoming.headers,
-            body=incoming.body, via_proxy=incoming.via_proxy,
+            body=incoming.body, via_proxy=incoming.via_proxy, connection=incoming.connection,
         )
 
     def _answer(self, incoming: Incoming) -> Reply:

@@ -18,9 +18,11 @@ model, so the in-process tests and the sandbox cannot disagree.
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import logging
 import secrets
+import socket
 import socketserver
 import ssl
 import threading
@@ -52,6 +54,9 @@ LOOPBACK = "127.0.0.1"
 MAX_BODY = 1 << 20  # 1 MiB: token requests and OData bodies are small
 #: Set by the proxy on forwarded requests; the on-premise server refuses requests without it.
 TUNNEL_HEADER = "X-Sandbox-Tunnel"
+#: Set by the proxy next to the tunnel secret: the app's connection to the proxy, so that the
+#: on-premise system's record names the client connection (pooling through Connectivity).
+CONNECTION_HEADER = "X-Sandbox-Connection"
 #: Not forwarded by a proxy (RFC 9110 §7.6.1). Proxy-Authorization *is* forwarded: the
 #: on-premise stand-in plays the Cloud Connector too, which learns the principal from it.
 HOP_BY_HOP = frozenset(
@@ -80,6 +85,7 @@ class Incoming:
     headers: Mapping[str, str]
     body: bytes = b""
     via_proxy: bool = False
+    connection: str | None = None  # "<service>#<n>": the TCP connection the request came on
 
 
 class Reply(Protocol):
@@ -136,7 +142,21 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, service: "Service", tls: ssl.SSLContext | None) -> None:
         self.service = service
         self.tls = tls
+        self.local = threading.local()  # one connection per thread: its id
+        self._count = itertools.count(1)
+        self._open: set[Any] = set()
+        self._open_lock = threading.Lock()
         super().__init__((LOOPBACK, 0), _Handler)
+
+    def close_open_connections(self) -> None:
+        """Kept-alive connections outlive ``shutdown()``: end them so no request reaches a stopped sandbox."""
+        with self._open_lock:
+            sockets = list(self._open)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)
@@ -144,24 +164,48 @@ class _Server(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(15)
+        self.local.connection = f"{self.service.name}#{next(self._count)}"
+        with self._open_lock:
+            self._open.add(request)
+        try:
+            self._serve_connection(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open.discard(request)
+
+    def _serve_connection(self, request: Any, client_address: Any) -> None:
         handler: Any = self.RequestHandlerClass
         if self.tls is None:
             handler(request, client_address, self)
             return
         try:
-            conn = self.tls.wrap_socket(request, server_side=True)
+            conn = self.tls.wrap_socket(request, server_side=True)  # detaches ``request``: track ``conn``
         except (ssl.SSLError, OSError):
             return  # a client that does not trust the sandbox CA, or went away
+        with self._open_lock:
+            self._open.discard(request)
+            self._open.add(conn)
         try:
             handler(conn, client_address, self)
         finally:
+            with self._open_lock:
+                self._open.discard(conn)
             conn.close()
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with persistent connections, as BTP's endpoints: a client that pools
+    connections reuses them (each request's ``connection`` id shows it); ``Connection:
+    close`` from the client, or a request the transport refuses, ends the connection."""
+
     server: _Server
     server_version = "propagation-sandbox/1"
+    protocol_version = "HTTP/1.1"
     timeout = 15
+
+    @property
+    def connection_id(self) -> str | None:
+        return getattr(self.server.local, "connection", None)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # request lines may carry query strings; the landscape keeps fingerprinted records
@@ -211,11 +255,12 @@ class _Handler(BaseHTTPRequestHandler):
             if name.lower() not in HOP_BY_HOP:
                 self.send_header(name, str(value))
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self.close_connection = True
+        self.wfile.flush()
 
 
 # --------------------------------------------------------------------------- services
@@ -262,6 +307,7 @@ class Service:
             self._server.shutdown()
             self._thread.join(timeout=5)
             self._thread = None
+        self._server.close_open_connections()
         self._server.server_close()
 
     # -- one request ----------------------------------------------------------------
@@ -269,6 +315,7 @@ class Service:
         try:
             reply = self.handle(handler)
         except _BadRequest as exc:
+            handler.close_connection = True  # the body may be unread: the stream is out of step
             reply = SimpleReply.json(exc.status, "invalid_request", str(exc))
         except Exception as exc:  # noqa: BLE001 - a server answers, it does not die
             log.error("sandbox %s: %s while answering %s", self.name, type(exc).__name__, handler.command)
@@ -283,7 +330,8 @@ class Service:
             raise _BadRequest(400, f"{self.name} is not a proxy")
         body = handler.read_body()
         assert self.answer is not None
-        return self.answer(Incoming(handler.command, self.origin + handler.path, handler.headers_dict(), body, False))
+        return self.answer(Incoming(handler.command, self.origin + handler.path, handler.headers_dict(), body, False,
+                                    handler.connection_id))
 
 
 class OnPremiseService(Service):
@@ -303,7 +351,9 @@ class OnPremiseService(Service):
     def handle(self, handler: _Handler) -> Reply:
         headers = handler.headers_dict()
         presented = headers.pop(TUNNEL_HEADER, "")
+        client_connection = headers.pop(CONNECTION_HEADER, None)
         if not secrets.compare_digest(presented.encode(), self.tunnel_secret.encode()):
+            handler.close_connection = True
             return SimpleReply.json(
                 403, "forbidden", "The on-premise system is reachable only through the Connectivity proxy."
             )
@@ -311,7 +361,8 @@ class OnPremiseService(Service):
             raise _BadRequest(400, f"{self.name} is not a proxy")
         body = handler.read_body()
         assert self.answer is not None
-        return self.answer(Incoming(handler.command, self.virtual_origin + handler.path, headers, body, True))
+        return self.answer(Incoming(handler.command, self.virtual_origin + handler.path, headers, body, True,
+                                    client_connection))
 
 
 class ConnectivityProxy(Service):
@@ -340,6 +391,7 @@ class ConnectivityProxy(Service):
 
     def handle(self, handler: _Handler) -> Reply:
         if handler.command == "CONNECT":
+            handler.close_connection = True
             return SimpleReply.json(
                 405, "method_not_allowed",
                 "CONNECT is not supported: on-premise URLs are http:// virtual hosts of the Cloud Connector.",
@@ -349,7 +401,7 @@ class ConnectivityProxy(Service):
         if parts.scheme.lower() != "http" or not parts.hostname:
             raise _BadRequest(400, "a proxy request needs an absolute http:// URL (absolute-form request target)")
         body = handler.read_body()
-        incoming = Incoming(handler.command, handler.path, handler.headers_dict(), body, True)
+        incoming = Incoming(handler.command, handler.path, handler.headers_dict(), body, True, handler.connection_id)
         if self.check is None:
             raise RuntimeError("proxy has no check")
         denied = self.check(incoming)
@@ -376,6 +428,8 @@ class ConnectivityProxy(Service):
         headers = {k: v for k, v in incoming.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["Host"] = netloc
         headers[TUNNEL_HEADER] = target.tunnel_secret
+        if incoming.connection:
+            headers[CONNECTION_HEADER] = incoming.connection
         conn: http.client.HTTPConnection
         if target.scheme == "https":
             conn = http.client.HTTPSConnection(LOOPBACK, target.port, timeout=self.timeout, context=self.client_tls)

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 
 from ..tokens import fingerprint
-from .issuing import _Issuing
+from .issuing import _CONNECTION, _Issuing
 from .records import Call
 from .registry import _Reject
 from .wire import NO_USER_TOKEN_MESSAGE, Request, Response, _basic_user, _bearer, _json, _odata_error, _origin
@@ -21,6 +21,13 @@ class _Connectivity(_Issuing):
         """What the Connectivity proxy checks before forwarding: ``Proxy-Authorization`` is an
         unexpired XSUAA token of the connectivity client, and a Cloud Connector is connected
         for ``SAP-Connectivity-SCC-Location_ID``. ``None``: forward; else the answer (407/503)."""
+        reset = _CONNECTION.set(getattr(request, "connection", None))
+        try:
+            return self._check_proxy(request)
+        finally:
+            _CONNECTION.reset(reset)
+
+    def _check_proxy(self, request: Request) -> Response | None:
         raw = _bearer(request.headers.get("Proxy-Authorization"))
         location = request.headers.get("SAP-Connectivity-SCC-Location_ID") or None
         parts = urlsplit(request.url)
@@ -45,7 +52,7 @@ class _Connectivity(_Issuing):
         return None
 
     def _onprem(self, request: Request, origin: str, path: str) -> Response:
-        refused = self.check_proxy(request)
+        refused = self._check_proxy(request)
         if refused is not None:
             return refused
         location = request.headers.get("SAP-Connectivity-SCC-Location_ID") or None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
+import dataclasses
 import hmac
 import threading
 import time
@@ -17,6 +19,10 @@ import jwt
 from .records import Call, Exchange, Records, Traffic
 from .registry import EmulatedDestination, _Client, _Issuer, _OAuthError, _Reject, _Tenant, _User, _Verified
 from .wire import GRANT_CLIENT_CREDENTIALS, Origins
+
+
+#: The transport's id of the connection the request being answered came on (sandbox only).
+_CONNECTION: contextvars.ContextVar[str | None] = contextvars.ContextVar("landscape_connection", default=None)
 
 
 class _Issuing:
@@ -58,6 +64,11 @@ class _Issuing:
     _locations: set[str | None]
 
     def _record(self, records: Records[Any], record: Any) -> None:
+        """Append a record, stamped with the client connection of the request being answered
+        (not for the token requests the Destination service makes itself)."""
+        connection = _CONNECTION.get()
+        if connection is not None and getattr(record, "connection", "") is None and getattr(record, "via", "app") == "app":
+            record = dataclasses.replace(record, connection=connection)
         with self._lock:
             records.append(record)
 

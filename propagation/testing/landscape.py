@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from .backends import _Backends
 from .connectivity import _Connectivity
 from .destination_service import _DestinationService
+from .issuing import _CONNECTION
 from .records import Call, Exchange, Records, Traffic
 from .registry import EmulatedDestination, _Client, _Tenant, _User, _new_issuer
 from .wire import (
@@ -296,12 +297,17 @@ class Landscape(_DestinationService, _Connectivity, _Backends):
 
     def handle(self, request: Request) -> Response:
         """Answer one request as the service at its origin would. Never raises."""
+        reset = _CONNECTION.set(getattr(request, "connection", None))
         try:
-            response = self._dispatch(request)
-        except Exception:  # noqa: BLE001 - a bug in the model must surface as a 500, never a traceback in the app
-            logger.exception("emulated landscape failed on %s %s", request.method, _strip_query(request.url))
-            response = _json(500, {"error": "server_error", "error_description": "The emulated service failed."})
-        self._record(self.traffic, Traffic(request.method, _strip_query(request.url), response.status, request.via_proxy))
+            try:
+                response = self._dispatch(request)
+            except Exception:  # noqa: BLE001 - a bug in the model must surface as a 500, never a traceback in the app
+                logger.exception("emulated landscape failed on %s %s", request.method, _strip_query(request.url))
+                response = _json(500, {"error": "server_error", "error_description": "The emulated service failed."})
+            self._record(self.traffic, Traffic(request.method, _strip_query(request.url), response.status,
+                                               request.via_proxy))
+        finally:
+            _CONNECTION.reset(reset)
         return response
 
     def _dispatch(self, request: Request) -> Response:

@@ -35,6 +35,11 @@ class Records(list, Generic[R]):  # type: ignore[type-arg]
         """One field of every record, in order."""
         return [getattr(record, name) for record in self]
 
+    def distinct(self, name: str) -> list[Any]:
+        """The distinct values of one field, in order of first appearance (``None`` left out):
+        ``landscape.traffic.where(url=...).distinct("connection")`` counts connections."""
+        return [v for v in dict.fromkeys(self.values(name)) if v is not None]
+
     def __repr__(self) -> str:
         return f"Records({list.__repr__(self)})"
 
@@ -58,6 +63,7 @@ class Exchange:
     issued: str | None = None  # fingerprint of the issued token
     via: str = "app"  # "app" | "destination-service"
     url: str = ""
+    connection: str | None = None  # the client's TCP connection (sandbox: "xsuaa#3"); None in process
 
     @property
     def ok(self) -> bool:
@@ -83,6 +89,7 @@ class Call:
     token: str | None = None  # fingerprint of the bearer token
     error: str | None = None
     query: Mapping[str, str] = field(default_factory=dict)
+    connection: str | None = None  # the client's TCP connection (through the proxy: the app's to the proxy)
 
     @property
     def ok(self) -> bool:
@@ -97,5 +104,6 @@ class Traffic:
     url: str  # without the query
     status: int
     via_proxy: bool = False
+    connection: str | None = None
 
 

@@ -81,6 +81,7 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     via_proxy: bool = False
+    connection: str | None = None  # the transport's id of the TCP connection (sandbox), None in process
 
     def __post_init__(self) -> None:
         if not isinstance(self.headers, CaseInsensitiveDict):

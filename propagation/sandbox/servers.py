@@ -74,6 +74,7 @@ class Forwarded:
     user_header: bool  # SAP-Connectivity-Authentication present (the "header" mode)
     location: str | None
     status: int
+    connection: str | None = None  # the app's connection to the proxy
 
 
 @dataclass(frozen=True)
@@ -268,9 +269,13 @@ class Service:
     """One origin served on ``127.0.0.1:<ephemeral port>``; the port is known once
     constructed (bound, not yet serving), so the landscape's origins can be built first."""
 
-    def __init__(self, name: str, tls: ssl.SSLContext | None, *, host: str = "localhost") -> None:
+    def __init__(self, name: str, tls: ssl.SSLContext | None, *, host: str = "localhost",
+                 virtual_hosts: str | None = None) -> None:
         self.name = name
         self.host = host
+        #: Answer for ``<label>.<virtual_hosts>:<port>`` too, as the origin the client named in
+        #: ``Host`` (XSUAA: one server, a subdomain per tenant), e.g. ``localhost``.
+        self.virtual_hosts = virtual_hosts
         self.answer: Answer | None = None
         self._server = _Server(self, tls)
         self._thread: threading.Thread | None = None
@@ -330,8 +335,22 @@ class Service:
             raise _BadRequest(400, f"{self.name} is not a proxy")
         body = handler.read_body()
         assert self.answer is not None
-        return self.answer(Incoming(handler.command, self.origin + handler.path, handler.headers_dict(), body, False,
+        origin = self._virtual_origin(handler.headers.get("Host") or "") or self.origin
+        return self.answer(Incoming(handler.command, origin + handler.path, handler.headers_dict(), body, False,
                                     handler.connection_id))
+
+    def _virtual_origin(self, host: str) -> str | None:
+        """``https://acme.localhost:P`` when the client asked for that host of this server."""
+        if not self.virtual_hosts:
+            return None
+        name, _, port = host.strip().lower().rpartition(":")
+        if port != str(self.port) or not name:
+            return None
+        base = self.virtual_hosts.lower()
+        label, dot, rest = name.partition(".")
+        if name == base or (dot and rest == base and label.replace("-", "").isalnum()):
+            return f"{self.scheme}://{name}:{self.port}"
+        return None
 
 
 class OnPremiseService(Service):
@@ -384,6 +403,7 @@ class ConnectivityProxy(Service):
         self.routes: dict[str, OnPremiseService] = {}
         self.timeout = 30.0
         self.forwarded: list[Forwarded] = []
+        self._observers: list[Callable[[Forwarded], None]] = []
         self._lock = threading.Lock()
 
     def map(self, service: OnPremiseService) -> None:
@@ -417,11 +437,29 @@ class ConnectivityProxy(Service):
             incoming.method, f"http://{parts.netloc}{parts.path or '/'}",
             fingerprint(bearer[7:].strip()) if bearer[:7].lower() == "bearer " else None,
             "SAP-Connectivity-Authentication" in incoming.headers,
-            incoming.headers.get("SAP-Connectivity-SCC-Location_ID"), int(reply.status),
+            incoming.headers.get("SAP-Connectivity-SCC-Location_ID"), int(reply.status), incoming.connection,
         )
         with self._lock:
             self.forwarded.append(record)
+            observers = list(self._observers)
+        for observer in observers:
+            try:
+                observer(record)
+            except Exception:  # noqa: BLE001 - a broken observer must not change an answer
+                pass
         return reply
+
+    def observe(self, observer: Callable[[Forwarded], None]) -> Callable[[], None]:
+        """Call ``observer(forwarded)`` after each forwarded request (the live trace)."""
+        with self._lock:
+            self._observers.append(observer)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if observer in self._observers:
+                    self._observers.remove(observer)
+
+        return unsubscribe
 
     def forward(self, target: OnPremiseService, incoming: Incoming, path: str, query: str, netloc: str) -> Reply:
         """Relay over a real socket (TLS with the sandbox CA when the target speaks it)."""

@@ -11,7 +11,7 @@ import hmac
 import threading
 import time
 import uuid
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import unquote_plus, urlsplit
 
 import jwt
@@ -62,6 +62,7 @@ class _Issuing:
     _basic_users: dict[str, str]
     _opaque: dict[str, tuple[str, dict[str, Any]]]
     _locations: set[str | None]
+    _observers: list[Callable[[Any], None]]
 
     def _record(self, records: Records[Any], record: Any) -> None:
         """Append a record, stamped with the client connection of the request being answered
@@ -71,6 +72,25 @@ class _Issuing:
             record = dataclasses.replace(record, connection=connection)
         with self._lock:
             records.append(record)
+            observers = list(self._observers)
+        for observer in observers:
+            try:
+                observer(record)
+            except Exception:  # noqa: BLE001 - a broken observer must not change an answer
+                pass
+
+    def observe(self, observer: Callable[[Any], None]) -> Callable[[], None]:
+        """Call ``observer(record)`` after each record (:class:`Exchange`, :class:`Call`,
+        :class:`Traffic`) as it happens — the sandbox's live trace; returns the unsubscriber."""
+        with self._lock:
+            self._observers.append(observer)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if observer in self._observers:
+                    self._observers.remove(observer)
+
+        return unsubscribe
 
     def add_user(self, name: str, *, password: str | None = None, scopes: Iterable[str] = ("Read",),
                  email: str | None = None) -> None:

@@ -150,6 +150,7 @@ class Landscape(_DestinationService, _Connectivity, _Backends):
         self._opaque: dict[str, tuple[str, dict[str, Any]]] = {}  # opaque/SAML artefacts → (kind, claims)
         self._locations: set[str | None] = {None}
         self._listeners: list[Callable[["Landscape"], None]] = []
+        self._observers: list[Callable[[Any], None]] = []
 
         # -- records ----------------------------------------------------------------------
         self.exchanges: Records[Exchange] = Records()

@@ -193,3 +193,23 @@ def test_token_for_an_unknown_tenant_is_refused_by_name() -> None:
         proc = subprocess.run([sys.executable, "-m", "propagation.sandbox", "token", "alice", "--tenant", "nowhere",
                                "--dir", str(box.directory)], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 1 and "no tenant 'nowhere'" in proc.stderr and not proc.stdout
+
+
+# ----------------------------------------------------------------------------- exec: a child that served nothing
+@pytest.mark.parametrize("quick_exit, code, warned", [
+    pytest.param(1.0, 0, True, id="quick-success-warns"),
+    pytest.param(0.0, 0, False, id="long-enough-no-warning"),
+    pytest.param(1.0, 3, False, id="failure-speaks-for-itself"),
+])
+def test_exec_warns_when_the_command_exits_at_once(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                   quick_exit: float, code: int, warned: bool) -> None:
+    from propagation.sandbox import cli
+
+    monkeypatch.setattr(cli, "QUICK_EXIT", quick_exit)
+    monkeypatch.setattr(runtime, "labelled_hosts_resolve", lambda label="provider": False)
+    rc = cli.main(["exec", "--", sys.executable, "-c", f"raise SystemExit({code})"])
+    err = capsys.readouterr().err
+    assert rc == code
+    assert ("never listened" in err) is warned
+    if warned:
+        assert "app.run(" in err and "$PORT" in err

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
+import json
 import os
 import sys
 from typing import Mapping, Sequence, TextIO
 
 from .common import (
+    EXIT_BROKEN_PIPE,
     EXIT_CONFIGURATION,
     EXIT_EXCHANGE,
     EXIT_MISSING_USER,
@@ -117,16 +120,40 @@ def main(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
-    """Run the command line; returns the exit code (never raises, never prints a traceback)."""
+    """Run the command line; returns the exit code (never raises, never prints a traceback).
+
+    With ``--json`` an error is also one JSON object on stdout (``{"ok": false, "error":
+    {...}}``); a reader that closes stdout early (``| head -1``) ends the command quietly
+    with 141 (128 + SIGPIPE), as a command killed by SIGPIPE would."""
     env = os.environ if environ is None else environ
-    io_ = _Io(stdout or sys.stdout, stderr or sys.stderr)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    io_ = _Io(stdout or sys.stdout, stderr or sys.stderr, json="--json" in args_list)
     stdin = sys.stdin if stdin is None else stdin
-    parser = _parser()
     try:
-        with contextlib.redirect_stdout(io_.stdout), contextlib.redirect_stderr(io_.stderr):
-            args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        code = _run(args_list, io_, env, stdin)
+        io_.stdout.flush()  # inside the guard: buffered output may meet a closed pipe only now
+        return code
+    except BrokenPipeError:
+        _silence(io_.stdout)
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: list[str], io_: _Io, env: Mapping[str, str], stdin: TextIO) -> int:
+    parser = _parser()
+    usage = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(io_.stdout), contextlib.redirect_stderr(usage):
+            args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        text = usage.getvalue()
+        io_.stderr.write(text)
+        code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        if code != EXIT_OK and io_.json:
+            message = next((line.split("error: ", 1)[1] for line in reversed(text.splitlines()) if "error: " in line),
+                           "usage error")
+            io_.out(json.dumps({"ok": False, "error": {"command": None, "exit_code": code, "kind": "usage",
+                                                       "message": message}}, sort_keys=True))
+        return code
     if args.command is None:
         parser.print_help(io_.stderr)
         return EXIT_USAGE
@@ -137,10 +164,25 @@ def main(
             return _cmd_doctor(args, io_, env)
         return _cmd_exchange(args, io_, env, stdin)
     except _UsageError as exc:
-        io_.err(f"{PROG} {args.command}: error: {exc}")
-        return EXIT_USAGE
+        return io_.fail(args.command, str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise
     except Exception as exc:  # noqa: BLE001 - the promise is: no traceback, no secret
-        io_.err(f"{PROG} {args.command}: internal error ({type(exc).__name__}); please report it.")
-        return EXIT_PROBLEMS
+        return io_.fail(args.command, f"{type(exc).__name__}; please report it.", EXIT_PROBLEMS, kind="internal error")
+
+
+def _silence(stream: TextIO) -> None:
+    """After EPIPE: point the stream's descriptor at /dev/null so the interpreter's final
+    flush does not fail a second time."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:
+        pass

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TextIO
+from typing import Any, Mapping, TextIO
 from urllib.parse import urlsplit
 
 from ..tokens import UserToken
@@ -17,6 +19,8 @@ EXIT_MISSING_USER = 3
 EXIT_EXCHANGE = 4
 EXIT_NOT_FOUND = 5
 EXIT_CONFIGURATION = 6
+#: The reader of stdout went away (``| head -1``): 128 + SIGPIPE, quietly.
+EXIT_BROKEN_PIPE = 141
 
 #: Environment variable ``exchange`` reads the user token from when ``--token`` is absent.
 TOKEN_ENV = "PROPAGATION_TOKEN"
@@ -41,8 +45,13 @@ _OAUTH_CLIENT_AUTHENTICATIONS = frozenset(
     {"OAuth2ClientCredentials", "OAuth2Password", "OAuth2JWTBearer", "OAuth2UserTokenExchange", "OAuth2TokenExchange"}
 )
 _SERVICE_ONLY_AUTHENTICATIONS = frozenset({"OAuth2SAMLBearerAssertion", "ClientCertificateAuthentication"})
-#: Credential keys whose values are secrets (matched as substrings, lower case).
-_SECRET_KEY_PARTS = ("secret", "password", "key", "certificate", "token")
+#: Credential keys whose values are secrets whatever they look like (lower case).
+_SECRET_KEYS = frozenset({"clientsecret", "client_secret", "password", "passwd", "secret", "key", "private_key",
+                          "privatekey", "certificate", "refresh_token", "access_token", "id_token", "token"})
+#: Key endings that name secret material (``tokenServicePassword``, ``serviceKeySecret``).
+_SECRET_KEY_ENDINGS = ("secret", "password", "passwd", "_key", "privatekey")
+_URL_OR_HOST = re.compile(r"^(?:[a-z][a-z0-9+.-]*://\S+|[a-z0-9-]+(?:\.[a-z0-9-]+)+(?::\d+)?)$", re.IGNORECASE)
+_JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*$")
 #: Header values that are safe to print (everything else may be a credential).
 _PLAIN_HEADERS = frozenset({"sap-connectivity-scc-location_id"})
 
@@ -51,12 +60,29 @@ class _UsageError(Exception):
     """A wrong command line; exit 2 with the message."""
 
 
+def is_secret(key: str, value: str) -> bool:
+    """Whether a credential value is a secret, judged by what it is, not by a key substring:
+    a client secret or password under its own key always; key material (PEM), a JWT, or a
+    value under a key/token key unless it is a URL or host name (``token_service_url``,
+    ``token_service_domain``, ``uaadomain`` stay readable in error messages)."""
+    k = key.lower()
+    if k in ("clientsecret", "client_secret", "password", "passwd", "secret") or k.endswith(_SECRET_KEY_ENDINGS[:3]):
+        return True
+    text = value.strip()
+    if "-----BEGIN" in text or (text.startswith("eyJ") and _JWT_SHAPE.match(text)):
+        return True
+    if not text or _URL_OR_HOST.match(text):
+        return False
+    return k in _SECRET_KEYS or k.endswith(_SECRET_KEY_ENDINGS) or k.endswith(("key", "token"))
+
+
 # -- output helpers ---------------------------------------------------------------------------------
 @dataclass
 class _Io:
     stdout: TextIO
     stderr: TextIO
     secrets: set[str] = field(default_factory=set)
+    json: bool = False  # errors also as one JSON object on stdout (``--json``)
 
     def scrub(self, text: str) -> str:
         for secret in sorted(self.secrets, key=len, reverse=True):
@@ -69,6 +95,23 @@ class _Io:
 
     def err(self, text: str) -> None:
         self.stderr.write(self.scrub(text) + "\n")
+
+    def fail(self, command: str | None, message: str, code: int, *, kind: str = "error", hint: str | None = None,
+             detail: Mapping[str, Any] | None = None) -> int:
+        """Report an error: text on stderr; with ``--json`` also ``{"ok": false, "error": {...}}``
+        on stdout, so a script reading stdout sees the failure as JSON. Returns ``code``."""
+        where = f"{PROG} {command}" if command else PROG
+        extra = ", ".join(f"{k} {v}" for k, v in (detail or {}).items() if v not in (None, ""))
+        self.err(f"{where}: {kind}: {message}" + (f" [{extra}]" if extra else ""))
+        if hint:
+            self.err(f"hint: {hint}")
+        if self.json:
+            error: dict[str, Any] = {"command": command, "exit_code": code, "kind": kind, "message": message}
+            if hint:
+                error["hint"] = hint
+            error.update({k: v for k, v in (detail or {}).items() if v not in (None, "")})
+            self.out(json.dumps({"ok": False, "error": error}, sort_keys=True))
+        return code
 
 
 def _duration(seconds: float) -> str:

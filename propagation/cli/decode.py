@@ -12,7 +12,6 @@ from ..tokens import UserToken
 from .common import (
     EXIT_OK,
     EXIT_USAGE,
-    PROG,
     _ALL_AUTHENTICATIONS,
     _Io,
     _expiry_text,
@@ -60,6 +59,18 @@ def _diagnosis(token: UserToken, now: float, args: argparse.Namespace) -> dict[s
     findings: list[str] = ["The signature was NOT verified: decode only reads the token."]
     technical, why = _is_technical(token)
     expired = token.is_expired(now=now)
+    alg = str(token.header.get("alg") or "")
+    unsigned = alg.lower() in ("", "none")
+    if unsigned:
+        findings.append(
+            f"WARNING: alg is {alg or 'missing'!r}: the token is unsigned. The middleware (sap-xssec) and every BTP "
+            "service refuse it; it cannot be a token an IdP issued."
+        )
+    no_exp = token.expires_at is None
+    if no_exp:
+        findings.append(
+            "WARNING: no 'exp' claim: the middleware refuses tokens without an expiry, and no exchange will accept it."
+        )
     if technical:
         findings.append(
             f"Technical token ({why}): it carries no user, so it cannot serve destinations that need a user "
@@ -95,9 +106,11 @@ def _diagnosis(token: UserToken, now: float, args: argparse.Namespace) -> dict[s
                 + ". One of them is the XSUAA trust client if IAS→XSUAA exchange (xsuaa-cross-consumption) should "
                 "work; check with --xsuaa-trust-client-id ID."
             )
-        else:
+        elif not (args.public_client and token.claims.get("azp") == args.public_client):
+            issued_to = token.claims.get("azp") or token.client_id or "?"
             findings.append(
-                "aud holds only the IAS application's own client: no XSUAA trust client, so an IAS→XSUAA exchange "
+                f"aud holds only '{issued_to}', the client the token was issued to (the IAS application's own "
+                "client, or a public client): no XSUAA trust client, so an IAS→XSUAA exchange "
                 "(xsuaa-cross-consumption) will be refused until the token is exchanged at IAS /oauth2/token."
             )
         azp = token.claims.get("azp")
@@ -128,6 +141,10 @@ def _diagnosis(token: UserToken, now: float, args: argparse.Namespace) -> dict[s
         if auth in ("NoAuthentication", "BasicAuthentication", "OAuth2ClientCredentials", "OAuth2Password",
                     "ClientCertificateAuthentication"):
             serves[auth] = "yes (needs no user)"
+        elif unsigned:
+            serves[auth] = "no (unsigned token: refused)"
+        elif no_exp:
+            serves[auth] = "no (no 'exp': refused)"
         elif technical:
             serves[auth] = "no (technical token: no user)"
         elif expired:
@@ -140,7 +157,8 @@ def _diagnosis(token: UserToken, now: float, args: argparse.Namespace) -> dict[s
             serves[auth] = "yes, OnPremise through the Connectivity proxy"
         else:
             serves[auth] = f"yes, if the destination's token service trusts the issuer {issuer}"
-    return {"technical": technical, "expired": expired, "findings": findings, "ias": ias, "serves": serves}
+    return {"technical": technical, "expired": expired, "unsigned": unsigned, "no_exp": no_exp, "findings": findings,
+            "ias": ias, "serves": serves}
 
 
 def _cmd_decode(args: argparse.Namespace, io_: _Io, stdin: TextIO) -> int:
@@ -149,8 +167,7 @@ def _cmd_decode(args: argparse.Namespace, io_: _Io, stdin: TextIO) -> int:
     try:
         token = UserToken.parse(raw)
     except InvalidTokenError as exc:
-        io_.err(f"{PROG} decode: error: {exc.error_description}")
-        return EXIT_USAGE
+        return io_.fail("decode", str(exc.error_description), EXIT_USAGE)
     now = time.time()
     summary = _token_summary(token, now)
     diagnosis = _diagnosis(token, now, args)

@@ -14,7 +14,7 @@ from .common import (
     PROG,
     _Io,
     _OAUTH_CLIENT_AUTHENTICATIONS,
-    _SECRET_KEY_PARTS,
+    is_secret,
     _SERVICE_ONLY_AUTHENTICATIONS,
     _host,
 )
@@ -33,14 +33,14 @@ def _credential_keys(credentials: Mapping[str, Any], prefix: str = "") -> list[s
 
 
 def _secret_values(value: Any, key: str = "") -> Iterable[str]:
-    """Every string under a secret-looking key (for scrubbing), recursively."""
+    """Every secret string of a credentials tree (for scrubbing), judged by :func:`is_secret`."""
     if isinstance(value, Mapping):
         for k, v in value.items():
             yield from _secret_values(v, str(k))
     elif isinstance(value, (list, tuple)):
         for v in value:
             yield from _secret_values(v, key)
-    elif isinstance(value, str) and any(part in key.lower() for part in _SECRET_KEY_PARTS):
+    elif isinstance(value, str) and is_secret(key, value):
         yield value
 
 
@@ -52,10 +52,12 @@ def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io) -> dict[str, 
 
     problems: list[str] = []
     notes: list[str] = []
+    unreadable: str | None = None
     try:
         bindings = Bindings.from_env(environ, cwd=cwd)
     except ConfigurationError as exc:
         problems.append(f"Service bindings cannot be read: {exc}")
+        unreadable = str(exc)
         bindings = Bindings()
     for binding in bindings:
         io_.secrets.update(_secret_values(binding.credentials))
@@ -179,6 +181,7 @@ def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io) -> dict[str, 
 
     return {
         "sources": list(bindings.sources),
+        "bindings_unreadable": unreadable is not None,
         "bindings": binding_rows,
         "destinations": destination_rows,
         "notes": notes,
@@ -192,7 +195,10 @@ def _cmd_doctor(args: argparse.Namespace, io_: _Io, environ: Mapping[str, str]) 
     if args.json:
         io_.out(json.dumps(report, indent=2, sort_keys=True))
         return EXIT_OK if report["ok"] else EXIT_PROBLEMS
-    sources = ", ".join(report["sources"]) or "none found (no VCAP_SERVICES, SERVICE_BINDING_ROOT or default-env.json)"
+    if report["bindings_unreadable"]:
+        sources = "UNREADABLE: a binding source is malformed, see the first problem below"
+    else:
+        sources = ", ".join(report["sources"]) or "none found (no VCAP_SERVICES, SERVICE_BINDING_ROOT or default-env.json)"
     io_.out(f"Bindings ({len(report['bindings'])}; read from: {sources}):")
     for b in report["bindings"]:
         io_.out(f"  {b['name']}  label={b['label']}  plan={b['plan'] or '-'}  source={b['source']}")

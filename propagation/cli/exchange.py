@@ -77,8 +77,7 @@ def _cmd_exchange(
         try:
             user = UserToken.parse(raw)
         except InvalidTokenError as exc:
-            io_.err(f"{PROG} exchange: error: the user token is malformed: {exc.error_description}")
-            return EXIT_USAGE
+            return io_.fail("exchange", f"the user token is malformed: {exc.error_description}", EXIT_USAGE)
     hint: str | None = None
     try:
         propagator = Propagator.from_env(environ, cwd=args.dir)
@@ -99,10 +98,7 @@ def _cmd_exchange(
             hint = f"pass the user's JWT with --token JWT, --token - (stdin) or the {TOKEN_ENV} variable."
         return _fail(io_, exc, EXIT_MISSING_USER, hint)
     except TokenExchangeError as exc:
-        detail = ", ".join(
-            f"{k} {v}" for k, v in (("status", exc.status), ("error", exc.error), ("description", exc.error_description))
-            if v not in (None, "")
-        )
+        detail = {"status": exc.status, "error": exc.error, "description": exc.error_description}
         if exc.error == "invalid_grant":
             hint = "the user token was refused: it may be expired, or its issuer is not trusted by that token service."
         elif exc.error in ("invalid_client", "unauthorized_client"):
@@ -177,11 +173,6 @@ def _cmd_exchange(
     return EXIT_OK
 
 
-def _fail(io_: _Io, exc: Exception, code: int, hint: str | None, detail: str = "") -> int:
+def _fail(io_: _Io, exc: Exception, code: int, hint: str | None, detail: Mapping[str, Any] | None = None) -> int:
     message = " ".join(str(exc).split())
-    io_.err(f"{PROG} exchange: error: {message}" + (f" [{detail}]" if detail else ""))
-    if hint:
-        io_.err(f"hint: {hint}")
-    return code
-
-
+    return io_.fail("exchange", message, code, hint=hint, detail=detail)

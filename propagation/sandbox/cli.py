@@ -42,6 +42,8 @@ __all__ = ["main", "build_parser"]
 
 #: Seconds a child of ``exec`` gets to stop after the forwarded Ctrl-C/SIGTERM.
 KILL_AFTER = 10.0
+#: A child that ends successfully faster than this served nothing: ``exec`` says so.
+QUICK_EXIT = 1.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +196,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
             env = {**os.environ, **sandbox.environ()}
             print(f"propagation sandbox up: {STATE_ENV}={sandbox.directory} (`token USER` logs a user in); "
                   f"running {cmd[0]}", file=sys.stderr, flush=True)
+            started = time.monotonic()
             try:
                 child = subprocess.Popen(cmd, env=env)
             except OSError as exc:
@@ -210,6 +213,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
                         forwarded = time.monotonic()
                     elif forwarded is not None and time.monotonic() - forwarded > KILL_AFTER:
                         child.kill()  # it ignored the signal
+            if code == 0 and forwarded is None and time.monotonic() - started < QUICK_EXIT:
+                print(f"exec: warning: {cmd[-1] if len(cmd) > 1 else cmd[0]} exited (code 0) within "
+                      f"{QUICK_EXIT:g} s: if it is a server, it never listened. A Flask app needs "
+                      "`app.run(...)` under `if __name__ == \"__main__\":` (or run it with gunicorn/flask run); "
+                      "the examples listen on $PORT (default 5000).", file=sys.stderr, flush=True)
         finally:
             detach()
             sandbox.stop()

@@ -143,6 +143,9 @@ def _exchange(**kw: Any) -> Exchange:
     pytest.param(Call(service="destination", method="GET", path="/destination-configuration/v1/destinations/S4",
                       status=200, user="alice", tenant="acme", destination="S4", query={"$skipTokenRetrieval": "true"}),
                  "lookup  v1 name=S4 user=alice tenant=acme query=$skipTokenRetrieval=true -> 200", id="lookup"),
+    pytest.param(Call(service="destination", method="GET", status=404, tenant="acme", destination="S4",
+                      path="/destination-configuration/v2/destinations/S4@provider_subaccount", error="not found"),
+                 "lookup  v2 name=S4@provider_subaccount tenant=acme -> 404 (not found)", id="lookup-v2-level"),
     pytest.param(Call(service="onprem", method="GET", path="/sap/x", status=401, tenant="provider", via_proxy=True,
                       error="no principal", location="LOC1", connection="connectivity-proxy#1"),
                  "backend onprem GET /sap/x user=(none) tenant=provider location=LOC1 -> 401 (no principal) "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from typing import Any, Callable, TextIO
+from urllib.parse import unquote
 
 __all__ = ["format_record", "Tracer"]
 
@@ -52,8 +53,10 @@ def format_record(record: Any) -> str | None:
         outcome = f"{record.status}" + (f" ({record.error})" if record.error else "")
         if record.service == "destination":
             flags = ",".join(f"{k}={v}" for k, v in (record.query or {}).items())
-            detail = _fields(name=record.destination, user=record.user, tenant=record.tenant, query=flags or None)
-            return f"{label:<7} {record.path.split('/destination-configuration/')[-1].split('/')[0]} {detail} -> {outcome}{where}"
+            api, _, rest = record.path.partition("/destination-configuration/")[2].partition("/")
+            name = unquote(rest.rpartition("/")[2]) or record.destination  # with its @level, if any
+            detail = _fields(name=name, user=record.user, tenant=record.tenant, query=flags or None)
+            return f"{label:<7} {api} {detail} -> {outcome}{where}"
         if record.service == "connectivity-proxy":
             detail = _fields(location=record.location)
             return f"{label:<7} refused {record.method} {record.path} {detail} token {_fp(record.token)} -> {outcome}{where}"

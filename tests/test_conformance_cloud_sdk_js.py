@@ -109,7 +109,6 @@ def test_cloud_sdk_js_calls_reach_the_backend_as_the_user(box: Sandbox, land: La
                                                           tenant: str, destination: str) -> None:
     token = land.user_token("alice", kind=kind, tenant=tenant)
     answer = _call(box, node_path, destination, token)
-    zone = land.tenants[tenant]
 
     # Every token request the SDK made was granted: the SDK and the emulation agree.
     assert [e for e in land.exchanges if not e.ok] == []

@@ -155,7 +155,10 @@ def _exchange(**kw: Any) -> Exchange:
                  "proxy   refused GET /x  token #cccccccccccc -> 407 (bad token)", id="proxy-refusal"),
     pytest.param(Forwarded("GET", "http://s4-virtual:44300/x", "d" * 64, True, "LOC1", 200, "connectivity-proxy#3"),
                  "proxy   GET http://s4-virtual:44300/x location=LOC1 proxy-token #dddddddddddd "
-                 "+SAP-Connectivity-Authentication -> 200 [connectivity-proxy#3]", id="proxy-hop"),
+                 "+SAP-Connectivity-Authentication -> 200 [connectivity-proxy#3]", id="proxy-hop-answered"),
+    pytest.param(Forwarded("GET", "http://s4-virtual:44300/x", "d" * 64, False, None, 0, "connectivity-proxy#3"),
+                 "proxy   GET http://s4-virtual:44300/x  proxy-token #dddddddddddd -> forwarded to the Cloud Connector "
+                 "[connectivity-proxy#3]", id="proxy-hop-under-way"),
 ])
 def test_trace_lines(record: Any, line: str) -> None:
     assert format_record(record) == line
@@ -174,19 +177,27 @@ def test_tracer_stamps_and_skips_raw_traffic() -> None:
 
 def test_exec_trace_prints_every_hop_live_without_tokens() -> None:
     child = (
-        "import subprocess, sys\n"
-        "t = subprocess.run([sys.executable, '-m', 'propagation.sandbox', 'token', 'alice', '--tenant', 'acme'],"
+        "import subprocess, sys, propagation\n"
+        "run = lambda *a: subprocess.run([sys.executable, '-m', 'propagation.sandbox', 'token', *a],"
         " capture_output=True, text=True, check=True).stdout.strip()\n"
-        "print('got', len(t) > 100)\n"
+        "print('acme token', len(run('alice', '--tenant', 'acme')) > 100)\n"
+        "with propagation.use_token(run('bob')):\n"
+        "    r = propagation.session('S4').get('/sap/opu/odata/sap/API_FUNCTIONALLOCATION/FunctionalLocation')\n"
+        "print('S4 saw', r.json()['seenBy'])\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(runtime.STATE_ENV, None)
     proc = subprocess.run([sys.executable, "-m", "propagation.sandbox", "exec", "--tenant", "acme", "--trace", "--",
                            sys.executable, "-c", child], capture_output=True, text=True, timeout=90, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "got True"
-    lines = [line for line in proc.stderr.splitlines() if " token " in f" {line[13:]}"]
-    assert len(lines) == 1 and "xsuaa password" in lines[0] and "user=alice tenant=acme" in lines[0], proc.stderr
+    assert proc.stdout.splitlines() == ["acme token True", "S4 saw bob"]
+    lines = [line[13:] for line in proc.stderr.splitlines() if line[:2].isdigit() and line[2] == ":"]
+    kinds = [line.split()[0] for line in lines]
+    assert lines[0].startswith("token   xsuaa password") and "user=alice tenant=acme" in lines[0], proc.stderr
+    assert "lookup" in kinds and "user=bob" in lines[kinds.index("proxy") + 1]
+    proxy, backend = kinds.index("proxy"), next(i for i, line in enumerate(lines) if line.startswith("backend onprem"))
+    assert proxy < backend and "location=LOC1" in lines[proxy] and "user=bob" in lines[backend]
+    assert lines[proxy].endswith(lines[backend].rsplit(" ", 1)[1])  # the same client connection to the proxy
     assert "eyJ" not in proc.stdout + proc.stderr
 
 

@@ -26,7 +26,7 @@ import socket
 import socketserver
 import ssl
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import urlsplit
@@ -73,7 +73,7 @@ class Forwarded:
     proxy_token: str | None  # fingerprint of the Proxy-Authorization bearer
     user_header: bool  # SAP-Connectivity-Authentication present (the "header" mode)
     location: str | None
-    status: int
+    status: int  # the on-premise answer; 0 while the hop is under way (what observers see)
     connection: str | None = None  # the app's connection to the proxy
 
 
@@ -431,26 +431,28 @@ class ConnectivityProxy(Service):
         if target is None:  # no system behind that virtual host: the model answers as the Cloud Connector
             assert self.answer is not None
             return self.answer(incoming)
-        reply = self.forward(target, incoming, parts.path or "/", parts.query, parts.netloc)
         bearer = incoming.headers.get("Proxy-Authorization") or ""
-        record = Forwarded(
+        hop = Forwarded(
             incoming.method, f"http://{parts.netloc}{parts.path or '/'}",
             fingerprint(bearer[7:].strip()) if bearer[:7].lower() == "bearer " else None,
             "SAP-Connectivity-Authentication" in incoming.headers,
-            incoming.headers.get("SAP-Connectivity-SCC-Location_ID"), int(reply.status), incoming.connection,
+            incoming.headers.get("SAP-Connectivity-SCC-Location_ID"), 0, incoming.connection,
         )
         with self._lock:
-            self.forwarded.append(record)
             observers = list(self._observers)
-        for observer in observers:
+        for observer in observers:  # before the hop, so a trace reads proxy -> backend
             try:
-                observer(record)
+                observer(hop)
             except Exception:  # noqa: BLE001 - a broken observer must not change an answer
                 pass
+        reply = self.forward(target, incoming, parts.path or "/", parts.query, parts.netloc)
+        with self._lock:
+            self.forwarded.append(replace(hop, status=int(reply.status)))
         return reply
 
     def observe(self, observer: Callable[[Forwarded], None]) -> Callable[[], None]:
-        """Call ``observer(forwarded)`` after each forwarded request (the live trace)."""
+        """Call ``observer(forwarded)`` as each request is forwarded, before the on-premise
+        system answers (``status`` 0; the live trace); ``forwarded`` keeps the answered ones."""
         with self._lock:
             self._observers.append(observer)
 

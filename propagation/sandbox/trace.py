@@ -4,7 +4,7 @@ lookup, proxy hop and backend call, printed as it happens — the tool for a cal
 the emulated services saw) and the proxy's forwarding records; tokens as fingerprints only.
 
     12:00:01.204 token   xsuaa jwt-bearer  client=sb-connectivity-instance!b137 user=alice tenant=provider -> 200 assertion #1a2b.. issued #3c4d.. [xsuaa#2]
-    12:00:01.231 proxy   GET http://s4-virtual:44300/sap/... location=LOC1 proxy-token #3c4d.. -> 200 [connectivity-proxy#1]
+    12:00:01.231 proxy   GET http://s4-virtual:44300/sap/... location=LOC1 proxy-token #3c4d.. -> forwarded to the Cloud Connector [connectivity-proxy#1]
     12:00:01.233 backend onprem GET /sap/... user=alice carried-by=proxy-token tenant=provider -> 200 [connectivity-proxy#1]
 """
 
@@ -66,8 +66,9 @@ def format_record(record: Any) -> str | None:
     if kind == "Forwarded":
         detail = _fields(location=record.location)
         header = " +SAP-Connectivity-Authentication" if record.user_header else ""
+        outcome = record.status or "forwarded to the Cloud Connector"
         return (f"{'proxy':<7} {record.method} {record.url} {detail} proxy-token {_fp(record.proxy_token)}{header}"
-                f" -> {record.status}" + (f" [{record.connection}]" if getattr(record, "connection", None) else ""))
+                f" -> {outcome}" + (f" [{record.connection}]" if getattr(record, "connection", None) else ""))
     return None
 
 

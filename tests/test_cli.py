@@ -395,3 +395,131 @@ def test_usage_errors(argv: list[str]) -> None:
     rc, out, err = run(argv)
     assert rc == 2
     assert "usage:" in err
+
+
+# -- newcomer polish (issue 14) -------------------------------------------------------------------------
+def _unsigned(claims: dict[str, Any], alg: str = "none") -> str:
+    import base64
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': alg, 'typ': 'JWT'})}.{part(claims)}."
+
+
+@pytest.mark.parametrize(
+    ("claims", "alg", "present", "absent"),
+    [
+        pytest.param({"user_name": "eve", "exp": 4102444800, "iss": "https://x.example.com"}, "none",
+                     ["WARNING: alg is 'none'", "no (unsigned token: refused)"], ["no 'exp' claim: the middleware"],
+                     id="alg-none"),
+        pytest.param({"user_name": "eve", "iss": "https://x.example.com"}, "RS256",
+                     ["WARNING: no 'exp' claim: the middleware refuses", "no (no 'exp': refused)"], ["alg is"],
+                     id="no-exp"),
+    ],
+)
+def test_decode_warns_about_what_the_middleware_refuses(claims: dict[str, Any], alg: str, present: list[str],
+                                                        absent: list[str]) -> None:
+    rc, out, err = run(["decode", _unsigned(claims, alg)])
+    assert (rc, err) == (0, "")
+    for text in present:
+        assert text in out
+    for text in absent:
+        assert text not in out
+    rc, out, _ = run(["decode", "--json", _unsigned(claims, alg)])
+    diagnosis = json.loads(out)["diagnosis"]
+    assert (diagnosis["unsigned"], diagnosis["no_exp"]) == (alg == "none", "exp" not in claims)
+
+
+def test_decode_public_client_token_is_not_called_the_apps_own_client(ias: jwtkit.Ias) -> None:
+    token = ias.token()  # aud == azp == the client the token was issued to
+    rc, out, _ = run(["decode", "--public-client", ias.clientid, token])
+    assert rc == 0 and "Public-client (PKCE) token" in out
+    assert "IAS application's own client" not in out
+    rc, out, _ = run(["decode", token])
+    assert f"aud holds only '{ias.clientid}', the client the token was issued to" in out
+
+
+def test_doctor_shows_token_urls_and_hides_secrets(xsuaa: jwtkit.Xsuaa) -> None:
+    binding = connectivity_binding(onpremise_proxy_host="", token_service_domain="authentication.eu10.example.com",
+                                   token_service_url="https://provider.authentication.eu10.example.com")
+    s4 = {**GOOD_DESTINATIONS[0], "tokenServiceURL": "https://provider.authentication.eu10.example.com/oauth/token"}
+    rc, out, _ = run(["doctor"], {"VCAP_SERVICES": vcap_services(xsuaa, None, connectivity=[binding]),
+                                  "destinations": json.dumps([s4, GOOD_DESTINATIONS[1]])})
+    assert rc == 1
+    assert "token URL host=provider.authentication.eu10.example.com" in out  # once hidden: key holds "token"
+    assert "<redacted>" not in out
+    assert CONN_SECRET not in out and xsuaa.clientsecret not in out
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "secret"),
+    [
+        pytest.param("clientsecret", "a.b.c-looks-like-a-host.com", True, id="secret-key-always"),
+        pytest.param("token_service_domain", "authentication.eu10.hana.ondemand.com", False, id="domain"),
+        pytest.param("token_service_url", "https://x.authentication.eu10.hana.ondemand.com", False, id="token-url"),
+        pytest.param("certurl", "https://x.authentication.cert.eu10.hana.ondemand.com", False, id="cert-url"),
+        pytest.param("key", "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----", True, id="pem-key"),
+        pytest.param("verificationkey", "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----", True,
+                     id="pem-public"),
+        pytest.param("refresh_token", "opaque-refresh-value", True, id="token-value"),
+        pytest.param("note", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl", True, id="jwt-anywhere"),
+        pytest.param("tokenServicePassword", "pw", True, id="password-suffix"),
+        pytest.param("xsappname", "app!t1", False, id="plain"),
+    ],
+)
+def test_secrets_are_judged_by_value(key: str, value: str, secret: bool) -> None:
+    from propagation.cli.common import is_secret
+
+    assert is_secret(key, value) is secret
+
+
+@pytest.mark.parametrize("as_json", [pytest.param(False, id="text"), pytest.param(True, id="json")])
+def test_doctor_says_the_source_was_unreadable(as_json: bool) -> None:
+    rc, out, _ = run(["doctor", *(["--json"] if as_json else [])], {"VCAP_SERVICES": "{not json"})
+    assert rc == 1
+    if as_json:
+        data = json.loads(out)
+        assert data["bindings_unreadable"] is True and data["sources"] == []
+    else:
+        first = out.splitlines()[0]
+        assert first.startswith("Bindings (0; read from: UNREADABLE") and "none found" not in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "code", "kind", "message"),
+    [
+        pytest.param(["decode", "--json", "x.y"], {}, 2, "error", "", id="decode-malformed"),
+        pytest.param(["exchange", "S4", "--json"], "GOOD", 3, "error",
+                     "No user token (JWT) has been provided", id="exchange-missing-user"),
+        pytest.param(["exchange", "--json"], {}, 2, "usage", "the following arguments are required: NAME",
+                     id="usage"),
+    ],
+)
+def test_json_errors(argv: list[str], environ: Any, code: int, kind: str, message: str, xsuaa: jwtkit.Xsuaa) -> None:
+    if environ == "GOOD":
+        environ = {"VCAP_SERVICES": vcap_services(xsuaa, None), "destinations": json.dumps(GOOD_DESTINATIONS)}
+    rc, out, err = run(argv, environ)
+    assert rc == code and err  # the human line stays on stderr
+    data = json.loads(out)
+    assert data["ok"] is False
+    error = data["error"]
+    assert (error["exit_code"], error["kind"]) == (code, kind) and message in error["message"]
+    if code == 3:
+        assert error["hint"].startswith("pass the user's JWT")
+
+
+def test_closed_stdout_ends_quietly(xsuaa: jwtkit.Xsuaa) -> None:
+    """``decode "$TOKEN" | head -1``: the reader is gone before we write; no 'internal error'."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "propagation", "decode", xsuaa.token()], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60, env=env, check=False)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == ""

@@ -124,6 +124,7 @@ def test_flask_odata_on_premise_system_sees_each_user(call: Callable[..., Seen],
         seen = call("flask_odata", "GET", "/functional-locations?$top=2", password_login(env, user))
         assert seen.response.status_code == 200, seen.response.text
         assert [row["FunctionalLocation"] for row in seen.response.json()] == ROWS[:2]
+        assert seen.response.headers["X-Backend-User"] == user  # what the on-premise system saw, shown to the caller
         assert seen.at("onprem") == [("GET", "/sap/opu/odata/sap/API_FUNCTIONALLOCATION_SRV/A_FunctionalLocation", user, 200)]
         assert [(c.via_proxy, c.location, c.carried_by) for c in seen.calls if c.service == "onprem"] == [(True, "LOC1", "proxy-token")]
         assert ("xsuaa", "jwt-bearer", ls.connectivity_client, user, 200) in seen.grants()
@@ -132,6 +133,7 @@ def test_flask_odata_on_premise_system_sees_each_user(call: Callable[..., Seen],
 def test_flask_odata_without_a_token_sends_nothing(call: Callable[..., Seen]) -> None:
     seen = call("flask_odata", "GET", "/functional-locations")
     assert seen.response.status_code == 401 and seen.response.json()["error"] == "invalid_token"
+    assert "X-Backend-User" not in seen.response.headers
     assert seen.nothing_sent
 
 

@@ -127,7 +127,8 @@ def _grant_cases() -> list[Any]:
         pytest.param("jwt-bearer", "body", "ias-no-trust-aud", 400, "invalid_grant", id="jwt-bearer-ias-no-trust"),
         pytest.param("jwt-bearer", "body", "garbage", 401, "invalid_token", id="jwt-bearer-garbage"),
         pytest.param("jwt-bearer", "body", "missing", 400, "invalid_request", id="jwt-bearer-no-assertion"),
-        pytest.param("refresh_token", "body", None, 400, "unsupported_grant_type", id="unsupported-grant"),
+        pytest.param("urn:example:grant", "body", None, 400, "unsupported_grant_type", id="unsupported-grant"),
+        pytest.param("refresh_token", "body", None, 401, "invalid_token", id="refresh-token-unknown"),
     ]
 
 

@@ -12,7 +12,8 @@ for the BTP, Cloud Connector and S/4HANA setup.
 
 Run on Cloud Foundry with ``gunicorn "app:create_app()"`` (see manifest.yml); locally
 against the emulated landscape with
-``python -m propagation.sandbox exec -- python examples/flask_odata/app.py``.
+``python -m propagation.sandbox exec -- python examples/flask_odata/app.py`` (port ``$PORT``,
+default 5000; answers carry ``X-Backend-User``, the user the sandbox's S/4HANA saw).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, current_app, g, jsonify, request
 
 import propagation
 from propagation.flask import Propagation
@@ -98,7 +99,13 @@ def s4() -> DestinationSession:
 def result(response: requests.Response) -> Any:
     if not response.ok:
         raise BackendError(response)
-    return response.json()["d"] if response.content else None
+    if not response.content:
+        return None
+    body = response.json()
+    seen = body.get("seenBy")  # the sandbox's S/4HANA says whom it saw; a real one does not
+    if isinstance(seen, str) and seen:
+        g.backend_user = seen
+    return body["d"]
 
 
 def fields(allowed: frozenset[str]) -> dict[str, Any]:
@@ -161,6 +168,16 @@ def create_maintenance_order() -> Any:
     if not r.ok:
         return jsonify(error="iflow_error", iflow_status=r.status_code), 502
     return jsonify(status="accepted"), 202
+
+
+@api.after_request
+def show_backend_user(response: Any) -> Any:
+    """``X-Backend-User``: the user the backend saw, when it tells (the sandbox does) — the
+    quickest check that the call carried the caller, not a technical user."""
+    seen = g.get("backend_user")
+    if seen:
+        response.headers["X-Backend-User"] = seen
+    return response
 
 
 @api.get("/health")

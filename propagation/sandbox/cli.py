@@ -14,6 +14,11 @@ Subcommands:
   client (default: the sandbox's, ``PROPAGATION_PUBLIC_CLIENTS``).
 * ``demo`` — start the sandbox and ``examples/flask_odata``, call it as users, print the chain.
 
+``run`` and ``exec`` take ``--tenant SUBDOMAIN`` (subscriber tenants, repeatable), ``--hosts``
+(XSUAA host names: labelled ``<tenant>.localhost`` or plain ``localhost``) and ``--trace`` (one
+line per token request, lookup, proxy hop and backend call, as it happens; ``exec`` prints
+them on stderr).
+
 No other output contains a token or a secret: tokens appear as fingerprints only.
 """
 
@@ -31,12 +36,14 @@ from types import FrameType
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-from .runtime import STATE_ENV, Sandbox, read_env_file
+from .runtime import HOST_MODES, STATE_ENV, Sandbox, read_env_file
 
 __all__ = ["main", "build_parser"]
 
 #: Seconds a child of ``exec`` gets to stop after the forwarded Ctrl-C/SIGTERM.
 KILL_AFTER = 10.0
+#: A child that ends successfully faster than this served nothing: ``exec`` says so.
+QUICK_EXIT = 1.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("token", help="log USER in at a running sandbox and print the access token")
     tok.add_argument("user", help="a registered user, e.g. alice or bob")
     tok.add_argument("--dir", help=f"the running sandbox's folder (default: ${STATE_ENV})")
+    tok.add_argument("--tenant", metavar="SUBDOMAIN",
+                     help="an XSUAA token of a subscriber tenant (started with --tenant; asked for with X-zid)")
     idp = tok.add_mutually_exclusive_group()
     idp.add_argument("--ias", action="store_true",
                      help="an IAS token of the app's IAS client (aud also holds the XSUAA trust client)")
@@ -71,6 +80,13 @@ def _file_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env-file", type=Path, metavar="PATH",
                    help="also write the environment as KEY='value' lines here (removed on stop)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --default-env/--env-file")
+    p.add_argument("--tenant", action="append", default=[], metavar="SUBDOMAIN",
+                   help="a subscriber tenant (repeatable); the provider is 'provider'")
+    p.add_argument("--hosts", choices=HOST_MODES, default="auto",
+                   help="XSUAA host names: labelled (https://<tenant>.localhost:P, where *.localhost resolves), "
+                        "plain (https://localhost:P), auto (labelled if it resolves here; default)")
+    p.add_argument("--trace", action="store_true",
+                   help="print one line per token request, lookup, proxy hop and backend call as they happen")
 
 
 class _Stop(threading.Event):
@@ -97,7 +113,7 @@ def _stop_signals() -> Iterator[_Stop]:
 
 
 def _start(args: argparse.Namespace) -> Sandbox:
-    sandbox = Sandbox().start()
+    sandbox = Sandbox(tenants=("provider", *args.tenant), hosts=args.hosts).start()
     try:
         sandbox.write(default_env=args.default_env, env_file=args.env_file, force=args.force)
     except BaseException:
@@ -125,6 +141,11 @@ def _describe(sandbox: Sandbox, args: argparse.Namespace, out: Any) -> None:
     print(f"  {'binding ' + landscape.iflow_binding:<19} it-rt (Cloud Integration): a destination by its name", file=out)
     print(f"  IAS clients         app {landscape.ias_client} (xsuaa-cross-consumption: aud + {landscape.trust_client_id}), "
           f"public (PKCE) {landscape.public_client_id}", file=out)
+    zones = ", ".join(f"{name} ({t.zid})" for name, t in landscape.tenants.items())
+    print(f"  tenants             {zones}; provider first", file=out)
+    mode = "labelled: https://<tenant>.localhost" if sandbox.labelled else (
+        "plain: *.localhost does not resolve here, subscribers by X-zid at https://{uaadomain}/oauth/token")
+    print(f"  XSUAA hosts         {mode}", file=out)
     print(f"  CA certificate      {sandbox.ca_file}", file=out)
     print(f"  default-env.json    {args.default_env or sandbox.default_env_file}", file=out)
     print(f"  env file            {args.env_file or sandbox.env_file}", file=out)
@@ -136,15 +157,26 @@ def _describe(sandbox: Sandbox, args: argparse.Namespace, out: Any) -> None:
     print("or run one command against its own sandbox: python -m propagation.sandbox exec -- python app.py", file=out)
 
 
+def _trace(sandbox: Sandbox, args: argparse.Namespace, out: Any) -> Any:
+    """Attach the live trace when ``--trace`` was given; returns the detacher (or a no-op)."""
+    if not getattr(args, "trace", False):
+        return lambda: None
+    from .trace import Tracer
+
+    return Tracer(out).attach(sandbox)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     with _stop_signals() as stop:
         sandbox = _start(args)
+        detach = _trace(sandbox, args, sys.stdout)
         try:
             _describe(sandbox, args, sys.stdout)
-            print("sandbox ready; Ctrl-C stops it", flush=True)
+            print("sandbox ready; Ctrl-C stops it" + ("; tracing every call below" if args.trace else ""), flush=True)
             while not stop.wait(0.5):
                 pass
         finally:
+            detach()
             sandbox.stop()
     print("sandbox stopped; its files are removed", flush=True)
     return 0
@@ -159,10 +191,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
         return 2
     with _stop_signals() as stop:
         sandbox = _start(args)
+        detach = _trace(sandbox, args, sys.stderr)  # stdout is the child's
         try:
             env = {**os.environ, **sandbox.environ()}
             print(f"propagation sandbox up: {STATE_ENV}={sandbox.directory} (`token USER` logs a user in); "
                   f"running {cmd[0]}", file=sys.stderr, flush=True)
+            started = time.monotonic()
             try:
                 child = subprocess.Popen(cmd, env=env)
             except OSError as exc:
@@ -179,7 +213,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
                         forwarded = time.monotonic()
                     elif forwarded is not None and time.monotonic() - forwarded > KILL_AFTER:
                         child.kill()  # it ignored the signal
+            if code == 0 and forwarded is None and time.monotonic() - started < QUICK_EXIT:
+                print(f"exec: warning: {cmd[-1] if len(cmd) > 1 else cmd[0]} exited (code 0) within "
+                      f"{QUICK_EXIT:g} s: if it is a server, it never listened. A Flask app needs "
+                      "`app.run(...)` under `if __name__ == \"__main__\":` (or run it with gunicorn/flask run); "
+                      "the examples listen on $PORT (default 5000).", file=sys.stderr, flush=True)
         finally:
+            detach()
             sandbox.stop()
     return 128 - code if code < 0 else code
 
@@ -197,6 +237,9 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 2
     env = read_env_file(env_path)
     try:
+        if args.tenant is not None and (args.ias or args.public_client is not None):
+            print("token: --tenant is for XSUAA tokens (not --ias / --public-client)", file=sys.stderr)
+            return 2
         if args.public_client is not None:
             public = args.public_client or next(iter(public_clients(env)), "")
             if not public:
@@ -206,7 +249,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         elif args.ias:
             token = ias_login(env, args.user)
         else:
-            token = password_login(env, args.user)
+            token = password_login(env, args.user, tenant=args.tenant)
     except Exception as exc:  # noqa: BLE001 - a CLI reports, without a traceback
         print(f"token: {exc}", file=sys.stderr)
         return 1

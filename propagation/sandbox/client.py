@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import requests
 
 __all__ = ["password_login", "ias_login", "xsuaa_credentials", "binding_credentials", "public_clients",
-           "SandboxClientError"]
+           "tenant_zone", "SandboxClientError"]
 
 
 class SandboxClientError(RuntimeError):
@@ -50,12 +50,25 @@ def _password(user: str, password: str | None) -> str:
     return DEFAULT_USERS[user][0]
 
 
+def tenant_zone(env: Mapping[str, str], tenant: str) -> str:
+    """The zone id of a sandbox tenant (subdomain), from ``PROPAGATION_SANDBOX_TENANTS``."""
+    try:
+        zones = json.loads(env.get("PROPAGATION_SANDBOX_TENANTS") or "{}")
+    except ValueError:
+        zones = {}
+    if tenant not in zones:
+        known = ", ".join(zones) or "none"
+        raise SandboxClientError(f"the sandbox has no tenant {tenant!r} (tenants: {known}; start it with --tenant {tenant})")
+    return str(zones[tenant])
+
+
 def _token(env: Mapping[str, str], url: str, data: dict[str, str], auth: tuple[str, str] | None, service: str,
-           user: str, timeout: float) -> str:
+           user: str, timeout: float, headers: Mapping[str, str] | None = None) -> str:
     session = requests.Session()
     session.trust_env = False  # loopback: no corporate proxy
     try:
-        r = session.post(url, data=data, auth=auth, verify=env.get("REQUESTS_CA_BUNDLE") or True, timeout=timeout)
+        r = session.post(url, data=data, auth=auth, verify=env.get("REQUESTS_CA_BUNDLE") or True, timeout=timeout,
+                         headers=dict(headers or {}))
     except requests.RequestException as exc:
         raise SandboxClientError(f"the sandbox's {service} is not reachable ({type(exc).__name__}); is it running?") from None
     finally:
@@ -71,16 +84,21 @@ def _token(env: Mapping[str, str], url: str, data: dict[str, str], auth: tuple[s
     return str(body["access_token"])
 
 
-def password_login(env: Mapping[str, str], user: str, password: str | None = None, *, timeout: float = 10) -> str:
+def password_login(env: Mapping[str, str], user: str, password: str | None = None, *, tenant: str | None = None,
+                   timeout: float = 10) -> str:
     """An XSUAA access token for ``user``, issued to the app's client (password grant).
 
     ``password`` defaults to the one the landscape registers for its default users
-    (``propagation.testing.landscape.DEFAULT_USERS``: alice, bob).
+    (``propagation.testing.landscape.DEFAULT_USERS``: alice, bob). ``tenant``: a tenant's
+    subdomain — the token request goes to ``https://{uaadomain}/oauth/token`` with ``X-zid``
+    (its own host need not resolve).
     """
     creds = xsuaa_credentials(env)
     data = {"grant_type": "password", "username": user, "password": _password(user, password), "response_type": "token"}
-    return _token(env, creds["url"].rstrip("/") + "/oauth/token", data, (creds["clientid"], creds.get("clientsecret") or ""),
-                  "XSUAA", user, timeout)
+    url, headers = creds["url"].rstrip("/") + "/oauth/token", {}
+    if tenant is not None:
+        url, headers = f"https://{creds['uaadomain']}/oauth/token", {"X-zid": tenant_zone(env, tenant)}
+    return _token(env, url, data, (creds["clientid"], creds.get("clientsecret") or ""), "XSUAA", user, timeout, headers)
 
 
 def ias_login(env: Mapping[str, str], user: str, password: str | None = None, *, public_client: str | None = None,

@@ -27,13 +27,14 @@ LOOPBACK_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1")
 
 
 class Pki:
-    """A CA and one server certificate for ``localhost`` and ``127.0.0.1`` in a private temp dir.
+    """A CA and one server certificate for ``localhost``, ``127.0.0.1`` (and the tenant host
+    ``names`` given, e.g. ``acme.localhost``) in a private temp dir.
 
     The directory also holds whatever else the sandbox writes (``default-env.json``, the env
     file), so one ``rmtree`` removes every file of a run.
     """
 
-    def __init__(self, *, prefix: str = "propagation-sandbox-", days: int = 1) -> None:
+    def __init__(self, *, prefix: str = "propagation-sandbox-", days: int = 1, names: tuple[str, ...] = ()) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix=prefix))  # mode 0700
         atexit.register(self.cleanup)
         now = dt.datetime.now(dt.timezone.utc)
@@ -61,7 +62,10 @@ class Pki:
             .sign(ca_key, hashes.SHA256())
         )
         key = ec.generate_private_key(ec.SECP256R1())
-        names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        # Tenant hosts (``acme.localhost``) one by one: a ``*.localhost`` wildcard would have a
+        # single label after the star, which TLS clients refuse to match.
+        sans += [x509.DNSName(name) for name in dict.fromkeys(names) if name not in LOOPBACK_NAMES]
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
@@ -70,7 +74,7 @@ class Pki:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)

@@ -6,26 +6,40 @@ for those origins, starts serving, and gives apps what Cloud Foundry would: ``VC
 httpx/sap-xssec), as environment or as a ``default-env.json``. Everything a run writes lives
 in one private temporary folder, removed by :meth:`Sandbox.stop`.
 
-Hosts: XSUAA answers as ``https://localhost:P`` (``uaadomain`` ``localhost:P``); IAS as
-``https://127.0.0.1:P`` with the domain ``0.0.1:P``, because sap-xssec accepts an IAS issuer
-only as ``https://<label>.<domain>`` and ``*.localhost`` names do not resolve everywhere.
+Hosts: IAS answers as ``https://127.0.0.1:P`` with the domain ``0.0.1:P``, because sap-xssec
+accepts an IAS issuer only as ``https://<label>.<domain>`` and ``*.localhost`` names do not
+resolve everywhere. XSUAA (``uaadomain`` ``localhost:P``) answers, with ``hosts="labelled"``,
+as ``https://<subdomain>.localhost:P`` per tenant — the shape of a real XSUAA URL, whose first
+label names the tenant (the SAP Cloud SDK for JS selects the tenant from it); with
+``hosts="plain"`` the provider's is ``https://localhost:P`` (no label). ``"auto"`` (default)
+picks labelled when ``<provider>.localhost`` resolves to loopback here (systemd-resolved,
+nss-myhostname, macOS), plain otherwise (glibc with ``files dns`` only). Subscriber tenants
+(``tenants=``) get tokens at ``https://{uaadomain}/oauth/token`` with ``X-zid: <zone id>``
+in both modes, and by their own host where it resolves.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
+import socket
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from .pki import Pki
 from .servers import ConnectivityProxy, Incoming, OnPremiseService, Reply, Service
 
-__all__ = ["Sandbox", "Model", "DEFAULT_DESTINATIONS", "STATE_ENV", "ONPREM_VIRTUAL_HOST"]
+__all__ = ["Sandbox", "Model", "DEFAULT_DESTINATIONS", "STATE_ENV", "TENANTS_ENV", "ONPREM_VIRTUAL_HOST",
+           "HOST_MODES", "labelled_hosts_resolve"]
 
 #: Set in the environment of apps run against the sandbox: its private folder.
 STATE_ENV = "PROPAGATION_SANDBOX"
+#: Set in the environment of apps run against the sandbox: ``{"subdomain": "zone id", ...}``
+#: of its tenants (the provider first), for ``X-zid`` token requests and ``token --tenant``.
+TENANTS_ENV = "PROPAGATION_SANDBOX_TENANTS"
+HOST_MODES = ("auto", "labelled", "plain")
 ONPREM_VIRTUAL_HOST = "http://s4-virtual:44300"
 #: The destinations every sandbox defines (``Landscape.destination`` specs), enough for every
 #: example in ``examples/`` with its defaults:
@@ -61,10 +75,19 @@ class Model(Protocol):
     def destination(self, spec: str) -> Any: ...
 
 
-def _landscape(origins: Mapping[str, Any]) -> tuple[Model, Callable[..., Any]]:
+def _landscape(origins: Mapping[str, Any], tenants: Sequence[str] = ("provider",)) -> tuple[Model, Callable[..., Any]]:
     from propagation.testing.landscape import Landscape, Origins, Request
 
-    return Landscape(Origins(**origins)), Request
+    return Landscape(Origins(**origins), tenants=tenants), Request
+
+
+def labelled_hosts_resolve(label: str = "provider") -> bool:
+    """Whether ``<label>.localhost`` resolves, to loopback only, on this machine (no DNS change)."""
+    try:
+        infos = socket.getaddrinfo(f"{label}.localhost", 443, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
 
 
 class Sandbox:
@@ -78,10 +101,19 @@ class Sandbox:
         self,
         *,
         destinations: Sequence[str] = DEFAULT_DESTINATIONS,
-        model: Callable[[Mapping[str, Any]], tuple[Model, Callable[..., Any]]] = _landscape,
+        model: Callable[[Mapping[str, Any]], tuple[Model, Callable[..., Any]]] | None = None,
+        tenants: Sequence[str] = ("provider",),
+        hosts: str = "auto",
     ) -> None:
+        names = [t.strip() for t in tenants if t and t.strip()]
+        if not names or len(set(names)) != len(names):
+            raise ValueError("tenants: give distinct subdomains, the provider first")
+        if hosts not in HOST_MODES:
+            raise ValueError(f"hosts must be one of {', '.join(HOST_MODES)}, not {hosts!r}")
+        self.tenants = tuple(names)
+        self.hosts = hosts
         self._destination_specs = tuple(destinations)
-        self._model_factory = model
+        self._model_factory = model or (lambda origins: _landscape(origins, self.tenants))
         self.pki: Pki | None = None
         self.landscape: Model | None = None
         self._request_type: Callable[..., Any] | None = None
@@ -90,6 +122,7 @@ class Sandbox:
         self.origins: dict[str, Any] = {}
         self._written: list[Path] = []
         self._started = False
+        self.labelled = False
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> "Sandbox":
@@ -101,10 +134,13 @@ class Sandbox:
         return self
 
     def _start(self) -> None:
-        pki = self.pki = Pki()
+        labelled = self.hosts == "labelled" or (self.hosts == "auto" and labelled_hosts_resolve(self.tenants[0]))
+        self.labelled = labelled
+        pki = self.pki = Pki(names=tuple(f"{t}.localhost" for t in self.tenants))
         tls = pki.server_context()
         s = self.services
-        s["xsuaa"] = Service("xsuaa", tls, host="localhost")
+        s["xsuaa"] = Service("xsuaa", tls, host=f"{self.tenants[0]}.localhost" if labelled else "localhost",
+                             virtual_hosts="localhost")
         s["ias"] = Service("ias", tls, host="127.0.0.1")
         s["destination"] = Service("destination", tls, host="localhost")
         s["backend"] = Service("backend", tls, host="localhost")
@@ -114,7 +150,7 @@ class Sandbox:
         xsuaa, ias = s["xsuaa"], s["ias"]
         self.origins = {
             "xsuaa": xsuaa.url,
-            "uaadomain": f"{xsuaa.host}:{xsuaa.port}",
+            "uaadomain": f"localhost:{xsuaa.port}",
             "ias": ias.url,
             "ias_domain": f"0.0.1:{ias.port}",  # issuer https://127.0.0.1:P = https://<label>.<domain>
             "destination": s["destination"].url,
@@ -168,7 +204,7 @@ class Sandbox:
         assert self._request_type is not None
         return self._request_type(
             method=incoming.method, url=incoming.url, headers=incoming.headers,
-            body=incoming.body, via_proxy=incoming.via_proxy,
+            body=incoming.body, via_proxy=incoming.via_proxy, connection=incoming.connection,
         )
 
     def _answer(self, incoming: Incoming) -> Reply:
@@ -209,8 +245,11 @@ class Sandbox:
             value = getattr(self.landscape, attribute, None)
             if isinstance(value, str) and value:
                 env[key] = value
+        tenants = getattr(self.landscape, "tenants", None)
+        if isinstance(tenants, Mapping):
+            env[TENANTS_ENV] = json.dumps({name: getattr(t, "zid", "") for name, t in tenants.items()})
         ca = str(self.ca_file)
-        loopback = ["localhost", "127.0.0.1"]
+        loopback = ["localhost", "127.0.0.1", ".localhost"]
         no_proxy = ",".join(dict.fromkeys(filter(None, [*os.environ.get("NO_PROXY", "").split(","), *loopback])))
         env.update(
             {

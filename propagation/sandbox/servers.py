@@ -18,13 +18,15 @@ model, so the in-process tests and the sandbox cannot disagree.
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import logging
 import secrets
+import socket
 import socketserver
 import ssl
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import urlsplit
@@ -52,6 +54,9 @@ LOOPBACK = "127.0.0.1"
 MAX_BODY = 1 << 20  # 1 MiB: token requests and OData bodies are small
 #: Set by the proxy on forwarded requests; the on-premise server refuses requests without it.
 TUNNEL_HEADER = "X-Sandbox-Tunnel"
+#: Set by the proxy next to the tunnel secret: the app's connection to the proxy, so that the
+#: on-premise system's record names the client connection (pooling through Connectivity).
+CONNECTION_HEADER = "X-Sandbox-Connection"
 #: Not forwarded by a proxy (RFC 9110 §7.6.1). Proxy-Authorization *is* forwarded: the
 #: on-premise stand-in plays the Cloud Connector too, which learns the principal from it.
 HOP_BY_HOP = frozenset(
@@ -68,7 +73,8 @@ class Forwarded:
     proxy_token: str | None  # fingerprint of the Proxy-Authorization bearer
     user_header: bool  # SAP-Connectivity-Authentication present (the "header" mode)
     location: str | None
-    status: int
+    status: int  # the on-premise answer; 0 while the hop is under way (what observers see)
+    connection: str | None = None  # the app's connection to the proxy
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class Incoming:
     headers: Mapping[str, str]
     body: bytes = b""
     via_proxy: bool = False
+    connection: str | None = None  # "<service>#<n>": the TCP connection the request came on
 
 
 class Reply(Protocol):
@@ -136,7 +143,21 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, service: "Service", tls: ssl.SSLContext | None) -> None:
         self.service = service
         self.tls = tls
+        self.local = threading.local()  # one connection per thread: its id
+        self._count = itertools.count(1)
+        self._open: set[Any] = set()
+        self._open_lock = threading.Lock()
         super().__init__((LOOPBACK, 0), _Handler)
+
+    def close_open_connections(self) -> None:
+        """Kept-alive connections outlive ``shutdown()``: end them so no request reaches a stopped sandbox."""
+        with self._open_lock:
+            sockets = list(self._open)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)
@@ -144,24 +165,48 @@ class _Server(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(15)
+        self.local.connection = f"{self.service.name}#{next(self._count)}"
+        with self._open_lock:
+            self._open.add(request)
+        try:
+            self._serve_connection(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open.discard(request)
+
+    def _serve_connection(self, request: Any, client_address: Any) -> None:
         handler: Any = self.RequestHandlerClass
         if self.tls is None:
             handler(request, client_address, self)
             return
         try:
-            conn = self.tls.wrap_socket(request, server_side=True)
+            conn = self.tls.wrap_socket(request, server_side=True)  # detaches ``request``: track ``conn``
         except (ssl.SSLError, OSError):
             return  # a client that does not trust the sandbox CA, or went away
+        with self._open_lock:
+            self._open.discard(request)
+            self._open.add(conn)
         try:
             handler(conn, client_address, self)
         finally:
+            with self._open_lock:
+                self._open.discard(conn)
             conn.close()
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with persistent connections, as BTP's endpoints: a client that pools
+    connections reuses them (each request's ``connection`` id shows it); ``Connection:
+    close`` from the client, or a request the transport refuses, ends the connection."""
+
     server: _Server
     server_version = "propagation-sandbox/1"
+    protocol_version = "HTTP/1.1"
     timeout = 15
+
+    @property
+    def connection_id(self) -> str | None:
+        return getattr(self.server.local, "connection", None)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # request lines may carry query strings; the landscape keeps fingerprinted records
@@ -211,11 +256,12 @@ class _Handler(BaseHTTPRequestHandler):
             if name.lower() not in HOP_BY_HOP:
                 self.send_header(name, str(value))
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self.close_connection = True
+        self.wfile.flush()
 
 
 # --------------------------------------------------------------------------- services
@@ -223,9 +269,13 @@ class Service:
     """One origin served on ``127.0.0.1:<ephemeral port>``; the port is known once
     constructed (bound, not yet serving), so the landscape's origins can be built first."""
 
-    def __init__(self, name: str, tls: ssl.SSLContext | None, *, host: str = "localhost") -> None:
+    def __init__(self, name: str, tls: ssl.SSLContext | None, *, host: str = "localhost",
+                 virtual_hosts: str | None = None) -> None:
         self.name = name
         self.host = host
+        #: Answer for ``<label>.<virtual_hosts>:<port>`` too, as the origin the client named in
+        #: ``Host`` (XSUAA: one server, a subdomain per tenant), e.g. ``localhost``.
+        self.virtual_hosts = virtual_hosts
         self.answer: Answer | None = None
         self._server = _Server(self, tls)
         self._thread: threading.Thread | None = None
@@ -262,6 +312,7 @@ class Service:
             self._server.shutdown()
             self._thread.join(timeout=5)
             self._thread = None
+        self._server.close_open_connections()
         self._server.server_close()
 
     # -- one request ----------------------------------------------------------------
@@ -269,6 +320,7 @@ class Service:
         try:
             reply = self.handle(handler)
         except _BadRequest as exc:
+            handler.close_connection = True  # the body may be unread: the stream is out of step
             reply = SimpleReply.json(exc.status, "invalid_request", str(exc))
         except Exception as exc:  # noqa: BLE001 - a server answers, it does not die
             log.error("sandbox %s: %s while answering %s", self.name, type(exc).__name__, handler.command)
@@ -283,7 +335,22 @@ class Service:
             raise _BadRequest(400, f"{self.name} is not a proxy")
         body = handler.read_body()
         assert self.answer is not None
-        return self.answer(Incoming(handler.command, self.origin + handler.path, handler.headers_dict(), body, False))
+        origin = self._virtual_origin(handler.headers.get("Host") or "") or self.origin
+        return self.answer(Incoming(handler.command, origin + handler.path, handler.headers_dict(), body, False,
+                                    handler.connection_id))
+
+    def _virtual_origin(self, host: str) -> str | None:
+        """``https://acme.localhost:P`` when the client asked for that host of this server."""
+        if not self.virtual_hosts:
+            return None
+        name, _, port = host.strip().lower().rpartition(":")
+        if port != str(self.port) or not name:
+            return None
+        base = self.virtual_hosts.lower()
+        label, dot, rest = name.partition(".")
+        if name == base or (dot and rest == base and label.replace("-", "").isalnum()):
+            return f"{self.scheme}://{name}:{self.port}"
+        return None
 
 
 class OnPremiseService(Service):
@@ -303,7 +370,9 @@ class OnPremiseService(Service):
     def handle(self, handler: _Handler) -> Reply:
         headers = handler.headers_dict()
         presented = headers.pop(TUNNEL_HEADER, "")
+        client_connection = headers.pop(CONNECTION_HEADER, None)
         if not secrets.compare_digest(presented.encode(), self.tunnel_secret.encode()):
+            handler.close_connection = True
             return SimpleReply.json(
                 403, "forbidden", "The on-premise system is reachable only through the Connectivity proxy."
             )
@@ -311,7 +380,8 @@ class OnPremiseService(Service):
             raise _BadRequest(400, f"{self.name} is not a proxy")
         body = handler.read_body()
         assert self.answer is not None
-        return self.answer(Incoming(handler.command, self.virtual_origin + handler.path, headers, body, True))
+        return self.answer(Incoming(handler.command, self.virtual_origin + handler.path, headers, body, True,
+                                    client_connection))
 
 
 class ConnectivityProxy(Service):
@@ -333,6 +403,7 @@ class ConnectivityProxy(Service):
         self.routes: dict[str, OnPremiseService] = {}
         self.timeout = 30.0
         self.forwarded: list[Forwarded] = []
+        self._observers: list[Callable[[Forwarded], None]] = []
         self._lock = threading.Lock()
 
     def map(self, service: OnPremiseService) -> None:
@@ -340,6 +411,7 @@ class ConnectivityProxy(Service):
 
     def handle(self, handler: _Handler) -> Reply:
         if handler.command == "CONNECT":
+            handler.close_connection = True
             return SimpleReply.json(
                 405, "method_not_allowed",
                 "CONNECT is not supported: on-premise URLs are http:// virtual hosts of the Cloud Connector.",
@@ -349,7 +421,7 @@ class ConnectivityProxy(Service):
         if parts.scheme.lower() != "http" or not parts.hostname:
             raise _BadRequest(400, "a proxy request needs an absolute http:// URL (absolute-form request target)")
         body = handler.read_body()
-        incoming = Incoming(handler.command, handler.path, handler.headers_dict(), body, True)
+        incoming = Incoming(handler.command, handler.path, handler.headers_dict(), body, True, handler.connection_id)
         if self.check is None:
             raise RuntimeError("proxy has no check")
         denied = self.check(incoming)
@@ -359,23 +431,45 @@ class ConnectivityProxy(Service):
         if target is None:  # no system behind that virtual host: the model answers as the Cloud Connector
             assert self.answer is not None
             return self.answer(incoming)
-        reply = self.forward(target, incoming, parts.path or "/", parts.query, parts.netloc)
         bearer = incoming.headers.get("Proxy-Authorization") or ""
-        record = Forwarded(
+        hop = Forwarded(
             incoming.method, f"http://{parts.netloc}{parts.path or '/'}",
             fingerprint(bearer[7:].strip()) if bearer[:7].lower() == "bearer " else None,
             "SAP-Connectivity-Authentication" in incoming.headers,
-            incoming.headers.get("SAP-Connectivity-SCC-Location_ID"), int(reply.status),
+            incoming.headers.get("SAP-Connectivity-SCC-Location_ID"), 0, incoming.connection,
         )
         with self._lock:
-            self.forwarded.append(record)
+            observers = list(self._observers)
+        for observer in observers:  # before the hop, so a trace reads proxy -> backend
+            try:
+                observer(hop)
+            except Exception:  # noqa: BLE001 - a broken observer must not change an answer
+                pass
+        reply = self.forward(target, incoming, parts.path or "/", parts.query, parts.netloc)
+        with self._lock:
+            self.forwarded.append(replace(hop, status=int(reply.status)))
         return reply
+
+    def observe(self, observer: Callable[[Forwarded], None]) -> Callable[[], None]:
+        """Call ``observer(forwarded)`` as each request is forwarded, before the on-premise
+        system answers (``status`` 0; the live trace); ``forwarded`` keeps the answered ones."""
+        with self._lock:
+            self._observers.append(observer)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if observer in self._observers:
+                    self._observers.remove(observer)
+
+        return unsubscribe
 
     def forward(self, target: OnPremiseService, incoming: Incoming, path: str, query: str, netloc: str) -> Reply:
         """Relay over a real socket (TLS with the sandbox CA when the target speaks it)."""
         headers = {k: v for k, v in incoming.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["Host"] = netloc
         headers[TUNNEL_HEADER] = target.tunnel_secret
+        if incoming.connection:
+            headers[CONNECTION_HEADER] = incoming.connection
         conn: http.client.HTTPConnection
         if target.scheme == "https":
             conn = http.client.HTTPSConnection(LOOPBACK, target.port, timeout=self.timeout, context=self.client_tls)

@@ -22,7 +22,8 @@ import respx
 from requests.utils import select_proxy
 
 from ..engine import set_default_propagator
-from .landscape import Landscape, Origins, Request, _origin
+from .landscape import Landscape
+from .wire import Origins, Request, _origin
 
 __all__ = ["Emulation", "emulate", "ENV_KEYS_CLEARED"]
 

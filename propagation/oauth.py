@@ -10,18 +10,18 @@ from __future__ import annotations
 import base64
 import json
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Awaitable, Callable, Mapping
-from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
+from urllib.parse import quote_plus, urlsplit, urlunsplit
 
 import requests
 
 from ._log import logger
 from .errors import ConfigurationError, TokenExchangeError
+from .redaction import sanitize as _sanitize
 from .flow import Answer, AsyncIO, ClientCertFiles, Flow, HttpCall, Sleep, SyncIO, TransportFailure, run_async, run_sync
 from .tokens import fingerprint
 
@@ -124,11 +124,6 @@ _TOKEN_FIELDS = frozenset({"access_token", "refresh_token", "id_token"})
 #: Answer fields mapped to ``TokenResponse`` attributes.
 _MAPPED_FIELDS = frozenset({"token_type", "expires_in", "scope", "issued_token_type"})
 
-_JWT_LIKE = re.compile(r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-_MAX_TEXT = 200
-
-
 def _grant_name(grant_type: str) -> str:
     return _GRANT_NAMES.get(grant_type, grant_type)
 
@@ -141,42 +136,10 @@ def _safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _sanitize(text: Any, secrets: tuple[str, ...], limit: int = _MAX_TEXT) -> str | None:
-    """An IdP-supplied string made safe for a message: no control characters, no echo of
-    anything we sent as a credential, nothing shaped like a JWT, bounded length."""
-    if not isinstance(text, str):
-        return None
-    clean = _CONTROL.sub(" ", text).strip()
-    for variant in _encodings(secrets):
-        clean = _replace_ci(clean, variant) if "%" in variant else clean.replace(variant, "[redacted]")
-    clean = _JWT_LIKE.sub("[redacted]", clean)
-    if len(clean) > limit:
-        clean = clean[: limit - 1] + "…"
-    return clean or None
-
-
 def _basic_header(client_id: str, client_secret: str) -> str:
     """RFC 6749 §2.3.1: id and secret are form-urlencoded *before* Basic encoding."""
     raw = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode("utf-8")
     return "Basic " + base64.b64encode(raw).decode("ascii")
-
-
-def _encodings(secrets: tuple[str, ...]) -> list[str]:
-    """Every way a secret we sent can come back in an echo: as is, form-encoded (``+`` or
-    ``%20``, upper- or lower-case escapes), JSON-escaped, base64 (alone, or as the tail of a
-    Basic header) — longest first, so a longer form is redacted before a shorter one inside it."""
-    variants: set[str] = set()
-    for secret in secrets:
-        if not secret or len(secret) < 4:
-            continue
-        variants.update({secret, quote_plus(secret), quote(secret, safe=""), json.dumps(secret)[1:-1]})
-        variants.add(base64.b64encode(secret.encode("utf-8")).decode("ascii").rstrip("="))
-    return sorted((v for v in variants if len(v) >= 4), key=len, reverse=True)
-
-
-def _replace_ci(text: str, needle: str) -> str:
-    """Replace ``needle`` whatever the case of its percent-escapes (``%2B`` / ``%2b``)."""
-    return re.sub(re.escape(needle), "[redacted]", text, flags=re.IGNORECASE)
 
 
 def _jwt_expiry(token: str) -> float | None:

@@ -55,9 +55,10 @@ from ..oauth import (
     TokenResponse,
     _expires_in,
     _safe_url,
-    _sanitize,
+
     expand_token_type,
 )
+from ..redaction import sanitize as _sanitize
 from ..flow import Answer, Cached, ClientCertFiles, Flow, HttpCall, Invalidate, Sleep, TransportFailure, run_sync
 from ..tokens import UserToken
 from . import keystores

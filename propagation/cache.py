@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
 
 from ._log import logger
+from .errors import TokenExchangeError
 from .oauth import TokenResponse
 
 __all__ = ["CacheKey", "TokenCache", "MemoryTokenCache"]
@@ -151,7 +152,7 @@ class MemoryTokenCache:
         skew: float = 60.0,
         default_ttl: float = 300.0,
         clock: Callable[[], float] = time.time,
-        wait_timeout: float = 60.0,
+        wait_timeout: float = 30.0,
     ) -> None:
         if maxsize < 0:
             raise ValueError("maxsize must be >= 0")
@@ -263,10 +264,11 @@ class MemoryTokenCache:
             waiters = flight.finish()
         _wake_all(waiters)
 
-    def _gave_up(self, key: CacheKey) -> TimeoutError:
+    def _gave_up(self, key: CacheKey) -> TokenExchangeError:
         self._log(key, "wait-timeout")
-        return TimeoutError(
-            f"Waited {self.wait_timeout:g} s for another caller's token request (destination '{key.destination}'); giving up."
+        return TokenExchangeError(
+            f"Waited {self.wait_timeout:g} s for another caller's token request (destination '{key.destination}'): "
+            f"the deadline passed; nothing was sent by this caller."
         )
 
     @staticmethod

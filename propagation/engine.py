@@ -62,6 +62,10 @@ class Propagator:
             from .redis_cache import cache_from_env
 
             cache = cache_from_env(self.environ, self.bindings)
+            # Waiters of a single flight give up at the same deadline as the request they wait for.
+            waiting = getattr(cache, "fallback", cache)
+            if hasattr(waiting, "wait_timeout"):
+                waiting.wait_timeout = self.oauth.deadline
         self.cache: TokenCache = cache
         mode = connectivity_mode or self.environ.get(MODE_ENV) or "exchange"
         self.connectivity = Connectivity(self.bindings, self.oauth, self.cache, mode)

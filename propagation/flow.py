@@ -19,6 +19,7 @@ the flow — not the executor — decides what is retried.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import os
@@ -74,6 +75,8 @@ class HttpCall:
     params: Mapping[str, str] | None = None
     client_cert: tuple[str, str] | None = None
     timeout: float | tuple[float, float] | None = None
+    #: ``time.monotonic()`` by which the whole request — connect, headers, body — must be done.
+    deadline: float | None = None
 
     def __repr__(self) -> str:  # headers and body hold secrets
         return f"HttpCall({self.method} {self.url.split('?', 1)[0]!r})"
@@ -221,16 +224,52 @@ def _failure(exc: BaseException) -> TransportFailure:
     return TransportFailure("other", name)
 
 
-class SyncIO:
-    """Performs :class:`HttpCall` with a ``requests.Session`` (blocking)."""
+def _remaining(call: HttpCall) -> float | None:
+    if call.deadline is None:
+        return None
+    left = call.deadline - time.monotonic()
+    if left <= 0:
+        raise TransportFailure("timeout", "DeadlineExceeded")
+    return left
 
-    def __init__(self, session: "requests.Session", sleep: Callable[[float], None] = time.sleep) -> None:
+
+def _bounded(timeout: Any, left: float | None) -> Any:
+    """Per-read timeouts never longer than the time left."""
+    if left is None or timeout is None:
+        return timeout if left is None else left
+    if isinstance(timeout, tuple):
+        return (min(timeout[0], left), min(timeout[1], left))
+    return min(float(timeout), left)
+
+
+class SyncIO:
+    """Performs :class:`HttpCall` with a ``requests.Session`` (blocking). A call with a deadline
+    runs on a worker thread that the caller stops waiting for at the deadline (a peer dripping
+    bytes cannot stretch it; the abandoned request ends with its per-read timeout)."""
+
+    def __init__(self, session: "requests.Session", sleep: Callable[[float], None] = time.sleep,
+                 workers: Any = None) -> None:
         self.session = session
         self.sleep = sleep
+        self.workers = workers
 
     def http(self, call: HttpCall) -> Answer:
+        left = _remaining(call)
+        if left is None or self.workers is None:
+            return self._http(call, left)
+        import concurrent.futures
+
+        future = self.workers.submit(self._http, call, left)
+        try:
+            return future.result(timeout=left)  # type: ignore[no-any-return]
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TransportFailure("timeout", "DeadlineExceeded") from None
+
+    def _http(self, call: HttpCall, left: float | None) -> Answer:
         import requests
 
+        call = call if left is None else dataclasses.replace(call, timeout=_bounded(call.timeout, left))
         try:
             if call.client_cert is not None:
                 with ClientCertFiles(*call.client_cert) as cert:
@@ -285,18 +324,22 @@ class AsyncIO:
         import httpx
 
         client = self._client(call.client_cert)
-        timeout = call.timeout
+        left = _remaining(call)
+        timeout = _bounded(call.timeout, left)
         if isinstance(timeout, tuple):
             timeout = httpx.Timeout(timeout[1], connect=timeout[0])
+        sending = client.request(
+            call.method,
+            call.url,
+            data=dict(call.data) if call.data is not None else None,
+            headers=dict(call.headers),
+            params=dict(call.params) if call.params else None,
+            timeout=timeout,
+        )
         try:
-            response = await client.request(
-                call.method,
-                call.url,
-                data=dict(call.data) if call.data is not None else None,
-                headers=dict(call.headers),
-                params=dict(call.params) if call.params else None,
-                timeout=timeout,
-            )
+            response = await (sending if left is None else asyncio.wait_for(sending, left))
+        except asyncio.TimeoutError:
+            raise TransportFailure("timeout", "DeadlineExceeded") from None
         except httpx.HTTPError as exc:
             raise _failure(exc) from exc
         return Answer(response.status_code, {k.lower(): v for k, v in response.headers.items()}, response.content)
@@ -314,8 +357,6 @@ def _capped(token: Any, not_after: float | None) -> Any:
     expires_at = getattr(token, "expires_at", False)
     if not_after is None or expires_at is False or (expires_at is not None and expires_at <= not_after):
         return token
-    import dataclasses
-
     return dataclasses.replace(token, expires_at=not_after)
 
 

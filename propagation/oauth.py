@@ -22,7 +22,8 @@ import requests
 from ._log import logger
 from .errors import ConfigurationError, TokenExchangeError
 from .redaction import sanitize as _sanitize
-from .flow import Answer, AsyncIO, ClientCertFiles, Flow, HttpCall, Sleep, SyncIO, TransportFailure, run_async, run_sync
+from .resilience import Breakers, resilient_flow
+from .flow import Answer, AsyncIO, ClientCertFiles, Flow, HttpCall, SyncIO, TransportFailure, run_async, run_sync
 from .tokens import fingerprint
 
 __all__ = [
@@ -179,7 +180,10 @@ _ClientCertFiles = ClientCertFiles
 class OAuthClient:
     """A token endpoint client, shared by the whole engine (it holds no per-user state).
 
-    ``timeout`` goes to every request (``(connect, read)`` seconds). A 5xx answer or a
+    ``timeout`` goes to every request (``(connect, read)`` seconds) and ``deadline`` bounds the
+    whole operation (:mod:`propagation.resilience`: retries and back-offs included, however slowly
+    the IdP answers; a breaker per host and tenant fails fast after ``breaker_threshold``
+    consecutive failures for ``breaker_cooldown`` seconds). A 5xx answer or a
     connection error/timeout is retried ``retries`` times after ``backoff * 2**attempt``
     seconds (via ``sleep``, or ``asleep`` in async code; injectable for tests); a 4xx answer is final. ``clock`` is the
     wall clock that turns ``expires_in`` into ``TokenResponse.expires_at``.
@@ -200,13 +204,23 @@ class OAuthClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         asleep: Callable[[float], Awaitable[None]] | None = None,
+        deadline: float = 30.0,
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 30.0,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
         if backoff < 0:
             raise ValueError("backoff must be >= 0")
+        if deadline <= 0:
+            raise ValueError("deadline must be > 0")
         self.timeout = timeout
         self.retries = retries
+        #: Seconds one token request or lookup may take in all, retries and back-offs included.
+        self.deadline = deadline
+        #: Per (host, tenant): fail fast after ``breaker_threshold`` consecutive failures (0: off).
+        self.breakers = Breakers(breaker_threshold, breaker_cooldown)
+        self._workers: Any = None
         self.backoff = backoff
         self.sleep = sleep
         self.clock = clock
@@ -219,11 +233,19 @@ class OAuthClient:
 
     @property
     def io(self) -> SyncIO:
-        """The blocking side: this client's ``requests`` session and ``sleep``."""
-        return SyncIO(self.session, self.sleep)
+        """The blocking side: this client's ``requests`` session and ``sleep``, and the worker
+        threads that let a caller stop waiting at the deadline."""
+        if self._workers is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._workers = ThreadPoolExecutor(max_workers=32, thread_name_prefix="propagation-io")
+        return SyncIO(self.session, self.sleep, self._workers)
 
     def close(self) -> None:
         self.session.close()
+        if self._workers is not None:
+            self._workers.shutdown(wait=False, cancel_futures=True)
+            self._workers = None
 
     async def aclose(self) -> None:
         await self.aio.aclose()
@@ -362,39 +384,26 @@ class OAuthClient:
         call = HttpCall(
             "POST", token_url, request_headers, body, dict(query or {}), cert, self.timeout  # type: ignore[arg-type]
         )
-        attempts = self.retries + 1
-        for attempt in range(attempts):
-            logger.debug(
-                "token request host=%s grant=%s client=%s auth=%s attempt=%d/%d",
-                ctx.host, ctx.grant, ctx.client_id, auth_mode, attempt + 1, attempts,
+        logger.debug("token request host=%s grant=%s client=%s auth=%s", ctx.host, ctx.grant, ctx.client_id, auth_mode)
+        started = self.clock()
+        try:
+            response, attempts = yield from resilient_flow(
+                call, retries=self.retries, backoff=self.backoff, deadline=self.deadline, breakers=self.breakers,
+                key=(host, request_headers.get("X-zid")), what=ctx.prefix(),
             )
-            started = self.clock()
-            try:
-                response: Answer = yield call
-            except TransportFailure as exc:
-                logger.debug("token request host=%s grant=%s failed: %s", ctx.host, ctx.grant, exc.cause)
-                if exc.kind == "tls":
-                    # A TLS failure (untrusted IdP, rejected client certificate) does not heal.
-                    raise TokenExchangeError(f"{ctx.prefix()} failed: TLS error ({exc.cause}).", url=ctx.url) from exc.__cause__
-                if exc.kind in ("connect", "timeout") and attempt + 1 < attempts:
-                    yield self._pause(attempt, ctx)
-                    continue
-                suffix = f" after {attempts} attempt(s)" if exc.kind in ("connect", "timeout") else ""
-                raise TokenExchangeError(f"{ctx.prefix()} failed: {exc.cause}{suffix}.", url=ctx.url) from exc.__cause__
-            status = response.status
-            logger.debug("token response host=%s grant=%s client=%s status=%d", ctx.host, ctx.grant, ctx.client_id, status)
-            if status >= 500 and attempt + 1 < attempts:
-                yield self._pause(attempt, ctx)
-                continue
-            if 200 <= status < 300:
-                return self._parse_success(response, started, ctx)
-            raise self._error(response, ctx, attempts if status >= 500 else None)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _pause(self, attempt: int, ctx: "_RequestContext") -> Sleep:
-        delay = self.backoff * (2**attempt)
-        logger.debug("token request host=%s grant=%s: retrying in %.3fs", ctx.host, ctx.grant, delay)
-        return Sleep(delay)
+        except TransportFailure as exc:
+            logger.debug("token request host=%s grant=%s failed: %s", ctx.host, ctx.grant, exc.cause)
+            if exc.kind == "tls":
+                # A TLS failure (untrusted IdP, rejected client certificate) does not heal.
+                raise TokenExchangeError(f"{ctx.prefix()} failed: TLS error ({exc.cause}).", url=ctx.url) from exc.__cause__
+            tries = getattr(exc, "attempts", 1)
+            suffix = f" after {tries} attempt(s)" if exc.kind in ("connect", "timeout") else ""
+            raise TokenExchangeError(f"{ctx.prefix()} failed: {exc.cause}{suffix}.", url=ctx.url) from exc.__cause__
+        status = response.status
+        logger.debug("token response host=%s grant=%s client=%s status=%d", ctx.host, ctx.grant, ctx.client_id, status)
+        if 200 <= status < 300:
+            return self._parse_success(response, started, ctx)
+        raise self._error(response, ctx, attempts if status >= 500 else None)
 
     def _parse_success(self, response: Answer, started: float, ctx: "_RequestContext") -> TokenResponse:
         """A 2xx answer must be a JSON object with a string ``access_token``."""

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from ._log import logger
 from .cache import CacheKey, MemoryTokenCache, TokenCache
-from .errors import ConfigurationError
+from .errors import ConfigurationError, TokenExchangeError
 from .oauth import TokenResponse
 from .sealing import Sealer, decode_key
 
@@ -264,7 +264,11 @@ class RedisTokenCache:
             elif flight.owner == me:
                 raise RuntimeError("get_or_fetch: fetch() asked the cache for its own key (recursion).")
         if not leader:
-            flight.done.wait()
+            if not flight.done.wait(self.fallback.wait_timeout):
+                raise TokenExchangeError(
+                    f"Waited {self.fallback.wait_timeout:g} s for another thread's token request "
+                    f"(destination '{key.destination}'): the deadline passed; nothing was sent by this caller."
+                )
             if flight.error is not None:
                 raise flight.error
             assert flight.result is not None

@@ -39,6 +39,8 @@ class Seen:
 class Loopback:
     delay: float = 0.0
     tls: ssl.SSLContext | None = None  # server context: HTTPS (handshake in the handler thread)
+    drip: float = 0.0  # token endpoint: the whole answer one byte every `drip` seconds (at most ~8 s)
+    fail: int = 0  # token endpoint: answer this HTTP status (e.g. 503) while non-zero
     seen: list[Seen] = field(default_factory=list)
     exchanges: list[dict[str, str]] = field(default_factory=list)
 
@@ -67,6 +69,16 @@ class Loopback:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _drip(self, payload: bytes) -> None:
+                try:
+                    for i in range(min(len(payload), int(8 / outer.drip))):
+                        self.wfile.write(payload[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(outer.drip)
+                except OSError:
+                    pass
+                self.close_connection = True
+
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length).decode() if length else ""
@@ -77,6 +89,13 @@ class Loopback:
                     with outer._lock:
                         outer.exchanges.append(fields)
                         n = len(outer.exchanges)
+                    if outer.fail:
+                        self._reply(outer.fail, {"error": "temporarily_unavailable"})
+                        return
+                    if outer.drip:
+                        self._drip(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n'
+                                   b'{"access_token": "late", "expires_in": 1}')
+                        return
                     if outer.delay:
                         time.sleep(outer.delay)
                     user = user_of(fields.get("assertion", "")) or "technical"

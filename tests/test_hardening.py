@@ -156,3 +156,92 @@ def test_an_exchanged_token_is_never_used_past_the_user_token_it_was_made_from()
         clock[0] += 130  # the user's token has expired: its 12-hour exchange must not outlive it
         assert engine.headers("API", user_token=user) == {"Authorization": "Bearer second"}
         assert len([c for c in rsps.calls if "oauth" in c.request.url]) == 2
+
+
+# -- 1. time is bounded ------------------------------------------------------------------------------
+from loopback import Loopback  # noqa: E402
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_idp_dripping_its_answer_cannot_stretch_the_deadline(mode: str) -> None:
+    """Per-read timeouts of 1 s never fire when a byte comes every 0.2 s: the deadline does."""
+    import asyncio
+
+    with Loopback(drip=0.2) as idp:
+        oauth = OAuthClient(timeout=(1, 1), retries=0, deadline=1.0)
+        started = time.monotonic()
+        with pytest.raises(TokenExchangeError) as info:
+            if mode == "sync":
+                oauth.request_token(f"{idp.base}/oauth/token", ClientCredentials("c", "s"), "client_credentials")
+            else:
+                asyncio.run(oauth.arequest_token(f"{idp.base}/oauth/token", ClientCredentials("c", "s"), "client_credentials"))
+        elapsed = time.monotonic() - started
+        oauth.close()
+    assert elapsed < 1.6, elapsed  # the drip would have taken ~8 s
+    assert "DeadlineExceeded" in str(info.value)
+
+
+def test_waiters_of_a_single_flight_give_up_at_the_deadline() -> None:
+    import threading
+
+    cache = MemoryTokenCache(wait_timeout=0.3)
+    release = threading.Event()
+    key = __import__("propagation.cache", fromlist=["CacheKey"]).CacheKey("S4", "jwt-bearer", "c", user="fp")
+
+    def slow() -> TokenResponse:
+        release.wait(5)
+        return TokenResponse("late", expires_at=time.time() + 60)
+
+    leader = threading.Thread(target=lambda: cache.get_or_fetch(key, slow))
+    leader.start()
+    time.sleep(0.05)  # the leader is fetching
+    started = time.monotonic()
+    with pytest.raises(TokenExchangeError, match="deadline passed"):
+        cache.get_or_fetch(key, lambda: pytest.fail("a waiter never fetches"))
+    assert 0.25 < time.monotonic() - started < 1.0
+    release.set()
+    leader.join()
+
+
+# -- 2. breakers ---------------------------------------------------------------------------------------
+def test_a_failing_idp_trips_the_breaker_64_threads_fail_fast_and_it_recovers() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    now = [0.0]
+    with Loopback(fail=503) as idp:
+        oauth = OAuthClient(retries=0, breaker_threshold=5, breaker_cooldown=30.0)
+        oauth.breakers.clock = lambda: now[0]
+        url = f"{idp.base}/oauth/token"
+
+        def call(_: int) -> tuple[str, float]:
+            started = time.monotonic()
+            try:
+                oauth.request_token(url, ClientCredentials("c", "s"), "client_credentials")
+                return "ok", time.monotonic() - started
+            except TokenExchangeError as exc:
+                return type(exc).__name__ + (" open" if "circuit breaker open" in str(exc) else ""), time.monotonic() - started
+
+        for _ in range(5):  # five consecutive failures open it
+            assert call(0)[0] == "TokenExchangeError"
+        with ThreadPoolExecutor(64) as pool:
+            results = list(pool.map(call, range(64)))
+        assert {r for r, _ in results} == {"CircuitOpenError open"}
+        assert max(t for _, t in results) < 0.5
+        assert len(idp.exchanges) == 5  # nothing reached the IdP while open
+        idp.fail = 0  # the IdP comes back
+        now[0] += 31  # after the cool-down one probe goes through and closes it
+        assert call(0)[0] == "ok"
+        with ThreadPoolExecutor(8) as pool:
+            assert set(r for r, _ in pool.map(call, range(16))) == {"ok"}
+        oauth.close()
+
+
+def test_4xx_answers_never_open_the_breaker() -> None:
+    oauth = OAuthClient(retries=0, breaker_threshold=2)
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.POST, "https://idp.example.com/oauth/token", status=401, json={"error": "invalid_client"})
+        for _ in range(5):
+            with pytest.raises(TokenExchangeError) as info:
+                oauth.request_token("https://idp.example.com/oauth/token", ClientCredentials("c", "s"), "client_credentials")
+            assert info.value.error == "invalid_client"
+        assert len(rsps.calls) == 5

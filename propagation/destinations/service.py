@@ -59,7 +59,8 @@ from ..oauth import (
     expand_token_type,
 )
 from ..redaction import sanitize as _sanitize
-from ..flow import Answer, Cached, ClientCertFiles, Flow, HttpCall, Invalidate, Sleep, TransportFailure, run_sync
+from ..resilience import resilient_flow
+from ..flow import Answer, Cached, ClientCertFiles, Flow, HttpCall, Invalidate, TransportFailure, run_sync
 from ..tokens import UserToken
 from . import keystores
 from .service_config import DestinationServiceConfig, _Tenant
@@ -380,34 +381,30 @@ class DestinationService:
         return min([self.config_ttl, *lifetimes])
 
     def _get(self, url: str, headers: dict[str, str], name: str, tenant: _Tenant, user: UserToken | None) -> Flow[Answer]:
-        """GET with the OAuth client's timeout and retry policy (5xx, connection)."""
-        attempts = self.oauth.retries + 1
+        """GET under the OAuth client's policy (:mod:`propagation.resilience`: timeout, deadline,
+        retries of 5xx and connection errors, breaker per host and tenant)."""
         safe = _safe_url(url)
-        for attempt in range(attempts):
-            logger.debug(
-                "destination=%s destination-service find tenant=%s user=%s attempt=%d/%d",
-                name, tenant.id, user.fingerprint if user else None, attempt + 1, attempts,
+        logger.debug("destination=%s destination-service find tenant=%s user=%s", name, tenant.id,
+                     user.fingerprint if user else None)
+        oauth = self.oauth
+        try:
+            response, _ = yield from resilient_flow(
+                HttpCall("GET", url, headers, timeout=oauth.timeout), retries=oauth.retries, backoff=oauth.backoff,
+                deadline=oauth.deadline, breakers=oauth.breakers, key=(urlsplit(url).hostname, tenant.id),
+                what=f"Destination service lookup of '{name}' at {safe}",
             )
-            try:
-                response: Answer = yield HttpCall("GET", url, headers, timeout=self.oauth.timeout)
-            except TransportFailure as exc:
-                if exc.kind == "tls":
-                    raise TokenExchangeError(
-                        f"Destination service lookup of '{name}' at {safe}: TLS error ({exc.cause}).", url=safe
-                    ) from exc.__cause__
-                if exc.kind in ("connect", "timeout") and attempt + 1 < attempts:
-                    yield Sleep(self.oauth.backoff * (2**attempt))
-                    continue
-                suffix = f" after {attempts} attempt(s)" if exc.kind in ("connect", "timeout") else ""
+        except TransportFailure as exc:
+            if exc.kind == "tls":
                 raise TokenExchangeError(
-                    f"Destination service lookup of '{name}' at {safe} failed: {exc.cause}{suffix}.", url=safe
+                    f"Destination service lookup of '{name}' at {safe}: TLS error ({exc.cause}).", url=safe
                 ) from exc.__cause__
-            logger.debug("destination=%s destination-service find status=%d", name, response.status)
-            if response.status >= 500 and attempt + 1 < attempts:
-                yield Sleep(self.oauth.backoff * (2**attempt))
-                continue
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
+            tries = getattr(exc, "attempts", 1)
+            suffix = f" after {tries} attempt(s)" if exc.kind in ("connect", "timeout") else ""
+            raise TokenExchangeError(
+                f"Destination service lookup of '{name}' at {safe} failed: {exc.cause}{suffix}.", url=safe
+            ) from exc.__cause__
+        logger.debug("destination=%s destination-service find status=%d", name, response.status)
+        return response
 
 
 class _NotFound(Exception):

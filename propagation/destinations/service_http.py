@@ -5,7 +5,7 @@ the binding and tenant — never a token, secret or client-provided credential."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 from urllib.parse import urlsplit
 
 from .._log import logger
@@ -18,8 +18,10 @@ from .lookup import LookupOptions, digest
 from .service_config import _Tenant
 
 if TYPE_CHECKING:
+    from ..cache import TokenCache
+    from ..oauth import OAuthClient
     from .model import Destination
-    from .service import DestinationService
+    from .service_config import DestinationServiceConfig
 
 __all__ = ["NotFound", "service_token", "call", "error_text", "user_lookup_headers", "technical_lookup_headers", "auth_headers"]
 
@@ -27,11 +29,19 @@ __all__ = ["NotFound", "service_token", "call", "error_text", "user_lookup_heade
 _SERVICE_TOKEN_KEY = "<destination-service>"
 
 
+class DestinationService(Protocol):
+    """What a call needs of :class:`~propagation.destinations.service.DestinationService`."""
+
+    config: "DestinationServiceConfig"
+    oauth: "OAuthClient"
+    cache: "TokenCache"
+
+
 class NotFound(Exception):
     """404 from a find call."""
 
 
-def service_token(svc: "DestinationService", tenant: _Tenant) -> Flow[tuple[TokenResponse, CacheKey, bool]]:
+def service_token(svc: DestinationService, tenant: _Tenant) -> Flow[tuple[TokenResponse, CacheKey, bool]]:
     """The tenant's client_credentials token for the service (cached per tenant)."""
     key = CacheKey(
         destination=_SERVICE_TOKEN_KEY,
@@ -47,7 +57,7 @@ def service_token(svc: "DestinationService", tenant: _Tenant) -> Flow[tuple[Toke
 
 
 def call(
-    svc: "DestinationService",
+    svc: DestinationService,
     url: str,
     tenant: _Tenant,
     headers: Mapping[str, str],
@@ -91,7 +101,7 @@ def call(
         raise TokenExchangeError(f"{where}: the answer to {what} is not JSON.", status=status, url=_safe_url(url)) from None
 
 
-def _get(svc: "DestinationService", url: str, headers: dict[str, str], what: str, tenant: _Tenant,
+def _get(svc: DestinationService, url: str, headers: dict[str, str], what: str, tenant: _Tenant,
          user: UserToken | None) -> Flow[Answer]:
     """GET with the OAuth client's timeout and retry policy (5xx, connection)."""
     attempts = svc.oauth.retries + 1

@@ -112,7 +112,10 @@ def headers(name: str, *, user_token: str | UserToken | None = None, **lookup: A
 
 
 def destinations(*, user_token: str | UserToken | None = None, service: bool = True) -> "list[DestinationInfo]":
-    """Every destination the default engine can resolve — the ``destinations`` variable,
+    """(Once any ``propagation.destinations.*`` submodule is imported, the name refers to that
+    package, which is callable with the same arguments and result.)
+
+    Every destination the default engine can resolve — the ``destinations`` variable,
     service bindings, and the Destination service's subaccount and instance destinations (of
     the user's tenant, or the provider's) — as :class:`DestinationInfo` (name, source, type,
     needs-user, proxy type, origin): never a secret. ``service=False`` skips the service."""

@@ -347,3 +347,67 @@ def test_option_values_never_in_reprs(web: Web) -> None:
         assert "SECRET" not in text
     assert "refresh_token=<set>" in repr(s.lookup)
     assert DEST_URI  # the stand-in answered
+
+
+# -- 8. listing --------------------------------------------------------------------------------------------
+LISTS = ("/destination-configuration/v1/instanceDestinations", "/destination-configuration/v1/subaccountDestinations")
+
+
+@pytest.mark.parametrize(
+    "user_tenant, expected_tenants",
+    [pytest.param(None, ["provider"], id="no-user:provider"),
+     pytest.param("sub1", ["sub1", "provider"], id="subscriber:own-then-provider")],
+)
+def test_destinations_lists_env_bindings_and_service_without_secrets(web: Web, user_tenant: str | None,
+                                                                     expected_tenants: list[str]) -> None:
+    import json
+
+    from propagation.destinations.listing import DestinationInfo
+
+    svc = StandIn(web).install()
+    svc.add("provider", cfg("BasicAuthentication", name="S4", User="u", Password="pw-SECRET"), level="instance")
+    svc.add("provider", cfg("OAuth2JWTBearer", name="JWT", clientSecret="cs-SECRET"))
+    svc.add("provider", cfg("OAuth2ClientCredentials", name="ENV1"))  # hidden by the env entry
+    svc.add("provider", {"Name": "RFC1", "Type": "RFC", "Authentication": "BasicAuthentication"})
+    svc.add("provider", cfg("SAMLBearerFancy", name="ODD"))
+    svc.add("sub1", cfg("OAuth2SAMLBearerAssertion", name="JWT", SAMLAssertionProvider="ClientProvided"))
+    environ = {"destinations": json.dumps([{"name": "ENV1", "url": "https://env.example.com"}])}
+    e = engine(environ)
+    user = xsuaa_user("u", user_tenant) if user_tenant else None
+    listed = e.destinations(user_token=user)
+    source = "Destination service (dest)"
+    first_jwt = (
+        DestinationInfo("JWT", f"{source}, subaccount level", "service", "OAuth2SAMLBearerAssertion", False, "Internet",
+                        TARGET, "sub1-zid", "subaccount")
+        if user_tenant else
+        DestinationInfo("JWT", f"{source}, subaccount level", "service", "OAuth2JWTBearer", True, "Internet", TARGET,
+                        "provider-zid", "subaccount")
+    )
+    assert listed[0] == DestinationInfo("ENV1", "destinations environment variable", "environment", "NoAuthentication",
+                                        False, "Internet", "https://env.example.com")
+    expected = [first_jwt] if user_tenant else []
+    expected += [
+        DestinationInfo("S4", f"{source}, instance level", "service", "BasicAuthentication", False, "Internet", TARGET,
+                        "provider-zid", "instance"),
+        *([] if user_tenant else [first_jwt]),
+        DestinationInfo("RFC1", f"{source}, subaccount level", "service", "BasicAuthentication", False, "Internet", "",
+                        "provider-zid", "subaccount", "Type RFC: only HTTP destinations can be called"),
+        DestinationInfo("ODD", f"{source}, subaccount level", "service", "SAMLBearerFancy", False, "Internet", TARGET,
+                        "provider-zid", "subaccount", "Authentication SAMLBearerFancy is not supported"),
+    ]
+    assert listed[1:] == expected
+    assert "SECRET" not in repr(listed)
+    assert [(f.path, f.tenant, f.query) for f in svc.finds] == [
+        (path, tenant, {}) for tenant in expected_tenants for path in LISTS]
+    assert e.destinations(service=False) == listed[:1]
+
+
+def test_module_level_destinations_uses_the_default_engine(web: Web) -> None:
+    svc = StandIn(web).install()
+    svc.add("provider", cfg(name="S4"))
+    propagation.set_default_propagator(engine())
+    try:
+        assert [d.name for d in propagation.destinations()] == ["S4"]
+    finally:
+        propagation.set_default_propagator(None)
+    assert [f.path for f in svc.finds] == list(LISTS)

@@ -67,6 +67,7 @@ class DestinationServiceStandIn:
         self.status: list[int] = []  # statuses to answer next find calls with
         self.expires_in: Any = 3600
         self.error: str | None = None
+        self.skip_omits_certificates = False  # an answer without token retrieval may leave them out
         self.count = 0
         rsps.add_callback(responses.POST, TOKEN_RE, callback=self.token, content_type="application/json")
         rsps.add_callback(responses.GET, FIND_RE, callback=self.find, content_type="application/json")
@@ -101,7 +102,7 @@ class DestinationServiceStandIn:
             return 404, {}, json.dumps({"ErrorMessage": "Configuration with the specified name was not found"})
         answer: dict[str, Any] = {"owner": {"SubaccountId": sub}, "destinationConfiguration": config}
         auth = config.get("Authentication", "NoAuthentication")
-        if auth == "ClientCertificateAuthentication":
+        if auth == "ClientCertificateAuthentication" and not (skip and self.skip_omits_certificates):
             answer["certificates"] = self.destinations[sub].get("<certificates>", [])
         elif auth not in ("NoAuthentication", "PrincipalPropagation") and not skip:
             answer["authTokens"] = [self.auth_token(auth, user, sub, request)]
@@ -504,6 +505,22 @@ def test_client_certificate_is_used_for_the_call_only(rsps, store_name, content,
     assert "BEGIN CERTIFICATE" in seen["cert"] and "PRIVATE KEY" in seen["key"]
     assert not any(os.path.exists(p) for p in seen["files"])  # deleted after the call
     assert "Authorization" not in target_calls(rsps)[0].request.headers
+
+
+@pytest.mark.parametrize("omitted", [pytest.param(False, id="certificates-with-configuration"),
+                                     pytest.param(True, id="certificates-only-with-token-retrieval")])
+def test_client_certificate_from_the_configuration_or_one_token_lookup(rsps, omitted):
+    svc = service(rsps, cfg("ClientCertificateAuthentication", KeyStoreLocation="client.pem"))
+    svc.destinations["provider"]["<certificates>"] = [
+        {"Name": "client.pem", "Type": "CERTIFICATE", "Content": base64.b64encode(_pem_store()).decode()}]
+    svc.skip_omits_certificates = omitted
+    rsps.get(f"{TARGET}/Items", json={})
+    e = engine()
+    for _ in range(2):
+        assert e.session("S4").get("/Items").status_code == 200
+    assert [f["skip"] for f in svc.finds] == ([True, False] if omitted else [True])
+    assert all(f["headers"] == {} for f in svc.finds)
+    assert e.destination("S4").service.certificate[0].startswith("-----BEGIN CERTIFICATE")
 
 
 def test_client_certificate_wrong_password_and_other_host(rsps):

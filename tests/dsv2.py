@@ -76,6 +76,7 @@ class StandIn:
     finds: list[Find] = field(default_factory=list)
     token_urls: list[str] = field(default_factory=list)
     count: int = 0
+    echo_error: bool = False  # authTokens[0].error quotes the client-provided headers back
 
     def add(self, tenant: str, config: dict[str, Any], level: str = "subaccount") -> None:
         self.store.setdefault((tenant, level), {})[config["Name"]] = config
@@ -144,6 +145,9 @@ class StandIn:
             return {"type": "", "value": "", "error": f"No user token (JWT) has been provided. This is strictly necessary for '{auth}'."}
         if raw and req.header("X-tenant"):
             return {"type": "", "value": "", "error": "X-user-token and X-tenant together"}
+        if self.echo_error:
+            quoted = ", ".join(f"{h}={req.header(h)}" for h in ("X-refresh-token", "X-samlAssertion") if req.header(h))
+            return {"type": "", "value": "", "error": f"invalid_grant: token {quoted} was rejected"}
         who = UserToken.parse(raw).user if raw else "technical"
         extras = [f"{h}={req.header(h)}" for h in ("X-tenant", "X-refresh-token", "X-samlAssertion", "X-chain-name")
                   if req.header(h)]

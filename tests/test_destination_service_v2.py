@@ -338,6 +338,29 @@ def test_destination_chain_headers_go_with_the_token_lookup(web: Web, transport:
     assert sent(web)[0].header("Authorization") == "Bearer OAuth2JWTBearer|provider|alice|X-chain-name=sap-chain-1|1"
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(
+    "auth, props, option",
+    [pytest.param("OAuth2RefreshToken", {}, "refresh_token", id="refresh-token"),
+     pytest.param("OAuth2SAMLBearerAssertion", {"SAMLAssertionProvider": "ClientProvided"}, "saml_assertion",
+                  id="saml-assertion")],
+)
+def test_client_provided_values_never_in_errors_or_logs(web: Web, transport: Transport, caplog: Any, auth: str,
+                                                        props: dict[str, str], option: str) -> None:
+    import logging
+
+    from propagation import TokenExchangeError
+
+    svc = StandIn(web, echo_error=True).install()
+    svc.add("provider", cfg(auth, **props))
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(TokenExchangeError) as info:
+        call(transport, engine(), "S4", None, **{option: "VERY-SECRET-VALUE"})
+    assert "invalid_grant" in str(info.value) and "VERY-SECRET-VALUE" not in str(info.value)
+    assert "VERY-SECRET-VALUE" not in caplog.text
+    assert not sent(web)
+
+
 def test_option_values_never_in_reprs(web: Web) -> None:
     svc = StandIn(web).install()
     svc.add("provider", cfg("OAuth2RefreshToken"))
@@ -411,3 +434,18 @@ def test_module_level_destinations_uses_the_default_engine(web: Web) -> None:
     finally:
         propagation.set_default_propagator(None)
     assert [f.path for f in svc.finds] == list(LISTS)
+
+
+def test_headers_and_async_headers_take_the_lookup_options(web: Web) -> None:
+    import asyncio
+
+    svc = StandIn(web).install()
+    svc.add("provider", cfg("OAuth2RefreshToken"), level="instance")
+    e = engine()
+    assert e.headers("S4@instance", refresh_token="rt-A") == {
+        "Authorization": "Bearer OAuth2RefreshToken|provider|technical|X-refresh-token=rt-A|1"}
+    assert asyncio.run(e.async_headers("S4@instance", refresh_token="rt-B")) == {
+        "Authorization": "Bearer OAuth2RefreshToken|provider|technical|X-refresh-token=rt-B|2"}
+    assert [(f.path, f.skip, f.via) for f in svc.finds] == [
+        (V2 + "S4@instance", SKIP, "requests"), (V2 + "S4@instance", TOKENS, "requests"),
+        (V2 + "S4@instance", TOKENS, "httpx")]

@@ -22,6 +22,7 @@ from .errors import (
 from .tokens import UserToken
 
 if TYPE_CHECKING:
+    from .destinations.listing import DestinationInfo
     from .destinations.model import Destination
     from .engine import Propagator, default_propagator, set_default_propagator
     from .outbound.clients import AsyncDestinationClient, DestinationClient
@@ -52,15 +53,23 @@ __all__ = [
     "client",
     "async_client",
     "async_headers",
+    "destinations",
 ]
 
 
-def session(name: str, *, user_token: str | UserToken | None = None, csrf: bool = True) -> "DestinationSession":
+def session(
+    name: str, *, user_token: str | UserToken | None = None, csrf: bool = True, **lookup: Any
+) -> "DestinationSession":
     """A ``requests.Session`` bound to destination ``name`` (default engine); ``csrf=False``
-    turns off the automatic ``X-CSRF-Token`` for modifying calls."""
+    turns off the automatic ``X-CSRF-Token`` for modifying calls.
+
+    Destination service options (also for :func:`client`, :func:`async_client`,
+    :func:`headers`): ``selection`` (``subscriberFirst`` | ``alwaysProvider`` |
+    ``alwaysSubscriber``), ``fragment`` and ``fragment_optional``, ``refresh_token``,
+    ``saml_assertion``, ``chain`` and ``chain_vars``; ``name@level`` picks a level."""
     from .engine import default_propagator
 
-    return default_propagator().session(name, user_token=user_token, csrf=csrf)
+    return default_propagator().session(name, user_token=user_token, csrf=csrf, **lookup)
 
 
 def client(name: str, *, user_token: str | UserToken | None = None, csrf: bool = True, **kwargs: Any) -> "DestinationClient":
@@ -81,25 +90,38 @@ def async_client(
     return default_propagator().async_client(name, user_token=user_token, csrf=csrf, **kwargs)
 
 
-async def async_headers(name: str, *, user_token: str | UserToken | None = None) -> dict[str, str]:
+async def async_headers(name: str, *, user_token: str | UserToken | None = None, **lookup: Any) -> dict[str, str]:
     """The async twin of :func:`headers`: never blocks the event loop."""
     from .engine import default_propagator
 
-    return await default_propagator().async_headers(name, user_token=user_token)
+    return await default_propagator().async_headers(name, user_token=user_token, **lookup)
 
 
-def destination(name: str, *, user_token: str | UserToken | None = None) -> "Destination":
+def destination(name: str, *, user_token: str | UserToken | None = None, **lookup: Any) -> "Destination":
     """Resolve destination ``name`` (default engine)."""
     from .engine import default_propagator
 
-    return default_propagator().destination(name, user_token=user_token)
+    return default_propagator().destination(name, user_token=user_token, **lookup)
 
 
-def headers(name: str, *, user_token: str | UserToken | None = None) -> dict[str, str]:
+def headers(name: str, *, user_token: str | UserToken | None = None, **lookup: Any) -> dict[str, str]:
     """The headers a call to ``name`` carries for the current user (default engine)."""
     from .engine import default_propagator
 
-    return default_propagator().headers(name, user_token=user_token)
+    return default_propagator().headers(name, user_token=user_token, **lookup)
+
+
+def destinations(*, user_token: str | UserToken | None = None, service: bool = True) -> "list[DestinationInfo]":
+    """(Once any ``propagation.destinations.*`` submodule is imported, the name refers to that
+    package, which is callable with the same arguments and result.)
+
+    Every destination the default engine can resolve — the ``destinations`` variable,
+    service bindings, and the Destination service's subaccount and instance destinations (of
+    the user's tenant, or the provider's) — as :class:`DestinationInfo` (name, source, type,
+    needs-user, proxy type, origin): never a secret. ``service=False`` skips the service."""
+    from .engine import default_propagator
+
+    return default_propagator().destinations(user_token=user_token, service=service)
 
 
 #: Names imported on first use, so that ``import propagation`` (which pytest does in every

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from .bindings import Bindings
 from .cache import TokenCache
 from .context import as_user_token, current_token
+from .destinations.lookup import LookupOptions
 from .destinations.model import Destination
 from .destinations.resolver import DestinationResolver
 from .flow import run_async, run_sync
@@ -144,46 +145,57 @@ class Propagator:
     def _user(user_token: str | UserToken | None) -> UserToken | None:
         return as_user_token(user_token) if user_token is not None else current_token()
 
-    def destination(self, name: str, *, user_token: str | UserToken | None = None) -> Destination:
-        """Resolve ``name`` for the user's tenant (DESIGN §3).
+    def destination(self, name: str, *, user_token: str | UserToken | None = None, **lookup: Any) -> Destination:
+        """Resolve ``name`` for the user's tenant (DESIGN §3); ``lookup``: the Destination
+        service options (``selection``, ``fragment``… see :func:`propagation.session`).
         Raises :class:`~propagation.errors.DestinationNotFoundError`."""
-        return self.resolver.resolve(name, self._user(user_token))
+        return self.resolver.resolve(name, self._user(user_token), LookupOptions.of(**lookup))
 
-    def plan(self, name: str, method: str = "GET", url: str = "", *, user_token: str | UserToken | None = None) -> Plan:
+    def plan(
+        self, name: str, method: str = "GET", url: str = "", *, user_token: str | UserToken | None = None, **lookup: Any
+    ) -> Plan:
         """The :class:`~propagation.outbound.plan.Plan` of one request (headers, proxy, pool…)."""
-        return run_sync(plan_flow(self, name, self._user(user_token), method, url), self.oauth.io)
+        flow = plan_flow(self, name, self._user(user_token), method, url, lookup=LookupOptions.of(**lookup))
+        return run_sync(flow, self.oauth.io)
 
     async def aplan(
-        self, name: str, method: str = "GET", url: str = "", *, user_token: str | UserToken | None = None
+        self, name: str, method: str = "GET", url: str = "", *, user_token: str | UserToken | None = None, **lookup: Any
     ) -> Plan:
         """:meth:`plan` for async code: every exchange and lookup is awaited."""
-        return await run_async(plan_flow(self, name, self._user(user_token), method, url), self.oauth.aio)
+        flow = plan_flow(self, name, self._user(user_token), method, url, lookup=LookupOptions.of(**lookup))
+        return await run_async(flow, self.oauth.aio)
 
-    def headers(self, name: str, *, user_token: str | UserToken | None = None) -> dict[str, str]:
+    def headers(self, name: str, *, user_token: str | UserToken | None = None, **lookup: Any) -> dict[str, str]:
         """The headers a call to ``name`` carries for the user — for clients of your own. An
         on-premise destination's call must also go through :meth:`plan`'s ``proxy``."""
-        return dict(self.plan(name, user_token=user_token).headers)
+        return dict(self.plan(name, user_token=user_token, **lookup).headers)
 
-    async def async_headers(self, name: str, *, user_token: str | UserToken | None = None) -> dict[str, str]:
+    async def async_headers(self, name: str, *, user_token: str | UserToken | None = None, **lookup: Any) -> dict[str, str]:
         """:meth:`headers` without blocking the event loop."""
-        return dict((await self.aplan(name, user_token=user_token)).headers)
+        return dict((await self.aplan(name, user_token=user_token, **lookup)).headers)
 
     def authorize(self, destination: Destination, user: UserToken | None) -> OutboundAuth:
         return run_sync(self.authorizer.authorize_flow(destination, user), self.oauth.io)
 
-    def session(self, name: str, *, user_token: str | UserToken | None = None, csrf: bool = True) -> "DestinationSession":
+    def session(
+        self, name: str, *, user_token: str | UserToken | None = None, csrf: bool = True, **lookup: Any
+    ) -> "DestinationSession":
         """A ``requests.Session`` bound to destination ``name``, calling as the current (or given) user.
 
-        ``csrf=False`` turns off the automatic ``X-CSRF-Token`` fetch for modifying calls."""
+        ``csrf=False`` turns off the automatic ``X-CSRF-Token`` fetch for modifying calls.
+        ``lookup`` — ``selection``, ``fragment``, ``fragment_optional``, ``refresh_token``,
+        ``saml_assertion``, ``chain``, ``chain_vars`` — shapes Destination service lookups."""
         from .outbound.session import DestinationSession
 
-        return DestinationSession(self, name, user_token=user_token, csrf=csrf)
+        return DestinationSession(self, name, user_token=user_token, csrf=csrf, lookup=LookupOptions.of(**lookup))
 
     def client(self, name: str, *, user_token: str | UserToken | None = None, csrf: bool = True, **kwargs: Any) -> "DestinationClient":
-        """An ``httpx.Client`` bound to destination ``name`` (same rules as :meth:`session`)."""
+        """An ``httpx.Client`` bound to destination ``name`` (same rules and lookup options as
+        :meth:`session`; other keyword arguments go to ``httpx.Client``)."""
         from .outbound.clients import DestinationClient
 
-        return DestinationClient(self, name, user_token=user_token, csrf=csrf, **kwargs)
+        lookup = LookupOptions.of(**_pop_lookup(kwargs))
+        return DestinationClient(self, name, user_token=user_token, csrf=csrf, lookup=lookup, **kwargs)
 
     def async_client(
         self, name: str, *, user_token: str | UserToken | None = None, csrf: bool = True, **kwargs: Any
@@ -191,7 +203,15 @@ class Propagator:
         """An ``httpx.AsyncClient`` bound to destination ``name``; nothing blocks the event loop."""
         from .outbound.clients import AsyncDestinationClient
 
-        return AsyncDestinationClient(self, name, user_token=user_token, csrf=csrf, **kwargs)
+        lookup = LookupOptions.of(**_pop_lookup(kwargs))
+        return AsyncDestinationClient(self, name, user_token=user_token, csrf=csrf, lookup=lookup, **kwargs)
+
+    def destinations(self, *, user_token: str | UserToken | None = None, service: bool = True) -> list[Any]:
+        """Every destination this engine can resolve, described without secrets (see
+        :func:`propagation.destinations`)."""
+        from .destinations.listing import list_all
+
+        return list_all(self, self._user(user_token), service=service)
 
     def close(self) -> None:
         """Close the engine's connection pools and its token endpoint session."""
@@ -203,6 +223,13 @@ class Propagator:
         await self.pools.aclose()
         await self.oauth.aclose()
         self.oauth.close()
+
+
+def _pop_lookup(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The lookup options among a client's keyword arguments (the rest go to httpx)."""
+    from .destinations.lookup import OPTION_NAMES
+
+    return {name: kwargs.pop(name) for name in OPTION_NAMES if name in kwargs}
 
 
 _default: Propagator | None = None

@@ -67,6 +67,7 @@ class DestinationServiceStandIn:
         self.status: list[int] = []  # statuses to answer next find calls with
         self.expires_in: Any = 3600
         self.error: str | None = None
+        self.skip_omits_certificates = False  # an answer without token retrieval may leave them out
         self.count = 0
         rsps.add_callback(responses.POST, TOKEN_RE, callback=self.token, content_type="application/json")
         rsps.add_callback(responses.GET, FIND_RE, callback=self.find, content_type="application/json")
@@ -83,12 +84,13 @@ class DestinationServiceStandIn:
         return 200, {}, json.dumps({"access_token": token, "token_type": "bearer", "expires_in": 43199})
 
     def find(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
-        name = unquote(urlsplit(request.url).path[len(urlsplit(DEST_URI + FIND_PATH).path):])
+        name = unquote(urlsplit(request.url).path[len(urlsplit(DEST_URI + FIND_PATH).path):])  # no query
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
         sub = self.tokens.get(bearer)
         user_jwt = request.headers.get("X-user-token") or request.headers.get("X-Subject-Token")
         user = UserToken.parse(user_jwt) if user_jwt else None
-        self.finds.append({"name": name, "tenant": sub, "user": user.user if user else None,
+        skip = parse_qs(urlsplit(request.url).query).get("$skipTokenRetrieval") == ["true"]
+        self.finds.append({"name": name, "tenant": sub, "user": user.user if user else None, "skip": skip,
                            "headers": {k: v for k, v in request.headers.items() if k.lower().startswith("x-")}})
         if self.status:
             status = self.status.pop(0)
@@ -100,9 +102,9 @@ class DestinationServiceStandIn:
             return 404, {}, json.dumps({"ErrorMessage": "Configuration with the specified name was not found"})
         answer: dict[str, Any] = {"owner": {"SubaccountId": sub}, "destinationConfiguration": config}
         auth = config.get("Authentication", "NoAuthentication")
-        if auth == "ClientCertificateAuthentication":
+        if auth == "ClientCertificateAuthentication" and not (skip and self.skip_omits_certificates):
             answer["certificates"] = self.destinations[sub].get("<certificates>", [])
-        elif auth not in ("NoAuthentication", "PrincipalPropagation"):
+        elif auth not in ("NoAuthentication", "PrincipalPropagation") and not skip:
             answer["authTokens"] = [self.auth_token(auth, user, sub, request)]
         return 200, {}, json.dumps(answer)
 
@@ -187,9 +189,13 @@ def test_each_type_through_the_service(rsps, xsuaa, auth, expected, user_lookup)
     assert sent.get("Authorization") == expected
     assert sent["X-Custom"] == "c"
     assert not {h.lower() for h in sent} & {"x-user-token", "x-subject-token"}
-    # Configuration lookup without any user header; a user lookup only for user types.
-    assert svc.finds[0]["user"] is None and svc.finds[0]["headers"] == {}
-    assert len(svc.finds) == (2 if user_lookup else 1)
+    # Configuration lookup without any user header and without token retrieval; then one token
+    # lookup for the types whose headers come from the service — with the user only for user types.
+    assert svc.finds[0]["user"] is None and svc.finds[0]["headers"] == {} and svc.finds[0]["skip"]
+    assert len(svc.finds) == (1 if auth == "NoAuthentication" else 2)
+    assert [f["skip"] for f in svc.finds[1:]] == [False] * (len(svc.finds) - 1)
+    if not user_lookup and len(svc.finds) == 2:
+        assert svc.finds[1]["headers"] == {} and svc.finds[1]["user"] is None
     if user_lookup:
         expected_headers = ({"X-Subject-Token": user, "X-Subject-Token-Type": ACCESS_TOKEN_TYPE}
                             if auth == "OAuth2TokenExchange" else {"X-user-token": user})
@@ -198,7 +204,8 @@ def test_each_type_through_the_service(rsps, xsuaa, auth, expected, user_lookup)
     # The bearer of the find call is the service token.
     finds = [c for c in rsps.calls if c.request.url.startswith(DEST_URI)]
     assert all(c.request.headers["Authorization"] == "Bearer svc-provider-1" for c in finds)
-    assert all(c.request.url == f"{DEST_URI}{FIND_PATH}S4" for c in finds)
+    assert [c.request.url for c in finds] == [f"{DEST_URI}{FIND_PATH}S4?$skipTokenRetrieval=true"] + [
+        f"{DEST_URI}{FIND_PATH}S4"] * (len(finds) - 1)
 
 
 def test_destination_fields_and_source(rsps, xsuaa):
@@ -213,7 +220,7 @@ def test_destination_fields_and_source(rsps, xsuaa):
 def test_name_is_url_quoted(rsps):
     svc = service(rsps, cfg(name="my dest/1"))
     engine().destination("my dest/1")
-    assert rsps.calls[1].request.url == f"{DEST_URI}{FIND_PATH}my%20dest%2F1"
+    assert rsps.calls[1].request.url == f"{DEST_URI}{FIND_PATH}my%20dest%2F1?$skipTokenRetrieval=true"
     assert svc.finds[0]["name"] == "my dest/1"
 
 
@@ -274,7 +281,8 @@ def test_not_found_lists_every_place(rsps, xsuaa):
         engine().destination("S4", user_token=xsuaa.token())
     assert info.value.name == "S4"
     assert "destinations' environment variable" in str(info.value)
-    assert "the Destination service (binding 'my-destination', tenant 'tenant-provider-zid'): not found" in str(info.value)
+    assert ("the Destination service (binding 'my-destination', subscriberFirst, tenants 'tenant-provider-zid'): "
+            "not found") in str(info.value)
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -324,7 +332,7 @@ def test_cache_hits_no_second_find(rsps, xsuaa):
         with propagation.use_token(user):
             e.session("S4").get("/Items")
             e.session("B").get("/Items")
-    assert len(svc.finds) == 3  # S4 config + S4 user + B config
+    assert len(svc.finds) == 4  # S4 config + S4 user + B config + B tokens
     assert svc.token_calls == ["provider"]
     assert len(target_calls(rsps)) == 6
 
@@ -397,8 +405,9 @@ def test_two_tenants_two_users_interleaved(rsps, xsuaa):
     assert token_urls == {f"https://sub1.{UAADOMAIN}/oauth/token", f"https://sub2.{UAADOMAIN}/oauth/token"}
     # Lookups per tenant with that tenant's service token.
     assert all(f["tenant"] in ("sub1", "sub2") for f in svc.finds)
-    # Config per (tenant, name): 4; user lookups per (user, tenant): 4.
-    assert len([f for f in svc.finds if f["user"] is None]) == 4
+    # Config per (tenant, name): 4; technical token lookups per tenant (B): 2; user lookups per (user, tenant): 4.
+    assert len([f for f in svc.finds if f["user"] is None and f["skip"]]) == 4
+    assert sorted(f["tenant"] for f in svc.finds if f["user"] is None and not f["skip"]) == ["sub1", "sub2"]
     assert sorted((f["user"], f["tenant"]) for f in svc.user_finds()) == [
         ("alice@example.com", "sub1"), ("alice@example.com", "sub2"), ("bob@example.com", "sub1"),
         ("carol@example.com", "sub2")]
@@ -498,6 +507,22 @@ def test_client_certificate_is_used_for_the_call_only(rsps, store_name, content,
     assert "Authorization" not in target_calls(rsps)[0].request.headers
 
 
+@pytest.mark.parametrize("omitted", [pytest.param(False, id="certificates-with-configuration"),
+                                     pytest.param(True, id="certificates-only-with-token-retrieval")])
+def test_client_certificate_from_the_configuration_or_one_token_lookup(rsps, omitted):
+    svc = service(rsps, cfg("ClientCertificateAuthentication", KeyStoreLocation="client.pem"))
+    svc.destinations["provider"]["<certificates>"] = [
+        {"Name": "client.pem", "Type": "CERTIFICATE", "Content": base64.b64encode(_pem_store()).decode()}]
+    svc.skip_omits_certificates = omitted
+    rsps.get(f"{TARGET}/Items", json={})
+    e = engine()
+    for _ in range(2):
+        assert e.session("S4").get("/Items").status_code == 200
+    assert [f["skip"] for f in svc.finds] == ([True, False] if omitted else [True])
+    assert all(f["headers"] == {} for f in svc.finds)
+    assert e.destination("S4").service.certificate[0].startswith("-----BEGIN CERTIFICATE")
+
+
 def test_client_certificate_wrong_password_and_other_host(rsps):
     svc = service(rsps, cfg("ClientCertificateAuthentication", KeyStoreLocation="c.p12", KeyStorePassword="wrong"))
     svc.destinations["provider"]["<certificates>"] = [
@@ -562,7 +587,8 @@ def test_logs_contain_no_token_or_secret(rsps, xsuaa, caplog):
 
 
 def test_headers_for_other_clients_and_ias_user_uses_provider_tenant(rsps, ias):
-    svc = service(rsps, cfg("OAuth2JWTBearer"))
+    # An IAS token in X-user-token needs the destination to name its keys (item 5, test_destination_service_v2).
+    svc = service(rsps, cfg("OAuth2JWTBearer", **{"x_user_token.jwks_uri": "https://ias.example/oauth2/certs"}))
     user = ias.token("dora@example.com")
     headers = engine().headers("S4", user_token=user)
     assert headers == {"Authorization": f"Bearer OAuth2JWTBearer-{UserToken.parse(user).user}-provider-1"}

@@ -2,24 +2,39 @@
 from, its Authentication type and whether it needs the calling user — never a secret, a
 token, a path or a query (only the target's scheme, host and port).
 
-This part lists the ``destinations`` variable (or ``default-env.json``) and the service
-bindings that describe a target (DESIGN §3 steps 1 and 2), in resolution order: an entry of
-the variable hides a binding of the same name, as it does when a name is resolved.
-Destinations of the Destination service are listed by the service part.
+:func:`list_destinations` lists the ``destinations`` variable (or ``default-env.json``) and
+the service bindings that describe a target (DESIGN §3 steps 1 and 2), in resolution order:
+an entry of the variable hides a binding of the same name, as it does when a name is resolved.
+:func:`service_listing_flow` adds the Destination service's lists
+(``GET {uri}/destination-configuration/v1/instanceDestinations`` and
+``/subaccountDestinations``, with the tenant's service token) for the tenants the default
+selection asks — the user's, then the provider's — instance before subaccount, as a lookup
+finds them. :func:`list_all` is both, behind ``propagation.destinations()``.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urlsplit
 
 from ..bindings import Bindings
 from .env import destination_from_binding, destinations_from_env
-from .model import Destination
+from .model import PROXY_TYPES, Destination, Properties, authentication_needs_user, canonical_authentication
 
-__all__ = ["DestinationInfo", "list_destinations", "info"]
+if TYPE_CHECKING:
+    from ..flow import Flow
+    from ..tokens import UserToken
+    from .service import DestinationService
+
+__all__ = ["DestinationInfo", "list_destinations", "info", "service_listing_flow", "list_all", "LIST_PATHS"]
+
+#: The service's lists, in the order a lookup prefers them (instance level first).
+LIST_PATHS = (
+    ("instance", "/destination-configuration/v1/instanceDestinations"),
+    ("subaccount", "/destination-configuration/v1/subaccountDestinations"),
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,9 @@ class DestinationInfo:
     needs_user: bool
     proxy_type: str
     origin: str  # scheme://host[:port] of the target, no user info, path or query
+    tenant: str | None = None  # Destination service: whose destination (tenant id)
+    level: str | None = None  # Destination service: "instance" or "subaccount"
+    problem: str | None = None  # why it cannot be called as is (unsupported type, no URL…)
 
 
 def _origin(url: str) -> str:
@@ -81,3 +99,82 @@ def list_destinations(
         if destination is not None:
             out.append(info(destination, "binding"))
     return out
+
+
+# -- the Destination service's lists ---------------------------------------------------------------
+def _service_info(entry: Mapping[str, Any], source: str, tenant: str, level: str) -> DestinationInfo | None:
+    props = Properties(entry)
+    name = props.text("Name")
+    if not name:
+        return None
+    problem = None
+    kind = props.text("Type") or "HTTP"
+    raw_auth = props.text("Authentication") or "NoAuthentication"
+    authentication = canonical_authentication(raw_auth)
+    proxy_type = PROXY_TYPES.get((props.text("ProxyType") or "Internet").lower())
+    url = props.text("URL") or ""
+    if kind.upper() != "HTTP":
+        problem = f"Type {kind[:20]}: only HTTP destinations can be called"
+    elif authentication is None:
+        problem = f"Authentication {raw_auth[:40]} is not supported"
+    elif proxy_type is None:
+        problem = f"ProxyType {str(props.text('ProxyType'))[:20]} is not supported"
+    elif not _origin(url).split("://", 1)[-1]:
+        problem = "no absolute http(s) URL"
+    needs_user = authentication is not None and authentication_needs_user(
+        authentication,
+        forward_auth_token=props.flag("forwardAuthToken", False),
+        system_user=bool(props.text("SystemUser")),
+        client_provided_assertion=(props.text("SAMLAssertionProvider") or "").lower() == "clientprovided",
+    )
+    return DestinationInfo(
+        name=name,
+        source=f"{source}, {level} level",
+        kind="service",
+        authentication=authentication or raw_auth[:40],
+        needs_user=needs_user,
+        proxy_type=proxy_type or str(props.text("ProxyType"))[:20],
+        origin=_origin(url) if url.lower().startswith(("http://", "https://")) else "",
+        tenant=tenant,
+        level=level,
+        problem=problem,
+    )
+
+
+def service_listing_flow(service: "DestinationService", user: "UserToken | None") -> "Flow[list[DestinationInfo]]":
+    """The destinations the service holds for ``user``'s lookups, as a flow (one GET per
+    tenant and level, with that tenant's service token; never cached). A name found earlier
+    (user's tenant before provider, instance before subaccount) hides later ones."""
+    from .service_http import call
+
+    out: list[DestinationInfo] = []
+    seen: set[str] = set()
+    for tenant in service.tenants(user):
+        for level, path in LIST_PATHS:
+            answer = yield from call(service, service.config.uri + path, tenant, {}, user=user,
+                                     what=f"the list of {level} destinations")
+            if not isinstance(answer, list):
+                from ..errors import TokenExchangeError
+
+                raise TokenExchangeError(f"{service.source}: the list of {level} destinations is not a JSON array.")
+            for entry in answer:
+                described = _service_info(entry, service.source, tenant.id, level) if isinstance(entry, Mapping) else None
+                if described is not None and described.name not in seen:
+                    seen.add(described.name)
+                    out.append(described)
+    return out
+
+
+def list_all(engine: Any, user: "UserToken | None", *, service: bool = True) -> list[DestinationInfo]:
+    """:func:`list_destinations`, then the Destination service's destinations that those do
+    not hide (``engine``: a :class:`~propagation.Propagator`)."""
+    from ..flow import run_sync
+
+    resolver = engine.resolver
+    listed = list_destinations(resolver.environ, resolver.bindings, resolver.cwd)
+    client = resolver.destination_service() if service else None
+    if client is None:
+        return listed
+    names = {d.name for d in listed}
+    found = run_sync(service_listing_flow(client, user), client.oauth.io)
+    return listed + [d for d in found if d.name not in names]

@@ -20,6 +20,8 @@ SERVICE_TOKEN_AUTHENTICATIONS = frozenset(
         "OAuth2UserTokenExchange",
         "OAuth2TokenExchange",
         "OAuth2SAMLBearerAssertion",
+        "OAuth2RefreshToken",
+        "SAMLAssertion",
     }
 )
 
@@ -30,6 +32,7 @@ USER_AUTHENTICATIONS = frozenset(
         "OAuth2UserTokenExchange",
         "OAuth2TokenExchange",
         "OAuth2SAMLBearerAssertion",
+        "SAMLAssertion",
         "PrincipalPropagation",
     }
 )
@@ -49,15 +52,21 @@ AUTHENTICATIONS = (
     "OAuth2SAMLBearerAssertion",
     "PrincipalPropagation",
     "ClientCertificateAuthentication",
+    "OAuth2RefreshToken",  # Destination service only: X-refresh-token given per call
+    "SAMLAssertion",  # Destination service only: the service makes the user's assertion
 )
 _CANONICAL_AUTH = {name.lower(): name for name in AUTHENTICATIONS}
 
 
-def authentication_needs_user(authentication: str, *, forward_auth_token: bool, system_user: bool) -> bool:
-    """DESIGN §4's "needs user" column: only the calling user may be sent (fail closed)."""
+def authentication_needs_user(
+    authentication: str, *, forward_auth_token: bool, system_user: bool, client_provided_assertion: bool = False
+) -> bool:
+    """DESIGN §4's "needs user" column: only the calling user may be sent (fail closed).
+    ``OAuth2SAMLBearerAssertion`` with ``SystemUser``, or whose assertion the client provides
+    (``SAMLAssertionProvider: ClientProvided``, ``X-samlAssertion``), does not."""
     if authentication == "NoAuthentication":
         return forward_auth_token
-    if authentication == "OAuth2SAMLBearerAssertion" and system_user:
+    if authentication == "OAuth2SAMLBearerAssertion" and (system_user or client_provided_assertion):
         return False
     return authentication in USER_AUTHENTICATIONS
 
@@ -150,6 +159,7 @@ class Destination:
             self.authentication,
             forward_auth_token=self.forward_auth_token,
             system_user=bool(self.properties.text("SystemUser")),
+            client_provided_assertion=(self.properties.text("SAMLAssertionProvider") or "").lower() == "clientprovided",
         )
 
     @cached_property

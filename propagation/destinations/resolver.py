@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ..cache import TokenCache
     from ..flow import Flow
     from ..oauth import OAuthClient
+    from .lookup import LookupOptions
     from .service import DestinationService
 
 __all__ = ["DestinationResolver"]
@@ -48,6 +49,7 @@ class DestinationResolver:
         if not self._service_built:
             from ..cache import MemoryTokenCache
             from ..oauth import OAuthClient
+            from .lookup import selection_from_env
             from .service import DEFAULT_CONFIG_TTL, TTL_ENV, DestinationService
 
             with self._lock:
@@ -61,7 +63,10 @@ class DestinationResolver:
                         self.oauth = OAuthClient()
                     if self.cache is None:
                         self.cache = MemoryTokenCache()
-                    self._service = DestinationService.from_bindings(self.bindings, self.oauth, self.cache, config_ttl=ttl)
+                    selection = selection_from_env(self.environ)  # PROPAGATION_DESTINATION_SELECTION
+                    self._service = DestinationService.from_bindings(
+                        self.bindings, self.oauth, self.cache, config_ttl=ttl, selection=selection
+                    )
                     self._service_built = True
         return self._service
 
@@ -75,17 +80,20 @@ class DestinationResolver:
                     self._env_destinations = destinations_from_env(self.environ, self.bindings, cwd=self.cwd)
         return self._env_destinations
 
-    def resolve(self, name: str, user: UserToken | None = None) -> Destination:
+    def resolve(self, name: str, user: UserToken | None = None, options: "LookupOptions | None" = None) -> Destination:
         """:meth:`resolve_flow`, blocking."""
         from ..flow import run_sync
 
         service = self.destination_service()
         io = service.oauth.io if service is not None else None
-        return run_sync(self.resolve_flow(name, user), io)  # type: ignore[arg-type]
+        return run_sync(self.resolve_flow(name, user, options), io)  # type: ignore[arg-type]
 
-    def resolve_flow(self, name: str, user: UserToken | None = None) -> "Flow[Destination]":
+    def resolve_flow(
+        self, name: str, user: UserToken | None = None, options: "LookupOptions | None" = None
+    ) -> "Flow[Destination]":
         """The destination ``name``; :class:`DestinationNotFoundError` names every place looked in.
-        Only the Destination service (step 3) does I/O."""
+        Only the Destination service (step 3) does I/O; ``options`` (selection, ``name@level``
+        aside) shape its lookups only."""
         from .env import destination_from_binding
 
         found = self.env_destinations().get(name)
@@ -98,7 +106,7 @@ class DestinationResolver:
                 return destination
         service = self.destination_service()
         if service is not None:
-            destination = yield from service.find_flow(name, user)
+            destination = yield from service.find_flow(name, user, options)
             if destination is not None:
                 return destination
         searched = ["the 'destinations' environment variable (or default-env.json)"]
@@ -108,6 +116,12 @@ class DestinationResolver:
             + ("" if binding is None else f"; binding '{name}' ({binding.label}) has no URL and OAuth client")
         )
         searched.append(
-            service.searched(name, user) if service is not None else "the Destination service (no 'destination' binding)"
+            service.searched(name, user, options or _NO_OPTIONS()) if service is not None else "the Destination service (no 'destination' binding)"
         )
         raise DestinationNotFoundError(name, searched)
+
+
+def _NO_OPTIONS() -> "LookupOptions":
+    from .lookup import NO_OPTIONS
+
+    return NO_OPTIONS

@@ -1,24 +1,40 @@
-"""The SAP BTP Destination service (DESIGN §3 step 3, §5 "Destination binding").
+"""The SAP BTP Destination service (DESIGN §3 step 3, §5 "Destination binding" and
+"Destination service, more").
 
 A ``destination`` binding (``clientid``, ``clientsecret`` or ``certificate``/``key``,
 ``url``/``certurl`` = XSUAA token server, ``uri`` = the API) lets the library *find* a
-destination by name: ``GET {uri}/destination-configuration/v1/destinations/{name}`` with a
-service token (client_credentials, one per tenant) as bearer. For Basic, OAuth2* and SAML
+destination by name: ``GET {uri}/destination-configuration/v1/destinations/{name}`` — or, for
+``name@level``, ``GET {uri}/destination-configuration/v2/destinations/{name}@{level}`` — with
+a service token (client_credentials, one per tenant) as bearer. For Basic, OAuth2* and SAML
 types the service runs the token flow itself and answers ``authTokens``: their
 ``http_header`` is what the target call carries — the library does no second exchange.
 
 Lookup in two steps, because the Authentication type is unknown before the first answer:
 
-1. *Configuration* lookup without any user header, cached per (tenant, name) for
-   ``config_ttl`` seconds (default 300 s, the SAP Cloud SDK's destination cache time; shorter
-   when an ``authTokens`` entry expires sooner). Resolving a name needs only this one.
-2. For a type that needs the user: a *user* lookup with ``X-user-token: <user JWT>``
-   (``OAuth2TokenExchange``: ``X-Subject-Token`` + ``X-Subject-Token-Type``), cached per
-   (user fingerprint, tenant, name) until the smallest ``expires_in`` of its ``authTokens``
-   (the token cache subtracts its skew). It is made only after the authorizer has checked
-   that a user is known, so without a user the service is asked once (step 1) and the
-   target never. Non-user types send no user header at all, so one cached answer serves
-   every user of a tenant.
+1. *Configuration* lookup with ``?$skipTokenRetrieval=true`` (the service runs no token flow)
+   and no user header, cached per (tenant, name, level, fragment) for ``config_ttl`` seconds
+   (default 300 s, the SAP Cloud SDK's destination cache time). Resolving a name needs only
+   this one. Which tenant is asked follows the *selection* (:mod:`.lookup`):
+   ``subscriberFirst`` asks the user's tenant, then — on 404, remembered for ``config_ttl`` —
+   the provider's; ``alwaysProvider`` / ``alwaysSubscriber`` ask one tenant only.
+2. The *token* lookup (without ``$skipTokenRetrieval``), only for types whose headers come from
+   the service, with the service token of the tenant whose destination was selected:
+
+   * types that need the user: ``X-user-token: <user JWT>`` (``OAuth2TokenExchange``:
+     ``X-Subject-Token`` + ``X-Subject-Token-Type``), cached per (user fingerprint, tenant,
+     name…) until the smallest ``expires_in`` of its ``authTokens``. It is made only after the
+     authorizer has checked that a user is known. A non-XSUAA (IAS) user token needs the
+     destination property ``x_user_token.jwks_uri`` or ``x_user_token.jwks``: checked first.
+   * the others without user header (one answer serves every user of a tenant), plus
+     ``X-tenant`` (``OAuth2ClientCredentials`` with ``tokenServiceURLType: Common``),
+     ``X-refresh-token`` (``OAuth2RefreshToken``) or ``X-samlAssertion``
+     (``OAuth2SAMLBearerAssertion`` with ``SAMLAssertionProvider: ClientProvided``) — the
+     latter two given per call, their SHA-256 in the cache key.
+
+   Fragment (``X-fragment-*``) and chain (``X-chain-*``) headers go with every lookup they
+   shape. ``NoAuthentication``, ``PrincipalPropagation`` and ``ClientCertificateAuthentication``
+   need no token lookup (the certificate comes with the configuration; when an answer without
+   tokens lacks it, one token lookup fetches it).
 
 This is the ``X-user-token`` variant. The SAP Cloud SDK for JS uses, for a *provider*-tenant
 XSUAA user, a jwt-bearer token of the binding's client as the find call's bearer instead;
@@ -27,19 +43,19 @@ that variant is not implemented here.
 Tenants: a user whose XSUAA tenant (``zid``) differs from the binding's (``tenantid`` /
 ``identityzoneid``) is a subscriber: the service token comes from the binding's token URL
 with the user's subdomain (``ext_attr.zdn``) as first host label, and every cache key
-carries that tenant. IAS user tokens use the binding's (provider) token URL.
+carries the tenant whose destination was used. IAS user tokens use the binding's (provider)
+token URL.
 
 Answers live in the engine's :class:`~propagation.cache.TokenCache` (as a
 :class:`TokenResponse` whose ``access_token`` is the answer's JSON, so a cache that
 encrypts tokens encrypts them too); :attr:`OutboundAuth.cache_key` is the answer's key, so
-the 401 handler of :mod:`propagation.http` drops a rejected answer and retries once.
+the 401 handler drops a rejected answer and retries once.
 Nothing logged or raised here contains a token, secret or key.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
@@ -49,22 +65,22 @@ from .._log import logger
 from ..bindings import Bindings
 from ..cache import CacheKey, TokenCache
 from ..errors import ConfigurationError, DestinationNotFoundError, TokenExchangeError
-from ..oauth import (
-    GRANT_CLIENT_CREDENTIALS,
-    OAuthClient,
-    TokenResponse,
-    _expires_in,
-    _safe_url,
-
-    expand_token_type,
-)
-from ..redaction import sanitize as _sanitize
-from ..resilience import resilient_flow
-from ..flow import Answer, Cached, ClientCertFiles, Flow, HttpCall, Invalidate, TransportFailure, run_sync
+from ..flow import Cached, ClientCertFiles, Flow, Invalidate, run_sync
+from ..oauth import OAuthClient, TokenResponse, _expires_in
 from ..tokens import UserToken
 from . import keystores
-from .service_config import DestinationServiceConfig, _Tenant
+from .lookup import (
+    ALWAYS_PROVIDER,
+    ALWAYS_SUBSCRIBER,
+    DEFAULT_SELECTION,
+    NO_OPTIONS,
+    LookupOptions,
+    digest,
+    split_level,
+)
 from .model import PROXY_TYPES, Destination, Properties, canonical_authentication
+from .service_config import DestinationServiceConfig, _Tenant
+from .service_http import NotFound, auth_headers, call, technical_lookup_headers, user_lookup_headers
 
 __all__ = [
     "DestinationService",
@@ -73,6 +89,8 @@ __all__ = [
     "DEFAULT_CONFIG_TTL",
     "TTL_ENV",
     "FIND_PATH",
+    "FIND_PATH_V2",
+    "SKIP_TOKEN_RETRIEVAL",
     "client_certificate",
 ]
 
@@ -81,32 +99,38 @@ DEFAULT_CONFIG_TTL = 300.0
 #: Environment variable overriding :data:`DEFAULT_CONFIG_TTL` (seconds).
 TTL_ENV = "PROPAGATION_DESTINATION_CACHE_TTL"
 FIND_PATH = "/destination-configuration/v1/destinations/"
+FIND_PATH_V2 = "/destination-configuration/v2/destinations/"
+#: The query of the configuration lookup: the service runs no token flow for it.
+SKIP_TOKEN_RETRIEVAL = "$skipTokenRetrieval=true"
 
-#: ``CacheKey.destination`` of the service token (no destination name can contain "<").
-_SERVICE_TOKEN_KEY = "<destination-service>"
 _GRANT_CONFIG = "destination-service:find"
+_GRANT_TOKENS = "destination-service:find-tokens"
 _GRANT_USER = "destination-service:find-user"
 
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
+#: Types without ``authTokens``: the configuration lookup is all they need.
+_NO_TOKEN_TYPES = frozenset({"NoAuthentication", "PrincipalPropagation", "ClientCertificateAuthentication"})
 
 
 @dataclass(frozen=True, repr=False)
 class ServiceLink:
     """Attached to a :class:`Destination` found by the service (``Destination.service``):
-    how the authorizer gets its ``authTokens`` for a user, and its client certificate."""
+    where it was found (tenant, level), the call's lookup options, how the authorizer gets
+    its ``authTokens`` for a user, and its client certificate."""
 
     service: "DestinationService"
-    name: str
+    name: str  # the name without "@level"
     certificate: tuple[str, str] | None = None  # (PEM chain, PEM key) for ClientCertificateAuthentication
     trust: str | None = None  # PEM CA bundle of ``TrustStoreLocation``: the target's TLS trusts only these
+    tenant: _Tenant | None = None  # whose destination this is (the service token of its lookups)
+    level: str | None = None
+    options: LookupOptions = NO_OPTIONS
 
     def auth_headers_flow(self, destination: Destination, user: UserToken | None) -> Flow[tuple[dict[str, str], CacheKey]]:
         return self.service.auth_headers_flow(destination, user)
 
     def __repr__(self) -> str:
-        return f"ServiceLink(binding={self.service.config.binding_name!r}, name={self.name!r})"
+        tenant = self.tenant.id if self.tenant is not None else None
+        return f"ServiceLink(binding={self.service.config.binding_name!r}, name={self.name!r}, tenant={tenant!r}, level={self.level!r})"
 
 
 class DestinationService:
@@ -119,6 +143,7 @@ class DestinationService:
         cache: TokenCache,
         *,
         config_ttl: float = DEFAULT_CONFIG_TTL,
+        selection: str = DEFAULT_SELECTION,
     ) -> None:
         if config_ttl < 0:
             raise ValueError("config_ttl must be >= 0")
@@ -126,41 +151,64 @@ class DestinationService:
         self.oauth = oauth
         self.cache = cache
         self.config_ttl = config_ttl
+        self.selection = selection
 
     @classmethod
     def from_bindings(
-        cls, bindings: Bindings, oauth: OAuthClient, cache: TokenCache, *, config_ttl: float = DEFAULT_CONFIG_TTL
+        cls, bindings: Bindings, oauth: OAuthClient, cache: TokenCache, *, config_ttl: float = DEFAULT_CONFIG_TTL,
+        selection: str = DEFAULT_SELECTION,
     ) -> "DestinationService | None":
         binding = bindings.find(label="destination")
         if binding is None:
             return None
-        return cls(DestinationServiceConfig.from_binding(binding), oauth, cache, config_ttl=config_ttl)
+        return cls(DestinationServiceConfig.from_binding(binding), oauth, cache, config_ttl=config_ttl, selection=selection)
 
     def __repr__(self) -> str:
-        return f"DestinationService(binding={self.config.binding_name!r}, config_ttl={self.config_ttl!r})"
+        return f"DestinationService(binding={self.config.binding_name!r}, config_ttl={self.config_ttl!r}, selection={self.selection!r})"
 
     @property
     def source(self) -> str:
         return f"Destination service ({self.config.binding_name})"
 
-    def searched(self, name: str, user: UserToken | None) -> str:
+    # -- which tenants are asked ------------------------------------------------------------
+    def tenants(self, user: UserToken | None, options: LookupOptions = NO_OPTIONS) -> list[_Tenant]:
+        """The tenants whose destinations are looked at, in order (the selection strategy)."""
+        selection = options.selection or self.selection
+        provider = self.config.tenant_for(None)
+        own = self.config.tenant_for(user) if user is not None else None
+        if selection == ALWAYS_PROVIDER:
+            return [provider]
+        if selection == ALWAYS_SUBSCRIBER:
+            return [own] if own is not None else []
+        return [own, provider] if own is not None and own.id != provider.id else [provider]
+
+    def searched(self, name: str, user: UserToken | None, options: LookupOptions = NO_OPTIONS) -> str:
         """How a failed step 3 is named in :class:`DestinationNotFoundError`."""
-        tenant = self.config.tenant_for(user)
-        return f"the Destination service (binding '{self.config.binding_name}', tenant '{tenant.id}'): not found"
+        selection = options.selection or self.selection
+        tenants = self.tenants(user, options)
+        asked = ", ".join(f"'{t.id}'" for t in tenants) or "none: alwaysSubscriber needs a user's tenant"
+        return f"the Destination service (binding '{self.config.binding_name}', {selection}, tenants {asked}): not found"
 
     # -- step 3 of the resolver ---------------------------------------------------------
-    def find_flow(self, name: str, user: UserToken | None) -> Flow[Destination | None]:
-        """The destination ``name`` from its configuration lookup, or ``None`` (404)."""
-        answer, _, _ = yield from self._config_answer(name, user)
-        if answer is None:
-            return None
-        return self._destination(name, answer)
+    def find_flow(self, name: str, user: UserToken | None, options: LookupOptions | None = None) -> Flow[Destination | None]:
+        """The destination ``name`` (``name@level``) from the configuration lookups the
+        selection asks for, or ``None`` when no tenant has it."""
+        options = options or NO_OPTIONS
+        base, level = split_level(name)
+        tenants = self.tenants(user, options)
+        for index, tenant in enumerate(tenants):
+            answer = yield from self._config_answer(base, level, tenant, options, remember_absence=index + 1 < len(tenants))
+            if answer is not None:
+                logger.debug("destination=%s destination-service found tenant=%s level=%s", name, tenant.id, level)
+                return (yield from self._destination(name, base, level, tenant, options, answer))
+        return None
 
-    def find(self, name: str, user: UserToken | None) -> Destination | None:
+    def find(self, name: str, user: UserToken | None, options: LookupOptions | None = None) -> Destination | None:
         """:meth:`find_flow`, blocking."""
-        return run_sync(self.find_flow(name, user), self.oauth.io)
+        return run_sync(self.find_flow(name, user, options), self.oauth.io)
 
-    def _destination(self, name: str, answer: Mapping[str, Any]) -> Destination:
+    def _destination(self, name: str, base: str, level: str | None, tenant: _Tenant, options: LookupOptions,
+                     answer: Mapping[str, Any]) -> Flow[Destination]:
         where = f"Destination '{name}' ({self.source})"
         configuration = answer.get("destinationConfiguration")
         if not isinstance(configuration, Mapping):
@@ -180,10 +228,16 @@ class DestinationService:
         proxy_type = PROXY_TYPES.get((props.text("ProxyType") or "Internet").lower())
         if proxy_type is None:
             raise ConfigurationError(f"{where}: ProxyType {str(props.text('ProxyType'))[:20]!r} is not supported.")
+        certificates = answer.get("certificates")
+        wants_certificates = authentication == "ClientCertificateAuthentication" or props.text("TrustStoreLocation")
+        if wants_certificates and not certificates:
+            # An answer without token retrieval may leave the key/trust store out: one token lookup has it.
+            full, _ = yield from self._token_answer(base, level, tenant, options, {}, name=name)
+            certificates = full.get("certificates")
         certificate = None
         if authentication == "ClientCertificateAuthentication":
-            certificate = keystores.client_certificate(where, props, answer.get("certificates"))
-        trust = keystores.trust_store(where, props, answer.get("certificates"))
+            certificate = keystores.client_certificate(where, props, certificates)
+        trust = keystores.trust_store(where, props, certificates)
         assert url is not None
         return Destination(
             name=name,
@@ -194,174 +248,148 @@ class DestinationService:
             source=self.source,
             forward_auth_token=props.flag("forwardAuthToken", False),
             strict_ssl=not props.flag("TrustAll", False),
-            service=ServiceLink(self, name, certificate, trust),
+            service=ServiceLink(self, base, certificate, trust, tenant, level, options),
         )
 
     # -- the authorizer's part -----------------------------------------------------------
     def auth_headers_flow(self, destination: Destination, user: UserToken | None) -> Flow[tuple[dict[str, str], CacheKey]]:
         """The target call's headers from ``authTokens`` and the key of the answer they came
         from. A user type makes the user lookup (the caller has checked ``user`` is set)."""
-        name = destination.name
+        link: ServiceLink = destination.service
+        tenant = link.tenant or self.config.tenant_for(user)
+        options = link.options
+        authentication = destination.authentication
+        if authentication in _NO_TOKEN_TYPES:
+            raise ConfigurationError(f"Destination '{destination.name}' ({self.source}): {authentication} has no authTokens.")
         if destination.needs_user:
             assert user is not None, "the authorizer raises MissingUserTokenError first"
-            answer, key = yield from self._user_answer(destination, user)
+            user_headers = user_lookup_headers(destination, user, self.source)
+            answer, key = yield from self._user_answer(destination, link, tenant, user, user_headers)
         else:
-            config_answer, key, _ = yield from self._config_answer(name, user)
-            if config_answer is None:
-                raise DestinationNotFoundError(name, [self.searched(name, user)])
-            answer = config_answer
+            extra = technical_lookup_headers(destination, user, options, self.config.identityzone, self.source)
+            answer, key = yield from self._token_answer(link.name, link.level, tenant, options, extra, name=destination.name,
+                                                         authentication=authentication)
         try:
-            headers = self._headers(name, destination.authentication, answer, user)
+            headers = auth_headers(f"Destination '{destination.name}' ({self.source}, {authentication})", answer, user,
+                                   options.secrets)
         except TokenExchangeError:
             yield Invalidate(self.cache, key)  # never serve an answer with an error again
             raise
         return headers, key
 
-    def _headers(self, name: str, authentication: str, answer: Mapping[str, Any], user: UserToken | None) -> dict[str, str]:
-        where = f"Destination '{name}' ({self.source}, {authentication})"
-        tokens = answer.get("authTokens")
-        if not isinstance(tokens, list) or not tokens:
-            raise TokenExchangeError(f"{where}: the Destination service returned no authTokens; nothing was sent.")
-        secrets = tuple(s for s in (user.raw if user else None,) if s)
-        headers: dict[str, str] = {}
-        for index, token in enumerate(tokens):
-            if not isinstance(token, Mapping):
-                raise TokenExchangeError(f"{where}: authTokens[{index}] is not an object; nothing was sent.")
-            values = tuple(str(v) for v in (token.get("value"), (token.get("http_header") or {}).get("value")) if v)
-            error = token.get("error")
-            if error:
-                text = _sanitize(str(error), secrets + values) or "error"
-                raise TokenExchangeError(
-                    f"{where}: the Destination service could not get a token: {text}. Nothing was sent.",
-                    error=text,
-                )
-            header = token.get("http_header")
-            if isinstance(header, Mapping) and isinstance(header.get("key"), str) and isinstance(header.get("value"), str):
-                headers[header["key"]] = header["value"]
-            elif isinstance(token.get("type"), str) and isinstance(token.get("value"), str):
-                headers["Authorization"] = f"{token['type']} {token['value']}"
-            else:
-                raise TokenExchangeError(f"{where}: authTokens[{index}] has no http_header; nothing was sent.")
-        return headers
-
     # -- lookups (cached) ----------------------------------------------------------------
-    def _config_answer(
-        self, name: str, user: UserToken | None
-    ) -> Flow[tuple[dict[str, Any] | None, CacheKey, bool]]:
-        tenant = self.config.tenant_for(user)
-        key = CacheKey(
-            destination=name,
-            grant=_GRANT_CONFIG,
+    def _url(self, base: str, level: str | None, skip: bool) -> str:
+        if level is not None:
+            url = self.config.uri + FIND_PATH_V2 + quote(base, safe="") + "@" + level
+        else:
+            url = self.config.uri + FIND_PATH + quote(base, safe="")
+        return url + ("?" + SKIP_TOKEN_RETRIEVAL if skip else "")
+
+    def _key(self, grant: str, base: str, level: str | None, tenant: _Tenant, options: LookupOptions,
+             headers: Mapping[str, str], user: UserToken | None = None) -> CacheKey:
+        return CacheKey(
+            destination=base,
+            grant=grant,
             client=self.config.client.client_id,
-            tenant=tenant.id,
-            extra=_digest(self.config.uri, tenant.token_url),
+            tenant=tenant.id,  # whose destination (and service token) the answer is
+            user=user.fingerprint if user is not None else None,
+            # Headers by value digest: X-tenant, X-refresh-token, X-samlAssertion, X-chain-var-*…
+            extra=digest(self.config.uri, tenant.token_url, level, options.fragment_headers(), options.chain_digest(),
+                         sorted((k, v if k.lower() not in ("x-user-token", "x-subject-token") else "") for k, v in headers.items())),
         )
 
+    def _config_answer(self, base: str, level: str | None, tenant: _Tenant, options: LookupOptions, *,
+                       remember_absence: bool = False) -> Flow[dict[str, Any] | None]:
+        """Step 1 (``$skipTokenRetrieval``); ``None`` for 404. ``remember_absence``: a 404 is
+        cached for ``config_ttl`` too (the subscriber step of ``subscriberFirst``, so a
+        subscriber's calls to a provider destination do not ask twice each time)."""
+        key = self._key(_GRANT_CONFIG, base, level, tenant, options, {})
+
         def fetch() -> Flow[TokenResponse]:
-            return self._fetch(name, tenant, {}, user=None, authentication=None)
+            return self._fetch(base, level, tenant, options.fragment_headers(), user=None, authentication=None,
+                               skip=True, remember_absence=remember_absence, secrets=options.secrets)
 
         try:
             cached, hit = yield Cached(self.cache, key, fetch)
-        except _NotFound:
-            return None, key, False
-        return json.loads(cached.access_token), key, hit
+        except NotFound:
+            return None
+        logger.debug("destination=%s destination-service configuration cache=%s tenant=%s", base,
+                     "hit" if hit else "miss", tenant.id)
+        answer = json.loads(cached.access_token)
+        return answer if isinstance(answer, dict) else None
 
-    def _user_answer(self, destination: Destination, user: UserToken) -> Flow[tuple[dict[str, Any], CacheKey]]:
-        tenant = self.config.tenant_for(user)
-        if destination.authentication == "OAuth2TokenExchange":
-            token_type = expand_token_type(destination.properties.text("tokenService.body.subject_token_type") or "access_token")
-            if ":" not in token_type:
-                token_type = f"urn:ietf:params:oauth:token-type:{token_type}"
-            user_headers = {"X-Subject-Token": user.raw, "X-Subject-Token-Type": token_type}
-        else:
-            user_headers = {"X-user-token": user.raw}
-        key = CacheKey(
-            destination=destination.name,
-            grant=_GRANT_USER,
-            client=self.config.client.client_id,
-            tenant=tenant.id,
-            user=user.fingerprint,
-            extra=_digest(self.config.uri, tenant.token_url, *sorted(k for k in user_headers), user_headers.get("X-Subject-Token-Type", "")),
-        )
+    def _token_answer(self, base: str, level: str | None, tenant: _Tenant, options: LookupOptions,
+                      extra: dict[str, str], *, name: str, authentication: str | None = None
+                      ) -> Flow[tuple[dict[str, Any], CacheKey]]:
+        """Step 2 without user: the service's token flow for a technical type."""
+        headers = {**options.fragment_headers(), **extra, **options.chain_headers()}
+        key = self._key(_GRANT_TOKENS, base, level, tenant, options, headers)
+        per_caller = bool(set(extra) & {"X-refresh-token", "X-samlAssertion"}) or bool(options.chain)
 
         def fetch() -> Flow[TokenResponse]:
-            return self._fetch(destination.name, tenant, user_headers, user=user, authentication=destination.authentication)
+            return self._fetch(base, level, tenant, headers, user=None, authentication=authentication,
+                               secrets=options.secrets, user_bound=per_caller)
+
+        try:
+            cached, _ = yield Cached(self.cache, key, fetch)
+        except NotFound:
+            raise DestinationNotFoundError(name, [self.searched(name, None, options)]) from None
+        return json.loads(cached.access_token), key
+
+    def _user_answer(self, destination: Destination, link: ServiceLink, tenant: _Tenant, user: UserToken,
+                     user_headers: dict[str, str]) -> Flow[tuple[dict[str, Any], CacheKey]]:
+        options = link.options
+        headers = {**options.fragment_headers(), **user_headers, **options.chain_headers()}
+        key = self._key(_GRANT_USER, link.name, link.level, tenant, options, headers, user)
+
+        def fetch() -> Flow[TokenResponse]:
+            return self._fetch(link.name, link.level, tenant, headers, user=user, authentication=destination.authentication,
+                               secrets=options.secrets, user_bound=True)
 
         try:
             cached, hit = yield Cached(self.cache, key, fetch, user.expires_at)
-        except _NotFound:
-            raise DestinationNotFoundError(destination.name, [self.searched(destination.name, user)]) from None
-        answer = json.loads(cached.access_token)
+        except NotFound:
+            raise DestinationNotFoundError(destination.name, [self.searched(destination.name, user, options)]) from None
         logger.debug(
             "destination=%s destination-service user lookup cache=%s user=%s tenant=%s",
             destination.name, "hit" if hit else "miss", user.fingerprint, tenant.id,
         )
-        return answer, key
-
-    def _service_token(self, tenant: _Tenant) -> Flow[tuple[TokenResponse, CacheKey, bool]]:
-        key = CacheKey(
-            destination=_SERVICE_TOKEN_KEY,
-            grant=GRANT_CLIENT_CREDENTIALS,
-            client=self.config.client.client_id,
-            tenant=tenant.id,
-            extra=_digest(tenant.token_url),
-        )
-        token, hit = yield Cached(
-            self.cache, key, lambda: self.oauth.token_flow(tenant.token_url, self.config.client, GRANT_CLIENT_CREDENTIALS, {})
-        )
-        return token, key, hit
+        return json.loads(cached.access_token), key
 
     def _fetch(
         self,
-        name: str,
+        base: str,
+        level: str | None,
         tenant: _Tenant,
-        user_headers: dict[str, str],
+        headers: dict[str, str],
         *,
         user: UserToken | None,
         authentication: str | None,
+        skip: bool = False,
+        remember_absence: bool = False,
+        secrets: tuple[str, ...] = (),
+        user_bound: bool = False,
     ) -> Flow[TokenResponse]:
-        """One find call (with a fresh service token once if the cached one is refused).
-        ``authentication`` is set for a user lookup, whose answer must carry usable tokens."""
-        url = self.config.uri + FIND_PATH + quote(name, safe="")
+        """One find call. ``authentication`` is set for a token lookup, whose answer must
+        carry usable tokens (an error answer is never cached)."""
+        url = self._url(base, level, skip)
+        name = base + (f"@{level}" if level else "")
         started = self.oauth.clock()
-        for second_try in (False, True):
-            token, token_key, hit = yield from self._service_token(tenant)
-            headers = {"Accept": "application/json", "Authorization": f"Bearer {token.access_token}", **user_headers}
-            response = yield from self._get(url, headers, name, tenant, user)
-            status = response.status
-            if status in (401, 403) and hit and not second_try:
-                logger.info("destination=%s destination-service refused a cached service token (%d): fetching a new one",
-                            name, status)
-                yield Invalidate(self.cache, token_key)
-                continue
-            break
-        secrets = (token.access_token,) + tuple(user_headers.values())
-        where = f"Destination service binding '{self.config.binding_name}' (tenant '{tenant.id}')"
-        if status == 404:
-            raise _NotFound()
-        if status in (401, 403):
-            raise ConfigurationError(
-                f"{where} refused the lookup of destination '{name}' with {status}: check the binding's client "
-                f"(clientid/secret or certificate) and that it belongs to this subaccount{' (subscriber tenant)' if tenant.subscriber else ''}."
-            )
-        if not 200 <= status < 300:
-            detail = _error_text(response, secrets)
-            raise TokenExchangeError(
-                f"{where}: the lookup of destination '{name}' failed with {status}" + (f": {detail}" if detail else "") + ".",
-                status=status, url=_safe_url(url),
-            )
         try:
-            answer = response.json()
-        except ValueError:
-            answer = None
+            answer = yield from call(self, url, tenant, headers, what=f"the lookup of destination '{name}'", user=user,
+                                     secrets=secrets)
+        except NotFound:
+            if not remember_absence:
+                raise
+            return TokenResponse(access_token="null", token_type="destination-service", expires_at=started + self.config_ttl)
         if not isinstance(answer, dict) or not isinstance(answer.get("destinationConfiguration"), dict):
             raise TokenExchangeError(
-                f"{where}: the answer for destination '{name}' is not a find-destination object.", status=status,
-                url=_safe_url(url),
+                f"Destination service binding '{self.config.binding_name}' (tenant '{tenant.id}'): the answer for "
+                f"destination '{name}' is not a find-destination object."
             )
         if authentication is not None:
-            self._headers(name, authentication, answer, user)  # an error answer is never cached
-        lifetime = self._lifetime(answer, user_bound=authentication is not None)
+            auth_headers(f"Destination '{name}' ({self.source}, {authentication})", answer, user, secrets)  # never cache an error
+        lifetime = self.config_ttl if skip else self._lifetime(answer, user_bound=user_bound)
         return TokenResponse(
             access_token=json.dumps(answer, separators=(",", ":")),
             token_type="destination-service",
@@ -379,52 +407,6 @@ class DestinationService:
         if user_bound:
             return min(lifetimes) if lifetimes else self.config_ttl
         return min([self.config_ttl, *lifetimes])
-
-    def _get(self, url: str, headers: dict[str, str], name: str, tenant: _Tenant, user: UserToken | None) -> Flow[Answer]:
-        """GET under the OAuth client's policy (:mod:`propagation.resilience`: timeout, deadline,
-        retries of 5xx and connection errors, breaker per host and tenant)."""
-        safe = _safe_url(url)
-        logger.debug("destination=%s destination-service find tenant=%s user=%s", name, tenant.id,
-                     user.fingerprint if user else None)
-        oauth = self.oauth
-        try:
-            response, _ = yield from resilient_flow(
-                HttpCall("GET", url, headers, timeout=oauth.timeout), retries=oauth.retries, backoff=oauth.backoff,
-                deadline=oauth.deadline, breakers=oauth.breakers, key=(urlsplit(url).hostname, tenant.id),
-                what=f"Destination service lookup of '{name}' at {safe}",
-            )
-        except TransportFailure as exc:
-            if exc.kind == "tls":
-                raise TokenExchangeError(
-                    f"Destination service lookup of '{name}' at {safe}: TLS error ({exc.cause}).", url=safe
-                ) from exc.__cause__
-            tries = getattr(exc, "attempts", 1)
-            suffix = f" after {tries} attempt(s)" if exc.kind in ("connect", "timeout") else ""
-            raise TokenExchangeError(
-                f"Destination service lookup of '{name}' at {safe} failed: {exc.cause}{suffix}.", url=safe
-            ) from exc.__cause__
-        logger.debug("destination=%s destination-service find status=%d", name, response.status)
-        return response
-
-
-class _NotFound(Exception):
-    """404 from the find call (never cached)."""
-
-
-def _error_text(response: Answer, secrets: tuple[str, ...]) -> str | None:
-    try:
-        data = response.json()
-    except ValueError:
-        return None
-    if isinstance(data, Mapping):
-        for field_name in ("ErrorMessage", "error_description", "message", "error"):
-            value = data.get(field_name)
-            if isinstance(value, Mapping):
-                value = value.get("message")
-            text = _sanitize(value, secrets)
-            if text:
-                return text
-    return None
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -22,6 +22,7 @@ from ..context import as_user_token, current_token
 from ..flow import Invalidate, run_async, run_sync
 from ..tokens import UserToken
 from .csrf import CSRF_HEADER, Fetch, Send, csrf_steps, service_root
+from ..destinations.lookup import LookupOptions
 from .plan import Engine, Plan, PoolKey, is_protected, origin, plan_flow
 
 __all__ = ["DestinationClient", "AsyncDestinationClient", "PlanAuth"]
@@ -86,7 +87,8 @@ class PlanAuth(httpx.Auth):
 
     def _replan(self, plan: Plan, stale: Any) -> Any:
         yield Invalidate(self.engine.cache, stale)
-        return (yield from plan_flow(self.engine, self.name, plan.user, plan.method, plan.url, csrf=plan.csrf))
+        return (yield from plan_flow(self.engine, self.name, plan.user, plan.method, plan.url, csrf=plan.csrf,
+                                     lookup=plan.lookup))
 
     def _flow(self, request: httpx.Request) -> Generator[Any, Any, None]:
         """The rules, once: yields requests to send (→ responses) and :class:`_Replan` (→ a plan)."""
@@ -200,11 +202,14 @@ class _Bound:
     name: str
     csrf: bool
     _explicit_user: UserToken | None
+    lookup: LookupOptions | None
 
-    def _bind(self, engine: Engine, name: str, user_token: str | UserToken | None, csrf: bool) -> None:
+    def _bind(self, engine: Engine, name: str, user_token: str | UserToken | None, csrf: bool,
+              lookup: LookupOptions | None = None) -> None:
         self.engine = engine
         self.name = name
         self.csrf = csrf
+        self.lookup = lookup  # Destination service options (selection, fragment, …)
         self._explicit_user = None if user_token is None else as_user_token(user_token)
 
     @property
@@ -222,7 +227,7 @@ class _Bound:
         pass
 
     def _flow(self, method: str, url: Any) -> Any:
-        return plan_flow(self.engine, self.name, self.user, method, str(url), csrf=self.csrf)
+        return plan_flow(self.engine, self.name, self.user, method, str(url), csrf=self.csrf, lookup=self.lookup)
 
     def _kwargs(self, plan: Plan, kwargs: dict[str, Any]) -> dict[str, Any]:
         params = kwargs.get("params")
@@ -259,9 +264,9 @@ class DestinationClient(_Bound, httpx.Client):
     """
 
     def __init__(self, engine: Engine, name: str, *, user_token: str | UserToken | None = None, csrf: bool = True,
-                 **kwargs: Any) -> None:
+                 lookup: LookupOptions | None = None, **kwargs: Any) -> None:
         options = _client_options(kwargs, _strip_elsewhere)
-        self._bind(engine, name, user_token, csrf)
+        self._bind(engine, name, user_token, csrf, lookup)
         self._plan_auth = PlanAuth(engine, name)
         httpx.Client.__init__(self, transport=_Router(engine), trust_env=False, **options)
 
@@ -284,9 +289,9 @@ class AsyncDestinationClient(_Bound, httpx.AsyncClient):
     connectivity token is awaited. Made once, safe across users, tenants and coroutines."""
 
     def __init__(self, engine: Engine, name: str, *, user_token: str | UserToken | None = None, csrf: bool = True,
-                 **kwargs: Any) -> None:
+                 lookup: LookupOptions | None = None, **kwargs: Any) -> None:
         options = _client_options(kwargs, _astrip_elsewhere)
-        self._bind(engine, name, user_token, csrf)
+        self._bind(engine, name, user_token, csrf, lookup)
         self._plan_auth = PlanAuth(engine, name)
         httpx.AsyncClient.__init__(self, transport=_AsyncRouter(engine), trust_env=False, **options)
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..cache import TokenCache
+from ..destinations.lookup import LookupOptions
 from ..destinations.model import Destination
 from ..destinations.resolver import DestinationResolver
 from ..errors import PathOutsideDestinationError
@@ -116,6 +117,7 @@ class Plan:
     csrf: bool = False
     pool: PoolKey | None = None
     auth: OutboundAuth | None = None
+    lookup: LookupOptions | None = None  # the call's Destination service options (re-planning keeps them)
 
     @property
     def user_key(self) -> str | None:
@@ -148,16 +150,18 @@ def _fingerprint(pem: str | None) -> str | None:
 
 
 def plan_flow(
-    engine: Engine, name: str, user: UserToken | None, method: str, url: str, *, csrf: bool = True
+    engine: Engine, name: str, user: UserToken | None, method: str, url: str, *, csrf: bool = True,
+    lookup: LookupOptions | None = None,
 ) -> Flow[Plan]:
-    """The plan of ``method url`` to destination ``name`` as ``user`` (I/O as flow steps)."""
-    destination = yield from engine.resolver.resolve_flow(name, user)
+    """The plan of ``method url`` to destination ``name`` as ``user`` (I/O as flow steps);
+    ``lookup``: selection, fragment… of a Destination service lookup."""
+    destination = yield from engine.resolver.resolve_flow(name, user, lookup)
     target = join_url(destination.url, url)
     scheme, host, port = origin(target)
     if origin(target) != origin(destination.url):
         # Elsewhere: nothing of the destination's goes with it.
         return Plan(destination, user, method, target, False, timeout=_timeout(destination),
-                    pool=PoolKey(scheme, host, port))
+                    pool=PoolKey(scheme, host, port), lookup=lookup)
     outbound = yield from engine.authorizer.authorize_flow(destination, user)
     headers = dict(outbound.headers)
     params = destination.memo.get("url-params")
@@ -200,6 +204,7 @@ def plan_flow(
         csrf and method.upper() in MODIFYING_METHODS,
         pool,
         outbound,
+        lookup,
     )
 
 

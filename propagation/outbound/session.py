@@ -21,6 +21,7 @@ from ..destinations.model import Destination
 from ..flow import run_sync
 from ..tokens import UserToken
 from .csrf import CSRF_HEADER, Fetch, Send, csrf_steps, has_header, service_root
+from ..destinations.lookup import LookupOptions
 from .plan import Engine, Plan, is_protected, origin, plan_flow
 
 __all__ = ["DestinationSession", "PlanAuth"]
@@ -108,10 +109,12 @@ class DestinationSession(requests.Session):
         *,
         user_token: str | UserToken | None = None,
         csrf: bool = True,
+        lookup: LookupOptions | None = None,
     ) -> None:
         super().__init__()
         self.propagator = propagator
         self.name = name
+        self.lookup = lookup  # Destination service options (selection, fragment, …)
         self._explicit_user = None if user_token is None else as_user_token(user_token)
         self.csrf = csrf
 
@@ -126,11 +129,12 @@ class DestinationSession(requests.Session):
     @property
     def destination(self) -> Destination:
         """The destination as resolved for the current user and tenant."""
-        return self.propagator.destination(self.name, user_token=self.user)
+        return self.propagator.resolver.resolve(self.name, self.user, self.lookup)
 
     def plan(self, method: str, url: str, *, user: UserToken | None = None) -> Plan:
         return run_sync(
-            plan_flow(self.propagator, self.name, user if user is not None else self.user, method, url, csrf=self.csrf),
+            plan_flow(self.propagator, self.name, user if user is not None else self.user, method, url, csrf=self.csrf,
+                      lookup=self.lookup),
             self.propagator.oauth.io,
         )
 

@@ -523,3 +523,41 @@ def test_closed_stdout_ends_quietly(xsuaa: jwtkit.Xsuaa) -> None:
     finally:
         os.close(write_end)
     assert proc.returncode == 141 and proc.stderr == ""
+
+
+# -- doctor: typos, unknown keys, cockpit destinations ------------------------------------------------
+@pytest.mark.parametrize("entry,expected", [
+    pytest.param({"Authentification": "OAuth2JWTBearer"}, "did you mean 'Authentication'", id="near-miss-is-a-problem"),
+    pytest.param({"forwardAuthTokn": True}, "did you mean 'forwardAuthToken'", id="near-miss-flag"),
+])
+def test_doctor_reports_a_typo_instead_of_no_problems(entry: dict[str, Any], expected: str) -> None:
+    rc, out, _ = run(["doctor"], {"destinations": json.dumps([{"name": "S4", "url": "https://s4.example.com", **entry}])})
+    assert rc == 1 and expected in out and "No problems found." not in out
+
+
+def test_doctor_lists_other_unknown_keys_as_warnings(xsuaa: jwtkit.Xsuaa) -> None:
+    environ = {"VCAP_SERVICES": vcap_services(xsuaa), "destinations": json.dumps([
+        {"name": "S4", "url": "https://s4.example.com", "myCustomFlag": "x"}])}
+    rc, out, _ = run(["doctor"], environ)
+    assert rc == 0 and "Warnings (1):" in out and "unknown key 'myCustomFlag' (ignored)" in out  # a warning, not a problem
+    rc, out, _ = run(["doctor", "--json"], environ)
+    assert len(json.loads(out)["warnings"]) == 1
+
+
+def test_doctor_service_lists_and_checks_cockpit_destinations() -> None:
+    binding = {"name": "dest", "label": "destination", "plan": "lite", "tags": ["destination"], "credentials": {
+        "clientid": "dest-client", "clientsecret": "dest-SECRET", "url": "https://provider.auth.example.com",
+        "uri": "https://destination.example.com", "tenantid": "provider-zid"}}
+    listed = [
+        {"Name": "S4", "Type": "HTTP", "URL": "http://s4:443", "Authentication": "PrincipalPropagation", "ProxyType": "OnPremise"},
+        {"Name": "MAIL", "Type": "MAIL", "mail.user": "x"},
+    ]
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add(responses.POST, "https://provider.auth.example.com/oauth/token", json={"access_token": "svc", "expires_in": 3600})
+        rsps.add(responses.GET, "https://destination.example.com/destination-configuration/v1/subaccountDestinations", json=listed)
+        rsps.add(responses.GET, "https://destination.example.com/destination-configuration/v1/instanceDestinations", json=[])
+        rc, out, _ = run(["doctor", "--service"], {"VCAP_SERVICES": json.dumps({"destination": [binding]})})
+    assert "Destination service destinations" in out and "S4  level=subaccount" in out
+    assert "needs user=yes  ProxyType=OnPremise" in out
+    assert rc == 1 and "MAIL" in out  # a non-HTTP destination is a problem for this library
+    assert "dest-SECRET" not in out and "svc" not in out.split()

@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--dir", metavar="DIR", help="directory holding default-env.json (default: the working directory)")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--service", action="store_true",
+                        help="also list and check the Destination service's (cockpit) destinations: calls the service")
 
     exchange = sub.add_parser(
         "exchange",

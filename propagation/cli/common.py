@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, TextIO
 from urllib.parse import urlsplit
 
+from ..destinations.model import AUTHENTICATIONS
 from ..tokens import UserToken
 
 
@@ -31,15 +32,7 @@ PROG = "python -m propagation"
 _ALL_AUTHENTICATIONS = (
     "NoAuthentication",
     "NoAuthentication+forwardAuthToken",
-    "BasicAuthentication",
-    "OAuth2ClientCredentials",
-    "OAuth2Password",
-    "OAuth2JWTBearer",
-    "OAuth2UserTokenExchange",
-    "OAuth2TokenExchange",
-    "OAuth2SAMLBearerAssertion",
-    "PrincipalPropagation",
-    "ClientCertificateAuthentication",
+    *(a for a in AUTHENTICATIONS if a != "NoAuthentication"),
 )
 _OAUTH_CLIENT_AUTHENTICATIONS = frozenset(
     {"OAuth2ClientCredentials", "OAuth2Password", "OAuth2JWTBearer", "OAuth2UserTokenExchange", "OAuth2TokenExchange"}

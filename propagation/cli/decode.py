@@ -141,6 +141,8 @@ def _diagnosis(token: UserToken, now: float, args: argparse.Namespace) -> dict[s
         if auth in ("NoAuthentication", "BasicAuthentication", "OAuth2ClientCredentials", "OAuth2Password",
                     "ClientCertificateAuthentication"):
             serves[auth] = "yes (needs no user)"
+        elif auth == "OAuth2RefreshToken":
+            serves[auth] = "yes, through the Destination service, with refresh_token= (needs no user)"
         elif unsigned:
             serves[auth] = "no (unsigned token: refused)"
         elif no_exp:
@@ -151,7 +153,7 @@ def _diagnosis(token: UserToken, now: float, args: argparse.Namespace) -> dict[s
             serves[auth] = "no (expired)"
         elif auth == "NoAuthentication+forwardAuthToken":
             serves[auth] = f"yes, if the target trusts the issuer {issuer}"
-        elif auth == "OAuth2SAMLBearerAssertion":
+        elif auth in ("OAuth2SAMLBearerAssertion", "SAMLAssertion"):
             serves[auth] = "yes, through the Destination service only"
         elif auth == "PrincipalPropagation":
             serves[auth] = "yes, OnPremise through the Connectivity proxy"

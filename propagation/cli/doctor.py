@@ -44,10 +44,10 @@ def _secret_values(value: Any, key: str = "") -> Iterable[str]:
         yield value
 
 
-def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io) -> dict[str, Any]:
+def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io, service: bool = False) -> dict[str, Any]:
     from ..bindings import Bindings
     from ..outbound.connectivity import MODE_ENV, ConnectivityConfig, normalize_mode
-    from ..destinations.env import destination_from_binding, destinations_from_env
+    from ..destinations.env import destination_from_binding, destinations_from_env, unknown_keys
     from ..destinations.service import TTL_ENV, DestinationServiceConfig
 
     problems: list[str] = []
@@ -130,6 +130,10 @@ def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io) -> dict[str, 
     except ConfigurationError as exc:
         problems.append(f"Destinations cannot be read: {exc}")
         env_destinations = {}
+    try:
+        warnings = unknown_keys(environ, cwd=cwd)
+    except ConfigurationError:
+        warnings = []  # the same source's error is a problem above
     destinations.extend(env_destinations.values())
     for binding in bindings:
         if binding.name in env_destinations:
@@ -179,7 +183,10 @@ def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io) -> dict[str, 
         if d.authentication in _SERVICE_ONLY_AUTHENTICATIONS and d.service is None:
             problems.append(f"{where} uses {d.authentication}, which only the Destination service can serve.")
 
+    cockpit_rows = _cockpit(environ, cwd, bindings, problems) if service and unreadable is None else []
     return {
+        "cockpit": cockpit_rows,
+        "warnings": warnings,
         "sources": list(bindings.sources),
         "bindings_unreadable": unreadable is not None,
         "bindings": binding_rows,
@@ -190,8 +197,32 @@ def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io) -> dict[str, 
     }
 
 
+def _cockpit(environ: Mapping[str, str], cwd: str | None, bindings: Any, problems: list[str]) -> list[dict[str, Any]]:
+    """The Destination service's subaccount and instance destinations (names, types — no values)."""
+    from ..destinations.listing import list_all
+    from ..engine import Propagator
+    from ..errors import PropagationError
+
+    engine = Propagator(environ=environ, cwd=cwd, bindings=bindings)
+    if engine.resolver.destination_service() is None:
+        problems.append("--service: no 'destination' service binding is bound.")
+        return []
+    try:
+        found = [d for d in list_all(engine, None) if d.source.startswith("Destination service")]
+    except PropagationError as exc:
+        problems.append(f"The Destination service's destinations cannot be listed: {exc}")
+        return []
+    finally:
+        engine.close()
+    for d in found:
+        if d.problem:
+            problems.append(f"Destination '{d.name}' ({d.source}, {d.level}): {d.problem}")
+    return [{"name": d.name, "level": d.level, "tenant": d.tenant, "authentication": d.authentication,
+             "needs_user": d.needs_user, "proxy_type": d.proxy_type, "problem": d.problem} for d in found]
+
+
 def _cmd_doctor(args: argparse.Namespace, io_: _Io, environ: Mapping[str, str]) -> int:
-    report = _doctor(environ, args.dir, io_)
+    report = _doctor(environ, args.dir, io_, service=getattr(args, "service", False))
     if args.json:
         io_.out(json.dumps(report, indent=2, sort_keys=True))
         return EXIT_OK if report["ok"] else EXIT_PROBLEMS
@@ -211,6 +242,15 @@ def _cmd_doctor(args: argparse.Namespace, io_: _Io, environ: Mapping[str, str]) 
             f"ProxyType={d['proxy_type']}  proxy={d['proxy'] or '-'}  URL host={d['url_host'] or '-'}  "
             f"token URL host={d['token_url_host'] or '-'}"
         )
+    if report["cockpit"]:
+        io_.out(f"Destination service destinations ({len(report['cockpit'])}):")
+        for d in report["cockpit"]:
+            io_.out(f"  {d['name']}  level={d['level']}  tenant={d['tenant'] or '-'}  Authentication={d['authentication']}  "
+                    f"needs user={'yes' if d['needs_user'] else 'no'}  ProxyType={d['proxy_type']}")
+    if report["warnings"]:
+        io_.out(f"Warnings ({len(report['warnings'])}):")
+        for warning in report["warnings"]:
+            io_.out(f"  - {warning}")
     if report["notes"]:
         io_.out("Notes:")
         for note in report["notes"]:

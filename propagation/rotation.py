@@ -31,10 +31,10 @@ class Derived(Generic[T]):
         self._memo: tuple[int, T] | None = None
 
     def get(self) -> T:
-        snapshot = self._bindings.snapshot()
         memo = self._memo
-        if memo is not None and memo[0] == snapshot.generation:
+        if memo is not None and memo[0] == self._bindings.generation:  # the hot path: no snapshot object
             return memo[1]
+        snapshot = self._bindings.snapshot()
         value = self._build(snapshot)  # an error is raised to the caller and nothing is memoised
         self._memo = (snapshot.generation, value)
         return value

@@ -254,3 +254,39 @@ def test_derived_build_error_is_not_memoised(volume: SecretVolume) -> None:
     with pytest.raises(ConfigurationError, match="bad binding"):
         derived.get()
     assert derived.get() == ("ok", "ok")
+
+
+def test_a_rotated_connectivity_secret_is_used_by_the_next_on_premise_call(tmp_path: Path) -> None:
+    """End to end through the engine: Kubernetes rotates the connectivity client's secret; the
+    next call's token request carries the new one, the old one never again."""
+    import json as _json
+    import time as _time
+    from urllib.parse import parse_qs
+
+    import responses
+
+    import jwtkit
+    from propagation import Propagator
+    from propagation.cache import MemoryTokenCache
+    from propagation.oauth import OAuthClient
+
+    files = lambda v: {"type": "connectivity", "clientid": "conn-client", "clientsecret": f"conn-secret-{v}",  # noqa: E731
+                       "token_service_url": "https://provider.authentication.eu10.hana.ondemand.com",
+                       "onpremise_proxy_host": "proxy.internal", "onpremise_proxy_http_port": "20003"}
+    conn = SecretVolume(tmp_path, "conn", files(1))
+    clock = Clock()
+    bindings = Bindings.from_env({"SERVICE_BINDING_ROOT": str(tmp_path)}, refresh_interval=10.0, clock=clock)
+    engine = Propagator(environ={"destinations": _json.dumps([{"name": "S4", "url": "http://s4:44300", "ProxyType": "OnPremise",
+                                                                "Authentication": "BasicAuthentication", "User": "u", "Password": "p"}])},
+                        bindings=bindings, cache=MemoryTokenCache(), oauth=OAuthClient(retries=0))
+    user = jwtkit.unsigned({"user_name": "alice", "zid": "z", "exp": int(_time.time()) + 3600, "grant_type": "password"})
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.POST, "https://provider.authentication.eu10.hana.ondemand.com/oauth/token",
+                 json={"access_token": "px", "expires_in": 0})  # not cached: every call asks again
+        rsps.add(responses.GET, "http://s4:44300/x", json={})
+        engine.session("S4", user_token=user).get("x")
+        conn.write(files(2))
+        clock.now += 11  # the next check notices the swap
+        engine.session("S4", user_token=user).get("x")
+        secrets = [parse_qs(c.request.body)["client_secret"][0] for c in rsps.calls if "oauth" in c.request.url]
+    assert secrets == ["conn-secret-1", "conn-secret-2"]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from ..bindings import Bindings
 from ..errors import ConfigurationError, DestinationNotFoundError
+from ..rotation import Derived
 from ..tokens import UserToken
 from .model import Destination
 
@@ -23,7 +24,8 @@ __all__ = ["DestinationResolver"]
 
 
 class DestinationResolver:
-    """Looks a destination up by name. Environment sources are parsed once, on first use."""
+    """Looks a destination up by name. Environment sources are parsed on first use, and again
+    only when the service bindings rotate."""
 
     def __init__(
         self,
@@ -39,46 +41,44 @@ class DestinationResolver:
         self.cwd = cwd
         self.oauth = oauth
         self.cache = cache
-        self._env_destinations: dict[str, Destination] | None = None
-        self._service: "DestinationService | None" = None
-        self._service_built = False
+        # Re-parsed when the binding files rotate (Kubernetes): never half-old, half-new.
+        self._env_destinations: Derived[dict[str, Destination]] = Derived(bindings, self._parse_env)
+        self._service: "Derived[DestinationService | None]" = Derived(bindings, self._build_service)
         self._lock = threading.Lock()
 
     def destination_service(self) -> "DestinationService | None":
-        """The Destination service client when a ``destination`` binding exists (built once)."""
-        if not self._service_built:
-            from ..cache import MemoryTokenCache
-            from ..oauth import OAuthClient
-            from .lookup import selection_from_env
-            from .service import DEFAULT_CONFIG_TTL, TTL_ENV, DestinationService
+        """The Destination service client when a ``destination`` binding exists (rebuilt only
+        when the bindings rotate)."""
+        return self._service.get()
 
-            with self._lock:
-                if not self._service_built:
-                    raw_ttl = self.environ.get(TTL_ENV)
-                    try:
-                        ttl = float(raw_ttl) if raw_ttl not in (None, "") else DEFAULT_CONFIG_TTL
-                    except ValueError:
-                        raise ConfigurationError(f"{TTL_ENV} must be a number of seconds.") from None
-                    if self.oauth is None:
-                        self.oauth = OAuthClient()
-                    if self.cache is None:
-                        self.cache = MemoryTokenCache()
-                    selection = selection_from_env(self.environ)  # PROPAGATION_DESTINATION_SELECTION
-                    self._service = DestinationService.from_bindings(
-                        self.bindings, self.oauth, self.cache, config_ttl=ttl, selection=selection
-                    )
-                    self._service_built = True
-        return self._service
+    def _build_service(self, bindings: Bindings) -> "DestinationService | None":
+        from ..cache import MemoryTokenCache
+        from ..oauth import OAuthClient
+        from .lookup import selection_from_env
+        from .service import DEFAULT_CONFIG_TTL, TTL_ENV, DestinationService
+
+        raw_ttl = self.environ.get(TTL_ENV)
+        try:
+            ttl = float(raw_ttl) if raw_ttl not in (None, "") else DEFAULT_CONFIG_TTL
+        except ValueError:
+            raise ConfigurationError(f"{TTL_ENV} must be a number of seconds.") from None
+        with self._lock:
+            if self.oauth is None:
+                self.oauth = OAuthClient()
+            if self.cache is None:
+                self.cache = MemoryTokenCache()
+        selection = selection_from_env(self.environ)  # PROPAGATION_DESTINATION_SELECTION
+        return DestinationService.from_bindings(bindings, self.oauth, self.cache, config_ttl=ttl, selection=selection)
 
     def env_destinations(self) -> dict[str, Destination]:
-        """Destinations of the ``destinations`` variable (or ``default-env.json``), parsed once."""
-        if self._env_destinations is None:
-            from .env import destinations_from_env
+        """Destinations of the ``destinations`` variable (or ``default-env.json``), parsed once
+        (again when the bindings their ``serviceBinding`` entries name rotate)."""
+        return self._env_destinations.get()
 
-            with self._lock:
-                if self._env_destinations is None:
-                    self._env_destinations = destinations_from_env(self.environ, self.bindings, cwd=self.cwd)
-        return self._env_destinations
+    def _parse_env(self, bindings: Bindings) -> dict[str, Destination]:
+        from .env import destinations_from_env
+
+        return destinations_from_env(self.environ, bindings, cwd=self.cwd)
 
     def resolve(self, name: str, user: UserToken | None = None, options: "LookupOptions | None" = None) -> Destination:
         """:meth:`resolve_flow`, blocking."""

@@ -95,7 +95,7 @@ async def _fire(port: int, work: list[str], concurrency: int) -> tuple[list[floa
 
 
 def run(quick: bool) -> dict[str, Any]:
-    users, calls, concurrency = (50, 3, 16) if quick else (200, 5, 32)
+    users, calls, concurrency = (50, 3, 8) if quick else (200, 5, 8)
     pki = Pki(prefix="propagation-bench-async-pki-")
     try:
         with LoopbackServer(tls=(str(pki.cert_file), str(pki.key_file))) as idp, LoopbackServer() as proxy:

@@ -187,7 +187,7 @@ def outbound(quick: bool) -> None:
     for name, value in rates.items():
         print(f"        {name:<11} {1e6 / value:7.1f} us/call")
     print(f"        plan() on a cache hit {1e6 / authorize:7.1f} us (in-process share of each call)")
-    print(f"        new session per call {1e6 / fresh:7.1f} us/call (includes a new connection)")
+    print(f"        new session per call {1e6 / fresh:7.1f} us/call (the engine's pooled connection)")
     ratio = rates["plain"] / rates["session"]
     verdict("session(name).get <= 1.10 x requests.Session.get", ratio <= 1.10, f"{ratio:.3f} x plain")
 

@@ -81,10 +81,7 @@ class TokenCache(Protocol):
 def _owner() -> tuple[int, int | None]:
     """Who runs a fetch: the thread, and the asyncio task within it (coroutines of one loop
     share a thread but are different callers)."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        task = None
+    task = asyncio.current_task() if asyncio._get_running_loop() is not None else None  # no exception per sync call
     return threading.get_ident(), id(task) if task is not None else None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import lru_cache
 from contextvars import ContextVar, Token
 from typing import Iterator
 
@@ -75,7 +76,13 @@ def reset_current_tokens(handle: CurrentHandle) -> None:
 
 
 def as_user_token(token: str | UserToken) -> UserToken:
-    return token if isinstance(token, UserToken) else UserToken.parse(token)
+    return token if isinstance(token, UserToken) else _parse(token)
+
+
+@lru_cache(maxsize=1024)
+def _parse(raw: str) -> UserToken:
+    # A UserToken is immutable: a job or client passing the same raw JWT on every call parses it once.
+    return UserToken.parse(raw)
 
 
 @contextmanager

@@ -147,3 +147,13 @@ def xssec_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     monkeypatch.setattr(sap.xssec, "create_security_context_xsuaa", xsuaa_spy)
     monkeypatch.setattr(sap.xssec, "create_security_context_ias", ias_spy)
     return calls
+
+
+@pytest.fixture()
+def land(box: Any) -> Any:
+    """The running sandbox's landscape (``box``: a module's ``Sandbox`` fixture), records reset."""
+    from propagation.testing import Landscape
+
+    assert isinstance(box.landscape, Landscape)
+    box.landscape.reset()
+    return box.landscape

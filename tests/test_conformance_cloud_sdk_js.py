@@ -82,13 +82,6 @@ def box() -> Iterator[Sandbox]:
         yield sandbox
 
 
-@pytest.fixture()
-def land(box: Sandbox) -> Landscape:
-    assert isinstance(box.landscape, Landscape)
-    box.landscape.reset()
-    return box.landscape
-
-
 def _call(box: Sandbox, node_path: str, destination: str, jwt: str = "", *, iss: str = "") -> dict[str, Any]:
     env = {**os.environ, **box.environ(), "NODE_EXTRA_CA_CERTS": str(box.ca_file), "NODE_PATH": node_path,
            "CONFORMANCE_JWT": jwt, "CONFORMANCE_ISS": iss}

@@ -62,13 +62,6 @@ def box() -> Iterator[Sandbox]:
         yield sandbox
 
 
-@pytest.fixture()
-def land(box: Sandbox) -> Landscape:
-    assert isinstance(box.landscape, Landscape)
-    box.landscape.reset()
-    return box.landscape
-
-
 def _run(box: Sandbox, python: str, case: dict[str, Any]) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HTTP_PROXY", "HTTPS_PROXY")}
     env.update(box.environ())

@@ -24,13 +24,6 @@ def box() -> Iterator[Sandbox]:
         yield sandbox
 
 
-@pytest.fixture()
-def land(box: Sandbox) -> Landscape:
-    assert isinstance(box.landscape, Landscape)
-    box.landscape.reset()
-    return box.landscape
-
-
 def _session(box: Sandbox) -> requests.Session:
     s = requests.Session()
     s.trust_env = False

@@ -35,13 +35,6 @@ def box(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
         yield sandbox
 
 
-@pytest.fixture()
-def land(box: Sandbox) -> Landscape:
-    assert isinstance(box.landscape, Landscape)
-    box.landscape.reset()
-    return box.landscape
-
-
 def _claims(token: str) -> dict[str, Any]:
     return jwt.decode(token, options={"verify_signature": False})
 

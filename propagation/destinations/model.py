@@ -152,7 +152,7 @@ class Destination:
     #: does not import the service client that builds it.)
     service: Any = field(default=None, compare=False)
 
-    @property
+    @cached_property
     def needs_user(self) -> bool:
         """True when this destination can only be called as the calling user."""
         return authentication_needs_user(
@@ -167,11 +167,11 @@ class Destination:
         """Values derived from this (immutable) destination by its users, computed once."""
         return {}
 
-    @property
+    @cached_property
     def on_premise(self) -> bool:
         return self.proxy_type.lower() == "onpremise"
 
-    @property
+    @cached_property
     def location_id(self) -> str | None:
         return self.properties.text("CloudConnectorLocationId")
 

@@ -74,6 +74,7 @@ def _remove_dot_segments(path: str) -> str:
     return "/".join(output)
 
 
+@lru_cache(maxsize=4096)
 def join_url(base: str, url: str) -> str:
     """``url`` joined to the destination URL ``base`` (keeping its path); an absolute ``url`` is
     returned as is. A relative path whose dot segments climb above ``base``'s path raises

@@ -80,10 +80,11 @@ class _Lru(Generic[P]):
             self._items.move_to_end(key)
             while len(self._items) > self.maxsize:
                 stale.append(self._items.popitem(last=False)[1][0])
-            for other, (candidate, used) in list(self._items.items()):
+            while self._items:  # ordered by last use: only the oldest can be idle (O(1) per call)
+                oldest, (candidate, used) = next(iter(self._items.items()))
                 if now - used <= self.idle:
-                    break  # ordered by last use: the rest are fresher
-                del self._items[other]
+                    break
+                del self._items[oldest]
                 stale.append(candidate)
         return pool, stale
 

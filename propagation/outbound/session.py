@@ -9,11 +9,15 @@ engine's pools, cookies and CSRF tokens from the engine's stores (per destinatio
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from contextvars import ContextVar
 from typing import Any, Mapping
 
 import requests
 from requests.auth import AuthBase
+from requests.hooks import default_hooks
+from requests.models import DEFAULT_REDIRECT_LIMIT
+from requests.utils import default_headers
 
 from .._log import logger
 from ..context import as_user_token, current_token
@@ -111,7 +115,19 @@ class DestinationSession(requests.Session):
         csrf: bool = True,
         lookup: LookupOptions | None = None,
     ) -> None:
-        super().__init__()
+        # requests.Session.__init__ without its two default HTTPAdapters (and their pool
+        # managers): connections are the engine's, so a session per request costs no pool.
+        self.headers = default_headers()
+        self.auth = None
+        self.proxies = {}
+        self.hooks = default_hooks()
+        self.params = {}
+        self.stream = False
+        self.verify = True
+        self.cert = None
+        self.max_redirects = DEFAULT_REDIRECT_LIMIT
+        self.trust_env = True
+        self.adapters = OrderedDict()
         self.propagator = propagator
         self.name = name
         self.lookup = lookup  # Destination service options (selection, fragment, …)
@@ -226,8 +242,8 @@ class DestinationSession(requests.Session):
 
     def get_adapter(self, url: str) -> Any:
         plan = _active.get()
-        if plan is None:
-            return super().get_adapter(url)
+        if plan is None:  # a request sent without a plan (session.send): the engine's plain pool
+            return self.propagator.pools.adapter(None)
         return self.get_adapter_for(plan)
 
     def get_adapter_for(self, plan: Plan) -> Any:

@@ -23,7 +23,7 @@ from ._log import logger
 from .errors import ConfigurationError, TokenExchangeError
 from .redaction import sanitize as _sanitize
 from .resilience import Breakers, resilient_flow
-from .flow import Answer, AsyncIO, ClientCertFiles, Flow, HttpCall, SyncIO, TransportFailure, run_async, run_sync
+from .flow import Answer, AsyncIO, Flow, HttpCall, SyncIO, TransportFailure, run_async, run_sync
 from .tokens import fingerprint
 
 __all__ = [
@@ -170,10 +170,6 @@ def _expires_in(value: Any) -> float | None:
     else:
         return None
     return number if math.isfinite(number) else None
-
-
-#: Kept under its old name for callers of this module.
-_ClientCertFiles = ClientCertFiles
 
 
 # -- the client ------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ class Seen:
     target: str  # the request line's target: a path, or an absolute URL (proxied)
     headers: dict[str, str]
     proxied: bool
+    client_subject: str | None = None  # CN of the client certificate presented (mTLS)
 
     @property
     def path(self) -> str:
@@ -84,6 +85,9 @@ class Loopback:
                 body = self.rfile.read(length).decode() if length else ""
                 seen = Seen(self.connection_id, self.command, self.path, dict(self.headers.items()),
                             self.path.startswith("http://"))
+                if isinstance(self.request, ssl.SSLSocket):
+                    peer = self.request.getpeercert()
+                    seen.client_subject = dict(x[0] for x in peer["subject"]).get("commonName") if peer else None
                 if self.command == "POST" and seen.path.endswith("/oauth/token"):
                     fields = {k: v[0] for k, v in parse_qs(body).items()}
                     with outer._lock:

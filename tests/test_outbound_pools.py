@@ -207,3 +207,60 @@ def test_a_trust_store_of_the_destination_is_what_the_target_tls_is_checked_agai
             engine.close()
     finally:
         pki.cleanup()
+
+
+# -- ClientCertificateAuthentication: the destination's certificate on the wire (mTLS) -----------------
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_client_certificate_destination_presents_its_certificate_to_the_target(transport: Transport) -> None:
+    """A real loopback TLS server that requires a client certificate: every transport presents
+    the destination's key store (PEM from the Destination service), and the pooled connection
+    is reused for the next call."""
+    import base64
+    import ssl
+
+    import responses
+    import respx
+
+    import jwtkit
+    from propagation.sandbox.pki import Pki
+
+    cert_pem, key_pem = jwtkit.self_signed_certificate("s4-comm-user")
+    pki = Pki(prefix="propagation-test-mtls-")
+    server = pki.server_context()
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.load_verify_locations(cadata=cert_pem)
+    try:
+        with Loopback(tls=server) as backend, responses.RequestsMock(assert_all_requests_are_fired=False) as rsps, \
+                respx.mock(assert_all_called=False) as router:
+            store = base64.b64encode((cert_pem + key_pem).encode()).decode()
+            ca = base64.b64encode(pki.ca_file.read_bytes()).decode()
+            answer = {"destinationConfiguration": {
+                "Name": "S4", "Type": "HTTP", "URL": f"{backend.base}/api", "Authentication": "ClientCertificateAuthentication",
+                "ProxyType": "Internet", "KeyStoreLocation": "client.pem", "TrustStoreLocation": "ca.pem"},
+                "certificates": [{"Name": "client.pem", "Type": "CERTIFICATE", "Content": store},
+                                 {"Name": "ca.pem", "Type": "CERTIFICATE", "Content": ca}]}
+            token = {"access_token": "svc", "expires_in": 3600}
+            rsps.add(responses.POST, "https://provider.auth.example.com/oauth/token", json=token)
+            rsps.add(responses.GET, re.compile(r"https://destination\.example\.com/.*"), json=answer)
+            rsps.add_passthru(backend.base)
+            router.post("https://provider.auth.example.com/oauth/token").respond(json=token)
+            router.get(url__startswith="https://destination.example.com/").respond(json=answer)
+            router.route(host="localhost").pass_through()
+            binding = Binding(name="dest", label="destination", credentials={
+                "clientid": "dest-client", "clientsecret": "dest-secret", "url": "https://provider.auth.example.com",
+                "uri": "https://destination.example.com", "tenantid": "provider-zid"})
+            engine = Propagator(environ={}, bindings=Bindings([binding]), cache=MemoryTokenCache(), oauth=OAuthClient(retries=0))
+            s4 = transport.make(engine, "S4")
+            if transport.name == "async_client":
+                async def twice() -> list[int]:
+                    return [(await s4.get("Items")).status_code for _ in range(2)]
+
+                assert asyncio.run(twice()) == [200, 200]
+            else:
+                assert [transport.call(s4, "GET", "Items").status_code for _ in range(2)] == [200, 200]
+            assert [s.client_subject for s in backend.seen] == ["s4-comm-user", "s4-comm-user"]
+            if transport.name == "client":  # requests writes the key to a temp file per call: not pooled
+                assert len(backend.connections()) == 1
+            engine.close()
+    finally:
+        pki.cleanup()

@@ -201,7 +201,8 @@ class Fetch:
 @dataclass(frozen=True)
 class Send:
     """Step: send the modifying request itself, with ``token`` (if any); answer: the response.
-    ``retry`` is set for the second send after a ``403 Required`` (the driver closes ``first``)."""
+    ``first`` is set for the resend after a ``403 Required``: the refused response, which the
+    driver closes (and keeps in the new response's history)."""
 
     token: str | None
     first: Any = None

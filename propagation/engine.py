@@ -19,7 +19,9 @@ from .flow import run_async, run_sync
 from .oauth import OAuthClient
 from .outbound.auth import Authorizer, OutboundAuth
 from .outbound.connectivity import MODE_ENV, Connectivity
+from .errors import ConfigurationError
 from .outbound.csrf import CookieJars, CsrfStore
+from .outbound.deadline import DEFAULT_CALL_DEADLINE
 from .outbound.plan import Plan, plan_flow
 from .outbound.pools import Pools
 from .tokens import UserToken
@@ -33,6 +35,9 @@ __all__ = ["Propagator", "default_propagator", "set_default_propagator"]
 
 class Propagator:
     """Engine: validate inbound tokens, resolve destinations, exchange and cache tokens.
+
+    ``call_deadline``: seconds one call to a destination may take in all, however slowly the
+    target answers (default 120; env ``PROPAGATION_CALL_DEADLINE``).
 
     ``connectivity_mode`` (``"exchange"``, the default, or ``"header"``; else the env var
     ``PROPAGATION_CONNECTIVITY_MODE``) says how OnPremise ``PrincipalPropagation`` carries the
@@ -52,6 +57,7 @@ class Propagator:
         ias_to_xsuaa: bool | None = None,
         xsuaa_trust_client_id: str | None = None,
         public_clients: Any = None,
+        call_deadline: float | None = None,
     ) -> None:
         self.environ: Mapping[str, str] = dict(os.environ if environ is None else environ)
         self.cwd = cwd
@@ -72,6 +78,8 @@ class Propagator:
         self.connectivity = Connectivity(self.bindings, self.oauth, self.cache, mode)
         self.authorizer = Authorizer(self.oauth, self.cache, self.connectivity)
         self.resolver = DestinationResolver(self.environ, self.bindings, cwd=cwd, oauth=self.oauth, cache=self.cache)
+        #: Seconds one call to a destination may take in all (``PROPAGATION_CALL_DEADLINE``).
+        self.call_deadline = _seconds(call_deadline, self.environ.get(CALL_DEADLINE_ENV), DEFAULT_CALL_DEADLINE)
         #: Connection pools, cookie jars and CSRF tokens shared by every session and client.
         self.pools = Pools()
         self.cookie_jars = CookieJars()
@@ -230,6 +238,22 @@ def _pop_lookup(kwargs: dict[str, Any]) -> dict[str, Any]:
     from .destinations.lookup import OPTION_NAMES
 
     return {name: kwargs.pop(name) for name in OPTION_NAMES if name in kwargs}
+
+
+#: Environment variable: seconds one call to a destination may take in all.
+CALL_DEADLINE_ENV = "PROPAGATION_CALL_DEADLINE"
+
+
+def _seconds(given: float | None, raw: str | None, default: float) -> float:
+    if given is None and raw not in (None, ""):
+        try:
+            given = float(raw)  # type: ignore[arg-type]
+        except ValueError:
+            raise ConfigurationError(f"{CALL_DEADLINE_ENV} must be a number of seconds (got {str(raw)[:20]!r}).") from None
+    value = default if given is None else float(given)
+    if not value > 0:
+        raise ConfigurationError(f"The call deadline must be a positive number of seconds (got {value!r}).")
+    return value
 
 
 _default: Propagator | None = None

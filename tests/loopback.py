@@ -107,6 +107,10 @@ class Loopback:
                     return
                 with outer._lock:
                     outer.seen.append(seen)
+                if outer.drip and "/slow" in seen.path:  # a backend that drips its answer
+                    self._drip(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n'
+                               b'{"ok": true}')
+                    return
                 extra = {}
                 if (seen.header("X-CSRF-Token") or "").lower() == "fetch":
                     extra["X-CSRF-Token"] = f"csrf-{self.connection_id}"

@@ -264,3 +264,37 @@ def test_a_client_certificate_destination_presents_its_certificate_to_the_target
             engine.close()
     finally:
         pki.cleanup()
+
+
+# -- a total deadline for the call itself ---------------------------------------------------------------
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_target_dripping_its_answer_cannot_stretch_the_call_past_the_deadline(transport: Transport) -> None:
+    """Headers and body one byte every 0.2 s: each read is well within the 5 s read timeout,
+    the whole answer would take ~14 s; the call ends at its 1 s deadline with the client's own
+    timeout error, and the next call on the same engine works."""
+    import httpx
+    import requests
+
+    with Loopback(drip=0.2) as backend:
+        engine = Propagator(
+            environ={"destinations": json.dumps([{"name": "S4", "url": f"{backend.base}/api", "Authentication": "NoAuthentication",
+                                                  "timeout": 5000}])},
+            bindings=Bindings([]), cache=MemoryTokenCache(), oauth=OAuthClient(retries=0), call_deadline=1.0)
+        s4 = transport.make(engine, "S4")
+        started = time.monotonic()
+        with pytest.raises((requests.exceptions.Timeout, requests.exceptions.ConnectionError, httpx.TimeoutException)):
+            transport.call(s4, "GET", "slow")
+        elapsed = time.monotonic() - started
+        assert 0.9 < elapsed < 1.8, elapsed
+        assert transport.call(s4, "GET", "fast").status_code == 200  # the deadline was this call's only
+        engine.close()
+
+
+def test_the_call_deadline_is_configured_by_environment() -> None:
+    from propagation.errors import ConfigurationError
+
+    assert Propagator(environ={"PROPAGATION_CALL_DEADLINE": "7.5"}, bindings=Bindings([])).call_deadline == 7.5
+    assert Propagator(environ={}, bindings=Bindings([])).call_deadline == 120.0
+    for bad in ("soon", "0", "-1"):
+        with pytest.raises(ConfigurationError, match="seconds"):
+            Propagator(environ={"PROPAGATION_CALL_DEADLINE": bad}, bindings=Bindings([]))

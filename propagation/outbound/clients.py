@@ -23,6 +23,7 @@ from ..flow import Invalidate, run_async, run_sync
 from ..tokens import UserToken
 from .csrf import CSRF_HEADER, Fetch, Send, csrf_steps, service_root
 from ..destinations.lookup import LookupOptions
+from .deadline import deadline
 from .plan import Engine, Plan, PoolKey, is_protected, origin, plan_flow
 
 __all__ = ["DestinationClient", "AsyncDestinationClient", "PlanAuth"]
@@ -275,13 +276,19 @@ class DestinationClient(_Bound, httpx.Client):
 
     def request(self, method: str, url: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
         plan = run_sync(self._flow(method, url), self.engine.oauth.io)
-        return httpx.Client.request(self, method, plan.url, **self._kwargs(plan, kwargs))
+        with deadline(self.engine.call_deadline):
+            return httpx.Client.request(self, method, plan.url, **self._kwargs(plan, kwargs))
 
     @contextmanager
     def stream(self, method: str, url: Any, **kwargs: Any) -> Iterator[httpx.Response]:  # type: ignore[override]
         plan = run_sync(self._flow(method, url), self.engine.oauth.io)
-        with httpx.Client.stream(self, method, plan.url, **self._kwargs(plan, kwargs)) as response:
+        with deadline(self.engine.call_deadline):  # the answer's start; the body is read at the caller's pace
+            response_cm = httpx.Client.stream(self, method, plan.url, **self._kwargs(plan, kwargs))
+            response = response_cm.__enter__()
+        try:
             yield response
+        finally:
+            response_cm.__exit__(None, None, None)
 
 
 class AsyncDestinationClient(_Bound, httpx.AsyncClient):
@@ -300,10 +307,16 @@ class AsyncDestinationClient(_Bound, httpx.AsyncClient):
 
     async def request(self, method: str, url: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
         plan = await run_async(self._flow(method, url), self.engine.oauth.aio)
-        return await httpx.AsyncClient.request(self, method, plan.url, **self._kwargs(plan, kwargs))
+        with deadline(self.engine.call_deadline):
+            return await httpx.AsyncClient.request(self, method, plan.url, **self._kwargs(plan, kwargs))
 
     @asynccontextmanager
     async def stream(self, method: str, url: Any, **kwargs: Any) -> AsyncIterator[httpx.Response]:  # type: ignore[override]
         plan = await run_async(self._flow(method, url), self.engine.oauth.aio)
-        async with httpx.AsyncClient.stream(self, method, plan.url, **self._kwargs(plan, kwargs)) as response:
+        with deadline(self.engine.call_deadline):  # the answer's start; the body is read at the caller's pace
+            response_cm = httpx.AsyncClient.stream(self, method, plan.url, **self._kwargs(plan, kwargs))
+            response = await response_cm.__aenter__()
+        try:
             yield response
+        finally:
+            await response_cm.__aexit__(None, None, None)

@@ -142,6 +142,7 @@ class Engine(Protocol):
     pools: Pools
     cookie_jars: CookieJars
     csrf_tokens: CsrfStore
+    call_deadline: float
 
     def destination(self, name: str, *, user_token: Any = None) -> Destination: ...
 

@@ -22,10 +22,12 @@ import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 from .._log import logger
 from ..flow import ssl_context
+from .deadline import AsyncDeadlineBackend, DeadlineBackend, deadline_connection_classes
 
 if TYPE_CHECKING:
     import httpx
@@ -98,6 +100,35 @@ class _Lru(Generic[P]):
         return len(self._items)
 
 
+@lru_cache(maxsize=1)
+def _adapter_class() -> type:
+    """An ``HTTPAdapter`` whose connections end by the call's deadline (:mod:`.deadline`)."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    plain, tls = deadline_connection_classes()
+    classes = {
+        "http": type("DeadlineHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": plain}),
+        "https": type("DeadlineHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": tls}),
+    }
+
+    class DeadlineAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = classes
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+            manager = super().proxy_manager_for(proxy, **kwargs)
+            manager.pool_classes_by_scheme = classes
+            return manager
+
+    return DeadlineAdapter
+
+
+def _deadline_adapter() -> "HTTPAdapter":
+    return _adapter_class()(pool_connections=4, pool_maxsize=32)  # type: ignore[no-any-return]
+
+
 class Pools:
     """Connection pools of one engine for ``requests`` (``HTTPAdapter``) and ``httpx``
     (``HTTPTransport`` / ``AsyncHTTPTransport``)."""
@@ -120,9 +151,7 @@ class Pools:
 
     # -- requests -------------------------------------------------------------------------
     def adapter(self, key: PoolKey | None) -> "HTTPAdapter":
-        from requests.adapters import HTTPAdapter
-
-        adapter, stale = self._adapters.get(key, lambda: HTTPAdapter(pool_connections=4, pool_maxsize=32))
+        adapter, stale = self._adapters.get(key, _deadline_adapter)
         for old in stale:
             logger.debug("closing an idle or evicted connection pool")
             old.close()
@@ -133,7 +162,10 @@ class Pools:
         import httpx
 
         def make() -> httpx.HTTPTransport:
-            return httpx.HTTPTransport(**self._options(key, client_cert, trust))
+            transport = httpx.HTTPTransport(**self._options(key, client_cert, trust))
+            pool = transport._pool  # httpcore's pool: its sockets end by the call's deadline
+            pool._network_backend = DeadlineBackend(pool._network_backend)
+            return transport
 
         transport, stale = self._transports.get(key, make)
         for old in stale:
@@ -152,7 +184,10 @@ class Pools:
                 lru = self._async[loop] = _Lru(self.maxsize, self.idle, self._clock)
 
         def make() -> httpx.AsyncHTTPTransport:
-            return httpx.AsyncHTTPTransport(**self._options(key, client_cert, trust))
+            transport = httpx.AsyncHTTPTransport(**self._options(key, client_cert, trust))
+            pool = transport._pool
+            pool._network_backend = AsyncDeadlineBackend(pool._network_backend)
+            return transport
 
         transport, stale = lru.get(key, make)
         for old in stale:

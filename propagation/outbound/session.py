@@ -9,6 +9,7 @@ engine's pools, cookies and CSRF tokens from the engine's stores (per destinatio
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from contextvars import ContextVar
 from typing import Any, Mapping
@@ -26,6 +27,7 @@ from ..flow import run_sync
 from ..tokens import UserToken
 from .csrf import CSRF_HEADER, Fetch, Send, csrf_steps, has_header, service_root
 from ..destinations.lookup import LookupOptions
+from .deadline import DEADLINE
 from .plan import Engine, Plan, is_protected, origin, plan_flow
 
 __all__ = ["DestinationSession", "PlanAuth"]
@@ -186,6 +188,7 @@ class DestinationSession(requests.Session):
         from ..destinations.service import client_certificate
 
         handle = _active.set(plan)
+        ends = DEADLINE.set(time.monotonic() + self.propagator.call_deadline)
         try:
             with client_certificate(plan.destination, plan.url) as cert:  # mTLS: files for this call only
                 if cert is not None:
@@ -194,6 +197,7 @@ class DestinationSession(requests.Session):
                     return self._with_csrf(plan, method, args, kwargs)
                 return super().request(method, plan.url, *args, **kwargs)
         finally:
+            DEADLINE.reset(ends)
             _active.reset(handle)
 
     def _with_csrf(self, plan: Plan, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> requests.Response:

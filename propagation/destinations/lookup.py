@@ -104,6 +104,8 @@ class LookupOptions:
     def of(cls, **options: Any) -> "LookupOptions | None":
         """Validated options from keyword arguments (``None`` when none is set); an unknown
         keyword is a ``TypeError``, as for any function."""
+        if not options:  # the common call: no option at all
+            return None
         unknown = sorted(set(options) - set(OPTION_NAMES))
         if unknown:
             raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}; lookup options are {', '.join(OPTION_NAMES)}")

@@ -55,17 +55,16 @@ Nothing logged or raised here contains a token, secret or key.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 from urllib.parse import quote, urlsplit
 
 from .._log import logger
 from ..bindings import Bindings
 from ..cache import CacheKey, TokenCache
 from ..errors import ConfigurationError, DestinationNotFoundError, TokenExchangeError
-from ..flow import Cached, ClientCertFiles, Flow, Invalidate, run_sync
+from ..flow import Cached, Flow, Invalidate, run_sync
 from ..oauth import OAuthClient, TokenResponse, _expires_in
 from ..tokens import UserToken
 from . import keystores
@@ -91,7 +90,6 @@ __all__ = [
     "FIND_PATH",
     "FIND_PATH_V2",
     "SKIP_TOKEN_RETRIEVAL",
-    "client_certificate",
 ]
 
 #: Seconds a configuration answer (no user) is reused; the SAP Cloud SDK caches 5 minutes.
@@ -407,26 +405,3 @@ class DestinationService:
         if user_bound:
             return min(lifetimes) if lifetimes else self.config_ttl
         return min([self.config_ttl, *lifetimes])
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-
-
-@contextlib.contextmanager
-def client_certificate(destination: Destination, url: str) -> Iterator[tuple[str, str] | None]:
-    """``requests``' ``cert=`` for a call to ``url`` of a ClientCertificateAuthentication
-    destination from the service: files in a private temp dir (0700/0600) that exist only
-    for this call; ``None`` for any other destination or another host."""
-    link = destination.service
-    if (
-        link is None
-        or link.certificate is None
-        or destination.authentication != "ClientCertificateAuthentication"
-        or _origin(url) != _origin(destination.url)
-    ):
-        yield None
-        return
-    with ClientCertFiles(*link.certificate) as files:
-        yield files

@@ -59,20 +59,23 @@ class DeadlineSocket:
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
-        self._timeout = sock.gettimeout()
+        self._timeout = self._applied = sock.gettimeout()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
     def settimeout(self, value: float | None) -> None:
-        self._timeout = value
+        self._timeout = self._applied = value
         self._sock.settimeout(value)
 
     def gettimeout(self) -> float | None:
         return self._timeout
 
     def _clamp(self) -> None:
-        self._sock.settimeout(_left(self._timeout))
+        wanted = _left(self._timeout)
+        if wanted != self._applied:  # far from the deadline: the socket's own timeout, no call
+            self._sock.settimeout(wanted)
+            self._applied = wanted
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         self._clamp()

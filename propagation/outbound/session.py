@@ -23,7 +23,7 @@ from requests.utils import default_headers
 from .._log import logger
 from ..context import as_user_token, current_token
 from ..destinations.model import Destination
-from ..flow import run_sync
+from ..flow import ClientCertFiles, run_sync
 from ..tokens import UserToken
 from .csrf import CSRF_HEADER, Fetch, Send, csrf_steps, has_header, service_root
 from ..destinations.lookup import LookupOptions
@@ -185,20 +185,22 @@ class DestinationSession(requests.Session):
         kwargs.setdefault("verify", self.propagator.pools.trust_file(plan.trust) if plan.trust and plan.verify else plan.verify)
         if plan.proxy:
             kwargs["proxies"] = {"http": plan.proxy, "https": plan.proxy}
-        from ..destinations.service import client_certificate
-
         handle = _active.set(plan)
         ends = DEADLINE.set(time.monotonic() + self.propagator.call_deadline)
         try:
-            with client_certificate(plan.destination, plan.url) as cert:  # mTLS: files for this call only
-                if cert is not None:
-                    kwargs["cert"] = cert
-                if plan.csrf and not has_header(kwargs.get("headers"), CSRF_HEADER) and not has_header(self.headers, CSRF_HEADER):
-                    return self._with_csrf(plan, method, args, kwargs)
-                return super().request(method, plan.url, *args, **kwargs)
+            if plan.client_cert is None:
+                return self._send(plan, method, args, kwargs)
+            with ClientCertFiles(*plan.client_cert) as files:  # mTLS: requests takes files; these live for this call
+                kwargs["cert"] = files
+                return self._send(plan, method, args, kwargs)
         finally:
             DEADLINE.reset(ends)
             _active.reset(handle)
+
+    def _send(self, plan: Plan, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> requests.Response:
+        if plan.csrf and not has_header(kwargs.get("headers"), CSRF_HEADER) and not has_header(self.headers, CSRF_HEADER):
+            return self._with_csrf(plan, method, args, kwargs)
+        return super().request(method, plan.url, *args, **kwargs)
 
     def _with_csrf(self, plan: Plan, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> requests.Response:
         data = kwargs.get("data")

@@ -345,8 +345,9 @@ def test_a_new_session_per_request_reuses_the_engines_csrf_token_and_cookies(web
 
     for method in ("HEAD", "GET", "POST"):
         web.on(method, "https://s4.example.com/", backend)
+    tokens = {who: user(who) for who in ("alice", "bob")}  # the same token per user across calls
     for who in ("alice", "bob", "alice", "bob"):
-        with propagation.use_token(user(who)):
+        with propagation.use_token(tokens[who]):
             assert transport.call(transport.make(engine, "S4"), "POST", "Orders", json={}).status_code == 201
     fetches = [r for r in web.seen if r.method == "HEAD"]
     assert len(fetches) == 2  # one per user, not one per session

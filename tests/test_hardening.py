@@ -245,3 +245,24 @@ def test_4xx_answers_never_open_the_breaker() -> None:
                 oauth.request_token("https://idp.example.com/oauth/token", ClientCredentials("c", "s"), "client_credentials")
             assert info.value.error == "invalid_client"
         assert len(rsps.calls) == 5
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    pytest.param({"deadline": 0}, "deadline", id="zero-deadline"),
+    pytest.param({"deadline": -5}, "deadline", id="negative-deadline"),
+    pytest.param({"retries": -1}, "retries", id="negative-retries"),
+])
+def test_unusable_oauth_client_settings_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OAuthClient(**kwargs)
+
+
+def test_breakers_can_be_turned_off() -> None:
+    oauth = OAuthClient(retries=0, breaker_threshold=0)
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.POST, "https://idp.example.com/oauth/token", status=503)
+        for _ in range(8):
+            with pytest.raises(TokenExchangeError) as info:
+                oauth.request_token("https://idp.example.com/oauth/token", ClientCredentials("c", "s"), "client_credentials")
+            assert info.value.status == 503
+        assert len(rsps.calls) == 8  # every call reached the IdP: no breaker

@@ -41,7 +41,7 @@ class Propagator:
 
     ``connectivity_mode`` (``"exchange"``, the default, or ``"header"``; else the env var
     ``PROPAGATION_CONNECTIVITY_MODE``) says how OnPremise ``PrincipalPropagation`` carries the
-    user to the Connectivity proxy (see :mod:`propagation.connectivity`).
+    user to the Connectivity proxy (see :mod:`propagation.outbound.connectivity`).
     """
 
     def __init__(

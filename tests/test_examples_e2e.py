@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -248,6 +248,23 @@ def _wait_for(path: Path, pattern: str, proc: subprocess.Popen[bytes], timeout: 
 )
 def test_documented_command_runs_the_example(tmp_path: Path, http: requests.Session, example: str, login: list[str],
                                              method: str, path: str, body: Any) -> None:
+    with documented_example(tmp_path, http, example) as (app, token):
+        r = http.request(method, app + path, json=body, timeout=30, headers={"Authorization": f"Bearer {token(*login)}"})
+        assert r.status_code in (200, 201), r.text
+        answer = r.json()
+        if example == "flask_odata":  # the API returns S/4HANA's rows only
+            assert [row["FunctionalLocation"] for row in answer] == ROWS
+        else:
+            assert answer["seenBy"] == "alice"
+
+
+@contextmanager
+def documented_example(tmp_path: Path, http: requests.Session, example: str) -> Iterator[tuple[str, Callable[..., str]]]:
+    """``python -m propagation.sandbox exec -- python examples/<example>/app.py``, the README's
+    command, as a real process tree: yields the app's URL and ``token(*login_args)`` (alice's
+    token from ``sandbox token``). On leaving, the tree is stopped through ``exec`` (SIGINT, so
+    the app stops too, also after a failed assertion); then the sandbox's state folder is gone and
+    no token was logged."""
     port = free_port()
     env = {**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -269,22 +286,23 @@ def test_documented_command_runs_the_example(tmp_path: Path, http: requests.Sess
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
             time.sleep(0.05)  # polling a starting process
-        token = subprocess.run([sys.executable, "-m", "propagation.sandbox", "token", "alice", *login],
-                               capture_output=True, text=True, timeout=30, env={**env, STATE_ENV: str(folder)})
-        assert token.returncode == 0, token.stderr
-        r = http.request(method, app + path, json=body, timeout=30,
-                         headers={"Authorization": f"Bearer {token.stdout.strip()}"})
-        assert r.status_code in (200, 201), r.text
-        answer = r.json()
-        if example == "flask_odata":  # the API returns S/4HANA's rows only
-            assert [row["FunctionalLocation"] for row in answer] == ROWS
-        else:
-            assert answer["seenBy"] == "alice"
+
+        def token(*login: str) -> str:
+            done = subprocess.run([sys.executable, "-m", "propagation.sandbox", "token", "alice", *login],
+                                  capture_output=True, text=True, timeout=30, env={**env, STATE_ENV: str(folder)})
+            assert done.returncode == 0, done.stderr
+            return done.stdout.strip()
+
+        yield app, token
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        if proc.poll() is None:  # a failed assertion: still stop through exec, so the app stops too
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
     assert not folder.exists()  # the sandbox cleaned up after the app stopped
     assert "eyJ" not in log.read_text(errors="replace")

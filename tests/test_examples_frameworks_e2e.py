@@ -6,10 +6,6 @@ logged in by password grant, assertions on the landscape's records)."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -18,11 +14,10 @@ import pytest
 import requests
 
 import propagation
-from propagation.sandbox import STATE_ENV, Sandbox
+from propagation.sandbox import Sandbox
 from propagation.sandbox.client import password_login
 from propagation.sandbox.demo import AppProcess
-from propagation.sandbox.ports import free_port
-from test_examples_e2e import ROWS, Seen, _wait_for, env, http, sandbox  # noqa: F401 - fixtures reused
+from test_examples_e2e import ROWS, Seen, documented_example, env, http, sandbox  # noqa: F401 - fixtures reused
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -130,42 +125,7 @@ def test_me(call: Callable[..., Seen], env: dict[str, str], app: str) -> None:  
 
 @pytest.mark.parametrize("app", [example(a) for a in APPS])
 def test_documented_command_runs_the_example(tmp_path: Path, http: requests.Session, app: str) -> None:  # noqa: F811
-    port = free_port()
-    environ = {**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    environ.pop(STATE_ENV, None)
-    log = tmp_path / "exec.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "propagation.sandbox", "exec", "--", "python",
-                                 f"examples/{app}/app.py"], cwd=str(ROOT), env=environ,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        folder = Path(_wait_for(log, rf"{STATE_ENV}=(\S+)", proc).group(1))
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if http.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-            time.sleep(0.05)  # polling a starting process
-        token = subprocess.run([sys.executable, "-m", "propagation.sandbox", "token", "alice"], capture_output=True,
-                               text=True, timeout=30, env={**environ, STATE_ENV: str(folder)})
-        assert token.returncode == 0, token.stderr
-        r = http.get(url + "/functional-locations", timeout=30, headers={"Authorization": f"Bearer {token.stdout.strip()}"})
+    with documented_example(tmp_path, http, app) as (url, token):
+        r = http.get(url + "/functional-locations", timeout=30, headers={"Authorization": f"Bearer {token()}"})
         assert r.status_code == 200, r.text
         assert [row["FunctionalLocation"] for row in r.json()] == ROWS
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=20)
-    finally:
-        if proc.poll() is None:  # a failed assertion: still stop through exec, so the app stops too
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-    assert not folder.exists()
-    assert "eyJ" not in log.read_text(errors="replace")

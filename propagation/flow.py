@@ -365,7 +365,16 @@ async def _acapped(fetching: Awaitable[Any], not_after: float | None) -> Any:
 
 
 def run_sync(flow: "Flow[T]", io: SyncIO) -> T:
-    """Drive ``flow`` to its result, performing each step with blocking I/O."""
+    """Drive ``flow`` to its result, performing each step with blocking I/O. A ``BaseException``
+    that is not an ``Exception`` (``KeyboardInterrupt``…) is no step's result: the flow is closed
+    (its ``finally`` blocks run, a breaker probe gives its slot back) and the exception goes on."""
+    try:
+        return _drive_sync(flow, io)
+    finally:
+        flow.close()  # a no-op once finished
+
+
+def _drive_sync(flow: "Flow[T]", io: SyncIO) -> T:
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -390,7 +399,16 @@ def run_sync(flow: "Flow[T]", io: SyncIO) -> T:
 
 
 async def run_async(flow: "Flow[T]", io: AsyncIO) -> T:
-    """Drive ``flow`` to its result without blocking the event loop."""
+    """Drive ``flow`` to its result without blocking the event loop. Cancellation is an event of
+    its own, never a step's result: the flow is closed (a breaker probe gives its slot back,
+    nothing is counted) and ``CancelledError`` goes on to the caller."""
+    try:
+        return await _drive_async(flow, io)
+    finally:
+        flow.close()
+
+
+async def _drive_async(flow: "Flow[T]", io: AsyncIO) -> T:
     value: Any = None
     error: BaseException | None = None
     while True:

@@ -439,13 +439,20 @@ async def _drive_async(flow: "Flow[T]", io: AsyncIO) -> T:
 async def aget_or_fetch(cache: Cache, key: Any, afetch: Callable[[], Awaitable[Any]]) -> Any:
     """A cache's awaitable ``get_or_fetch``: its own ``aget_or_fetch`` when it has one, else its
     blocking one run in a worker thread whose ``fetch`` is awaited back on this loop (so a
-    third-party cache keeps its single-flight and never blocks the loop)."""
+    third-party cache keeps its single-flight and never blocks the loop). The fetch runs as a
+    task of its own: cancelling the caller does not cancel it, so it completes for the waiters."""
     native = getattr(cache, "aget_or_fetch", None)
     if native is not None:
         return await native(key, afetch)
     loop = asyncio.get_running_loop()
 
     def fetch() -> Any:
-        return asyncio.run_coroutine_threadsafe(afetch(), loop).result()  # type: ignore[arg-type]
+        import concurrent.futures
+
+        try:
+            return asyncio.run_coroutine_threadsafe(afetch(), loop).result()  # type: ignore[arg-type]
+        except concurrent.futures.CancelledError:
+            # Cancelled on its loop: no outcome (a BaseException), never an error for the waiters.
+            raise asyncio.CancelledError() from None
 
     return await asyncio.to_thread(cache.get_or_fetch, key, fetch)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 import os
 import shutil
 import ssl
@@ -31,6 +30,8 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Mapping, Protocol, TypeVar
+
+from . import peer_json
 
 if TYPE_CHECKING:
     import httpx
@@ -91,8 +92,9 @@ class Answer:
     content: bytes
 
     def json(self) -> Any:
-        """The body as JSON; ``ValueError`` when it is not."""
-        return json.loads(self.content.decode("utf-8"))
+        """The body as JSON, parsed within bounds (size and depth, :mod:`propagation.peer_json`):
+        :class:`~propagation.errors.PeerAnswerError` (a ``ValueError``) when it is not usable."""
+        return peer_json.loads(self.content, "answer")
 
     def __repr__(self) -> str:
         return f"Answer(status={self.status})"

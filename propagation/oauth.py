@@ -21,6 +21,7 @@ import requests
 
 from ._log import logger
 from .errors import ConfigurationError, TokenExchangeError
+from . import peer_json
 from .redaction import sanitize as _sanitize
 from .resilience import Breakers, resilient_flow
 from .flow import Answer, AsyncIO, Flow, HttpCall, SyncIO, TransportFailure, run_async, run_sync
@@ -149,8 +150,8 @@ def _jwt_expiry(token: str) -> float | None:
     if len(parts) != 3:
         return None
     try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, TypeError):
+        claims = peer_json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)), "access token's claims")
+    except (ValueError, TypeError):  # PeerAnswerError is a ValueError
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) and math.isfinite(exp) else None

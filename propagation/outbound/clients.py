@@ -179,12 +179,60 @@ def _strip_elsewhere(request: httpx.Request) -> None:
             del request.headers[header]
 
 
+class _Leased(httpx.SyncByteStream):
+    """An answer's body that gives its pool's lease back once read or closed (so an evicted
+    pool is closed only when its last request is done)."""
+
+    def __init__(self, stream: Any, release: Any) -> None:
+        self._stream = stream
+        self._release: Any = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+class _AsyncLeased(httpx.AsyncByteStream):
+    """:class:`_Leased` for the async transports."""
+
+    def __init__(self, stream: Any, release: Any) -> None:
+        self._stream = stream
+        self._release: Any = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                await release()
+
+
 class _Router(httpx.BaseTransport):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self.engine.pools.transport(*_route(request)).handle_request(request)
+        pools = self.engine.pools
+        transport = pools.transport(*_route(request), lease=True)
+        try:
+            response = transport.handle_request(request)
+        except BaseException:
+            pools.release_transport(transport)
+            raise
+        response.stream = _Leased(response.stream, lambda: pools.release_transport(transport))
+        return response
 
 
 class _AsyncRouter(httpx.AsyncBaseTransport):
@@ -192,8 +240,15 @@ class _AsyncRouter(httpx.AsyncBaseTransport):
         self.engine = engine
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        transport = await self.engine.pools.async_transport(*_route(request))
-        return await transport.handle_async_request(request)
+        pools = self.engine.pools
+        transport = await pools.async_transport(*_route(request), lease=True)
+        try:
+            response = await transport.handle_async_request(request)
+        except BaseException:
+            await pools.arelease_transport(transport)
+            raise
+        response.stream = _AsyncLeased(response.stream, lambda: pools.arelease_transport(transport))
+        return response
 
 
 class _Bound:

@@ -138,6 +138,11 @@ def _safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def _zone(headers: Mapping[str, str]) -> str | None:
+    """The ``X-zid`` header's value, whatever the case of its name."""
+    return next((v for k, v in headers.items() if k.strip().lower() == "x-zid" and v), None)
+
+
 def _basic_header(client_id: str, client_secret: str) -> str:
     """RFC 6749 §2.3.1: id and secret are form-urlencoded *before* Basic encoding."""
     raw = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode("utf-8")
@@ -326,6 +331,7 @@ class OAuthClient:
         headers: Mapping[str, str] | None = None,
         query: Mapping[str, str] | None = None,
         credentials_in_body: bool = True,
+        tenant: str | None = None,
     ) -> Flow[TokenResponse]:
         """One token request as a flow (:mod:`propagation.flow`): the request, its retries and
         the parsing of the answer, without I/O.
@@ -336,6 +342,10 @@ class OAuthClient:
         the body, no secret anywhere); else the secret in the body
         (``credentials_in_body``, the Destination service default) or HTTP Basic with
         ``client_id`` still in the body; a public client sends ``client_id`` only.
+
+        The breaker is keyed by (host, tenant): the tenant is the ``X-zid`` header (any case:
+        a fixed token URL names the tenant only there), else ``tenant`` — so one tenant's failures
+        at a shared IdP host never fail another tenant fast.
 
         Raises :class:`TokenExchangeError` (4xx, exhausted retries, unusable 2xx) and
         :class:`ConfigurationError` when ``headers`` names a header this client owns.
@@ -386,7 +396,7 @@ class OAuthClient:
         try:
             response, attempts = yield from resilient_flow(
                 call, retries=self.retries, backoff=self.backoff, deadline=self.deadline, breakers=self.breakers,
-                key=(host, request_headers.get("X-zid")), what=ctx.prefix(),
+                key=(host, _zone(request_headers) or tenant), what=ctx.prefix(),
             )
         except TransportFailure as exc:
             logger.debug("token request host=%s grant=%s failed: %s", ctx.host, ctx.grant, exc.cause)

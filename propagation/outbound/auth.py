@@ -305,7 +305,7 @@ class Authorizer:
 
         def fetch() -> Flow[TokenResponse]:
             return self.oauth.token_flow(
-                token_url, client, grant, body, headers=headers, query=query, credentials_in_body=in_body
+                token_url, client, grant, body, headers=headers, query=query, credentials_in_body=in_body, tenant=tenant
             )
 
         token, hit = yield Cached(self.cache, key, fetch, user.expires_at if user is not None else None)

@@ -107,3 +107,8 @@ class PeerAnswerError(PropagationError, ValueError):
     """A peer (an IdP, the Destination service) answered something unusable: not JSON, too
     large, or nested too deeply. Raised before anything walks the answer; the message names the
     limit, never the content (it may echo secrets). A ``ValueError`` too, as ``json`` errors are."""
+
+
+class BlockingCallError(PropagationError, RuntimeError):
+    """A blocking call (``session()``, ``client()``, ``headers()``) was made on a running event
+    loop while ``PROPAGATION_BLOCKING_CALLS=raise``: it would stall every request of the worker."""

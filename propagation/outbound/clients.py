@@ -24,6 +24,7 @@ from ..tokens import UserToken
 from .csrf import CSRF_HEADER, Fetch, Send, csrf_steps, service_root
 from ..destinations.lookup import LookupOptions
 from .deadline import deadline
+from .loopcheck import Pending, check_blocking
 from .plan import Engine, Plan, PoolKey, is_protected, origin, plan_flow
 
 __all__ = ["DestinationClient", "AsyncDestinationClient", "PlanAuth"]
@@ -330,12 +331,14 @@ class DestinationClient(_Bound, httpx.Client):
         return f"DestinationClient(name={self.name!r})"
 
     def request(self, method: str, url: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+        check_blocking("client(...)", "propagation.async_client(...) with await", self.engine.environ)
         plan = run_sync(self._flow(method, url), self.engine.oauth.io)
         with deadline(self.engine.call_deadline):
             return httpx.Client.request(self, method, plan.url, **self._kwargs(plan, kwargs))
 
     @contextmanager
     def stream(self, method: str, url: Any, **kwargs: Any) -> Iterator[httpx.Response]:  # type: ignore[override]
+        check_blocking("client(...).stream()", "propagation.async_client(...).stream() with async with", self.engine.environ)
         plan = run_sync(self._flow(method, url), self.engine.oauth.io)
         with deadline(self.engine.call_deadline):  # the answer's start; the body is read at the caller's pace
             response_cm = httpx.Client.stream(self, method, plan.url, **self._kwargs(plan, kwargs))
@@ -360,10 +363,45 @@ class AsyncDestinationClient(_Bound, httpx.AsyncClient):
     def __repr__(self) -> str:
         return f"AsyncDestinationClient(name={self.name!r})"
 
-    async def request(self, method: str, url: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+    def request(self, method: str, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """``await client.request(...)`` → the response (a :class:`Pending` coroutine that names
+        the fix when it is used like a response from sync code)."""
+        return Pending(self._arequest(method, url, **kwargs), "request")
+
+    async def _arequest(self, method: str, url: Any, **kwargs: Any) -> httpx.Response:
         plan = await run_async(self._flow(method, url), self.engine.oauth.aio)
         with deadline(self.engine.call_deadline):
             return await httpx.AsyncClient.request(self, method, plan.url, **self._kwargs(plan, kwargs))
+
+    def get(self, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return Pending(self._arequest("GET", url, **kwargs), "get")
+
+    def head(self, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return Pending(self._arequest("HEAD", url, **kwargs), "head")
+
+    def options(self, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return Pending(self._arequest("OPTIONS", url, **kwargs), "options")
+
+    def delete(self, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return Pending(self._arequest("DELETE", url, **kwargs), "delete")
+
+    def post(self, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return Pending(self._arequest("POST", url, **kwargs), "post")
+
+    def put(self, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return Pending(self._arequest("PUT", url, **kwargs), "put")
+
+    def patch(self, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return Pending(self._arequest("PATCH", url, **kwargs), "patch")
+
+    def __enter__(self) -> Any:
+        raise TypeError(
+            "propagation.async_client(...) is an httpx.AsyncClient: use `async with` inside `async def`, "
+            "or `with propagation.client(...)` (an httpx.Client) in sync code."
+        )
+
+    def __exit__(self, *exc: Any) -> None:  # pragma: no cover - __enter__ always raises
+        return None
 
     @asynccontextmanager
     async def stream(self, method: str, url: Any, **kwargs: Any) -> AsyncIterator[httpx.Response]:  # type: ignore[override]

@@ -28,6 +28,7 @@ from ..tokens import UserToken
 from .csrf import CSRF_HEADER, Fetch, Send, csrf_steps, has_header, service_root
 from ..destinations.lookup import LookupOptions
 from .deadline import DEADLINE
+from .loopcheck import check_blocking
 from .plan import Engine, Plan, is_protected, origin, plan_flow
 
 __all__ = ["DestinationSession", "PlanAuth"]
@@ -171,6 +172,7 @@ class DestinationSession(requests.Session):
 
     # -- requests.Session overrides ---------------------------------------------------------
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        check_blocking("session(...)", "propagation.async_client(...) with await", self.propagator.environ)
         method = method.decode() if isinstance(method, bytes) else method
         plan = self.plan(method, url.decode() if isinstance(url, bytes) else url)
         if plan.params:

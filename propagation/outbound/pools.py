@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import os
 import shutil
+import ssl
 import tempfile
 import threading
 import time
@@ -152,6 +153,28 @@ def _adapter_class() -> type:
     return DeadlineAdapter
 
 
+@lru_cache(maxsize=1)
+def _mtls_adapter_class() -> type:
+    """A deadline adapter whose TLS is one :class:`ssl.SSLContext` with the client certificate
+    loaded once (no key files per call): the context decides trust and verification, and
+    requests' per-call ``verify``/``cert`` are not applied to it."""
+
+    class MtlsAdapter(_adapter_class()):  # type: ignore[misc]
+        def __init__(self, context: ssl.SSLContext, **kwargs: Any) -> None:
+            self.ssl_context = context
+            super().__init__(**kwargs)
+
+        def build_connection_pool_key_attributes(self, request: Any, verify: Any, cert: Any = None) -> Any:
+            host_params, _ = super().build_connection_pool_key_attributes(request, verify, None)
+            return host_params, {"ssl_context": self.ssl_context, "cert_reqs": self.ssl_context.verify_mode}
+
+        def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+            conn.cert_reqs = self.ssl_context.verify_mode  # no CA files added to the context, no key files
+            conn.ca_certs = conn.ca_cert_dir = conn.cert_file = conn.key_file = None
+
+    return MtlsAdapter
+
+
 def _deadline_adapter() -> "HTTPAdapter":
     return _adapter_class()(pool_connections=4, pool_maxsize=32)  # type: ignore[no-any-return]
 
@@ -177,8 +200,14 @@ class Pools:
         return f"Pools(requests={len(self._adapters)}, httpx={len(self._transports)}, maxsize={self.maxsize})"
 
     # -- requests -------------------------------------------------------------------------
-    def adapter(self, key: PoolKey | None) -> "HTTPAdapter":
-        adapter, stale = self._adapters.get(key, _deadline_adapter)
+    def adapter(self, key: PoolKey | None, client_cert: Cert | None = None, trust: str | None = None) -> "HTTPAdapter":
+        """The ``requests`` pool for ``key``; with ``client_cert`` one whose TLS context holds that
+        certificate (loaded once per certificate, shared with httpx: :func:`~propagation.flow.ssl_context`)."""
+        make = _deadline_adapter
+        if key is not None and client_cert is not None:
+            context = ssl_context(client_cert, key.verify, trust)
+            make = lambda: _mtls_adapter_class()(context, pool_connections=4, pool_maxsize=32)  # noqa: E731
+        adapter, stale = self._adapters.get(key, make)
         for old in stale:
             logger.debug("closing an idle or evicted connection pool")
             old.close()

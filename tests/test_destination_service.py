@@ -8,7 +8,6 @@ import base64
 import datetime
 import json
 import logging
-import os
 import re
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit

@@ -340,7 +340,7 @@ class DestinationClient(_Bound, httpx.Client):
     def stream(self, method: str, url: Any, **kwargs: Any) -> Iterator[httpx.Response]:  # type: ignore[override]
         check_blocking("client(...).stream()", "propagation.async_client(...).stream() with async with", self.engine.environ)
         plan = run_sync(self._flow(method, url), self.engine.oauth.io)
-        with deadline(self.engine.call_deadline):  # the answer's start; the body is read at the caller's pace
+        with deadline(self.engine.call_deadline):  # the connection keeps it until the body is read or closed
             response_cm = httpx.Client.stream(self, method, plan.url, **self._kwargs(plan, kwargs))
             response = response_cm.__enter__()
         try:
@@ -406,7 +406,7 @@ class AsyncDestinationClient(_Bound, httpx.AsyncClient):
     @asynccontextmanager
     async def stream(self, method: str, url: Any, **kwargs: Any) -> AsyncIterator[httpx.Response]:  # type: ignore[override]
         plan = await run_async(self._flow(method, url), self.engine.oauth.aio)
-        with deadline(self.engine.call_deadline):  # the answer's start; the body is read at the caller's pace
+        with deadline(self.engine.call_deadline):  # the connection keeps it until the body is read or closed
             response_cm = httpx.AsyncClient.stream(self, method, plan.url, **self._kwargs(plan, kwargs))
             response = await response_cm.__aenter__()
         try:

@@ -377,3 +377,54 @@ def test_async_client_calls_of_one_user_survive_the_cancellation_of_the_one_lead
         await engine.aclose()
 
     asyncio.run(scenario())
+
+
+def test_an_async_client_call_cancelled_while_probing_leaves_the_breaker_closable() -> None:
+    """Issue 17's reproduction, end to end: threshold 1, one 503, past the cool-down an
+    ``async_client`` call (the probe) is cancelled while the IdP is slow; the IdP recovers and
+    the next call goes through — not ``CircuitOpenError`` until a restart."""
+    import json
+
+    from propagation import Propagator
+    from propagation.bindings import Bindings
+    from test_outbound_core import user
+
+    oauth = OAuthClient(retries=0, breaker_threshold=1, breaker_cooldown=30.0)
+    clock = oauth.breakers.clock = Clock()
+    engine = Propagator(
+        environ={"destinations": json.dumps([{
+            "name": "S4", "url": "https://s4.example.com/api", "Authentication": "OAuth2JWTBearer",
+            "tokenServiceURL": TOKEN_URL, "clientId": "c", "clientSecret": "s"}])},
+        bindings=Bindings([]), cache=MemoryTokenCache(), oauth=oauth)
+    alice = user("alice")
+
+    async def scenario() -> None:
+        entered, never = asyncio.Event(), asyncio.Event()
+        answers = iter(["503", "slow", "ok"])
+
+        async def idp(request: httpx.Request) -> httpx.Response:
+            what = next(answers)
+            if what == "503":
+                return httpx.Response(503)
+            if what == "slow":
+                entered.set()
+                await never.wait()
+            return httpx.Response(200, json={"access_token": "alice-token", "expires_in": 3600})
+
+        with respx.mock() as router:
+            router.post(TOKEN_URL).mock(side_effect=idp)
+            router.get("https://s4.example.com/api/Items").respond(json={"ok": True})
+            s4 = engine.async_client("S4", user_token=alice)
+            with pytest.raises(TokenExchangeError, match="503"):
+                await s4.get("Items")
+            clock.now += 31
+            probe = asyncio.ensure_future(s4.get("Items"))
+            await entered.wait()
+            probe.cancel()  # an app-level timeout
+            with pytest.raises(asyncio.CancelledError):
+                await probe
+            assert (await s4.get("Items")).status_code == 200
+            assert oauth.breakers.open_keys() == []
+        await engine.aclose()
+
+    asyncio.run(scenario())

@@ -21,6 +21,7 @@ import requests
 
 from ._log import logger
 from .errors import ConfigurationError, TokenExchangeError
+from .http_headers import checked_header as _checked
 from . import peer_json
 from .redaction import sanitize as _sanitize
 from .resilience import Breakers, resilient_flow
@@ -367,7 +368,7 @@ class OAuthClient:
                     f"Token request to {safe_url}: header '{name.strip()}' is set by the OAuth client "
                     f"and cannot be configured (tokenServiceURL.headers.{name.strip()})."
                 )
-            request_headers[name] = value
+            request_headers[name] = _checked(name, value, f"Token request to {safe_url}: tokenServiceURL.headers.{name.strip()}")
         request_headers["Content-Type"] = "application/x-www-form-urlencoded"
 
         if client.uses_mtls:

@@ -89,12 +89,14 @@ class _Flight:
     """One in-progress ``fetch()`` that concurrent callers for the same key wait on: threads
     on ``done``, coroutines on a future of their own loop (woken thread-safely)."""
 
-    __slots__ = ("done", "result", "error", "owner", "generation", "waiters")
+    __slots__ = ("done", "result", "error", "abandoned", "owner", "generation", "waiters")
 
     def __init__(self, owner: tuple[int, int | None], generation: int) -> None:
         self.done = threading.Event()
         self.result: TokenResponse | None = None
         self.error: BaseException | None = None
+        #: The leader was cancelled (or its thread's caller went away): no outcome — a waiter leads.
+        self.abandoned = False
         self.owner = owner
         self.generation = generation
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -140,6 +142,12 @@ class MemoryTokenCache:
     or unreachable IdP then sees one request per burst, not one per waiting thread.
     Failures are never cached; the next call fetches again. No lock is held while
     fetching, so different keys never wait for each other.
+
+    Cancellation is not an outcome: when the leader is cancelled (``CancelledError``) or its
+    thread is interrupted (any ``BaseException`` that is not an ``Exception``), the flight is
+    abandoned and one waiter leads a new fetch with its own ``fetch()`` — waiters get the token
+    or the exchange's real error, never a cancellation that is not theirs. Waiters give up
+    ``wait_timeout`` seconds after they started waiting, however often leadership passed.
     """
 
     def __init__(
@@ -185,20 +193,27 @@ class MemoryTokenCache:
         """``(token, True)`` when no ``fetch()`` ran for this caller (cached, or another
         thread's concurrent fetch); ``(token, False)`` for the caller whose fetch ran."""
         digest = key.digest()
-        token, flight, leader = self._join(key, digest)
-        if token is not None:
-            return token, True
-        assert flight is not None
-        if not leader:
+        ends = time.monotonic() + self.wait_timeout
+        while True:
+            token, flight, leader = self._join(key, digest)
+            if token is not None:
+                return token, True
+            assert flight is not None
+            if leader:
+                break
             self._log(key, "wait")
-            if not flight.done.wait(self.wait_timeout):
+            if not flight.done.wait(max(ends - time.monotonic(), 0.0)):
                 raise self._gave_up(key)
-            return flight.outcome(), True
+            if not flight.abandoned:
+                return flight.outcome(), True
         self._log(key, "miss")
         try:
             token = self._checked(fetch())
-        except BaseException as exc:
+        except Exception as exc:
             self._land(digest, flight, None, exc)
+            raise
+        except BaseException:  # the caller went away: no outcome for the waiters
+            self._abandon(digest, flight)
             raise
         self._land(digest, flight, token, None)
         return token, False
@@ -207,32 +222,43 @@ class MemoryTokenCache:
         """:meth:`get_or_fetch` for coroutines: a waiter awaits (never blocks the loop), and
         one flight serves threads and coroutines alike."""
         digest = key.digest()
-        token, flight, leader = self._join(key, digest)
-        if token is not None:
-            return token, True
-        assert flight is not None
-        if not leader:
+        ends = time.monotonic() + self.wait_timeout
+        while True:
+            token, flight, leader = self._join(key, digest)
+            if token is not None:
+                return token, True
+            assert flight is not None
+            if leader:
+                break
             self._log(key, "wait")
-            loop = asyncio.get_running_loop()
-            future: asyncio.Future[None] = loop.create_future()
-            with self._lock:
-                ready = flight.done.is_set()
-                if not ready:
-                    flight.waiters.append((loop, future))
-            if not ready:
-                try:
-                    await asyncio.wait_for(asyncio.shield(future), self.wait_timeout)
-                except asyncio.TimeoutError:
-                    raise self._gave_up(key) from None
-            return flight.outcome(), True
+            await self._await(key, flight, ends)
+            if not flight.abandoned:
+                return flight.outcome(), True
         self._log(key, "miss")
         try:
             token = self._checked(await fetch())
-        except BaseException as exc:
+        except Exception as exc:
             self._land(digest, flight, None, exc)
+            raise
+        except BaseException:  # CancelledError: this caller's, not the waiters'
+            self._abandon(digest, flight)
             raise
         self._land(digest, flight, token, None)
         return token, False
+
+    async def _await(self, key: CacheKey, flight: _Flight, ends: float) -> None:
+        """Wait (without blocking the loop) until ``flight`` is done, or give up at ``ends``."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            ready = flight.done.is_set()
+            if not ready:
+                flight.waiters.append((loop, future))
+        if not ready:
+            try:
+                await asyncio.wait_for(asyncio.shield(future), max(ends - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                raise self._gave_up(key) from None
 
     def _join(self, key: CacheKey, digest: str) -> tuple[TokenResponse | None, _Flight | None, bool]:
         """The cached token, or the flight to wait on / lead (``leader``)."""
@@ -254,10 +280,20 @@ class MemoryTokenCache:
 
     def _land(self, digest: str, flight: _Flight, token: TokenResponse | None, error: BaseException | None) -> None:
         with self._lock:
-            self._flights.pop(digest, None)
+            if self._flights.get(digest) is flight:
+                del self._flights[digest]
             if token is not None and flight.generation == self._generation:
                 self._store(digest, token)
             flight.result, flight.error = token, error
+            waiters = flight.finish()
+        _wake_all(waiters)
+
+    def _abandon(self, digest: str, flight: _Flight) -> None:
+        """The leader went away without an outcome: wake the waiters to lead a new flight."""
+        with self._lock:
+            if self._flights.get(digest) is flight:
+                del self._flights[digest]
+            flight.abandoned = True
             waiters = flight.finish()
         _wake_all(waiters)
 

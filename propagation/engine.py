@@ -22,6 +22,7 @@ from .outbound.connectivity import MODE_ENV, Connectivity
 from .errors import ConfigurationError
 from .outbound.csrf import CookieJars, CsrfStore
 from .outbound.deadline import DEFAULT_CALL_DEADLINE
+from .outbound.loopcheck import check_blocking
 from .outbound.plan import Plan, plan_flow
 from .outbound.pools import Pools
 from .tokens import UserToken
@@ -163,6 +164,10 @@ class Propagator:
         self, name: str, method: str = "GET", url: str = "", *, user_token: str | UserToken | None = None, **lookup: Any
     ) -> Plan:
         """The :class:`~propagation.outbound.plan.Plan` of one request (headers, proxy, pool…)."""
+        check_blocking("plan()", "await engine.aplan(...)", self.environ)
+        return self._plan(name, method, url, user_token, lookup)
+
+    def _plan(self, name: str, method: str, url: str, user_token: str | UserToken | None, lookup: dict[str, Any]) -> Plan:
         flow = plan_flow(self, name, self._user(user_token), method, url, lookup=LookupOptions.of(**lookup))
         return run_sync(flow, self.oauth.io)
 
@@ -176,7 +181,8 @@ class Propagator:
     def headers(self, name: str, *, user_token: str | UserToken | None = None, **lookup: Any) -> dict[str, str]:
         """The headers a call to ``name`` carries for the user — for clients of your own. An
         on-premise destination's call must also go through :meth:`plan`'s ``proxy``."""
-        return dict(self.plan(name, user_token=user_token, **lookup).headers)
+        check_blocking("headers()", "await propagation.async_headers(...)", self.environ)
+        return dict(self._plan(name, "GET", "", user_token, lookup).headers)
 
     async def async_headers(self, name: str, *, user_token: str | UserToken | None = None, **lookup: Any) -> dict[str, str]:
         """:meth:`headers` without blocking the event loop."""

@@ -101,3 +101,14 @@ class PathOutsideDestinationError(PropagationError, ValueError):
             f"Path {self.path!r} climbs above the destination's path {base_path!r} with dot segments; "
             f"nothing was sent."
         )
+
+
+class PeerAnswerError(PropagationError, ValueError):
+    """A peer (an IdP, the Destination service) answered something unusable: not JSON, too
+    large, or nested too deeply. Raised before anything walks the answer; the message names the
+    limit, never the content (it may echo secrets). A ``ValueError`` too, as ``json`` errors are."""
+
+
+class BlockingCallError(PropagationError, RuntimeError):
+    """A blocking call (``session()``, ``client()``, ``headers()``) was made on a running event
+    loop while ``PROPAGATION_BLOCKING_CALLS=raise``: it would stall every request of the worker."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 import os
 import shutil
 import ssl
@@ -31,6 +30,8 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Mapping, Protocol, TypeVar
+
+from . import peer_json
 
 if TYPE_CHECKING:
     import httpx
@@ -91,8 +92,9 @@ class Answer:
     content: bytes
 
     def json(self) -> Any:
-        """The body as JSON; ``ValueError`` when it is not."""
-        return json.loads(self.content.decode("utf-8"))
+        """The body as JSON, parsed within bounds (size and depth, :mod:`propagation.peer_json`):
+        :class:`~propagation.errors.PeerAnswerError` (a ``ValueError``) when it is not usable."""
+        return peer_json.loads(self.content, "answer")
 
     def __repr__(self) -> str:
         return f"Answer(status={self.status})"
@@ -365,7 +367,16 @@ async def _acapped(fetching: Awaitable[Any], not_after: float | None) -> Any:
 
 
 def run_sync(flow: "Flow[T]", io: SyncIO) -> T:
-    """Drive ``flow`` to its result, performing each step with blocking I/O."""
+    """Drive ``flow`` to its result, performing each step with blocking I/O. A ``BaseException``
+    that is not an ``Exception`` (``KeyboardInterrupt``…) is no step's result: the flow is closed
+    (its ``finally`` blocks run, a breaker probe gives its slot back) and the exception goes on."""
+    try:
+        return _drive_sync(flow, io)
+    finally:
+        flow.close()  # a no-op once finished
+
+
+def _drive_sync(flow: "Flow[T]", io: SyncIO) -> T:
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -390,7 +401,16 @@ def run_sync(flow: "Flow[T]", io: SyncIO) -> T:
 
 
 async def run_async(flow: "Flow[T]", io: AsyncIO) -> T:
-    """Drive ``flow`` to its result without blocking the event loop."""
+    """Drive ``flow`` to its result without blocking the event loop. Cancellation is an event of
+    its own, never a step's result: the flow is closed (a breaker probe gives its slot back,
+    nothing is counted) and ``CancelledError`` goes on to the caller."""
+    try:
+        return await _drive_async(flow, io)
+    finally:
+        flow.close()
+
+
+async def _drive_async(flow: "Flow[T]", io: AsyncIO) -> T:
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -421,13 +441,20 @@ async def run_async(flow: "Flow[T]", io: AsyncIO) -> T:
 async def aget_or_fetch(cache: Cache, key: Any, afetch: Callable[[], Awaitable[Any]]) -> Any:
     """A cache's awaitable ``get_or_fetch``: its own ``aget_or_fetch`` when it has one, else its
     blocking one run in a worker thread whose ``fetch`` is awaited back on this loop (so a
-    third-party cache keeps its single-flight and never blocks the loop)."""
+    third-party cache keeps its single-flight and never blocks the loop). The fetch runs as a
+    task of its own: cancelling the caller does not cancel it, so it completes for the waiters."""
     native = getattr(cache, "aget_or_fetch", None)
     if native is not None:
         return await native(key, afetch)
     loop = asyncio.get_running_loop()
 
     def fetch() -> Any:
-        return asyncio.run_coroutine_threadsafe(afetch(), loop).result()  # type: ignore[arg-type]
+        import concurrent.futures
+
+        try:
+            return asyncio.run_coroutine_threadsafe(afetch(), loop).result()  # type: ignore[arg-type]
+        except concurrent.futures.CancelledError:
+            # Cancelled on its loop: no outcome (a BaseException), never an error for the waiters.
+            raise asyncio.CancelledError() from None
 
     return await asyncio.to_thread(cache.get_or_fetch, key, fetch)

@@ -21,6 +21,8 @@ import requests
 
 from ._log import logger
 from .errors import ConfigurationError, TokenExchangeError
+from .http_headers import checked_header as _checked
+from . import peer_json
 from .redaction import sanitize as _sanitize
 from .resilience import Breakers, resilient_flow
 from .flow import Answer, AsyncIO, Flow, HttpCall, SyncIO, TransportFailure, run_async, run_sync
@@ -137,6 +139,11 @@ def _safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def _zone(headers: Mapping[str, str]) -> str | None:
+    """The ``X-zid`` header's value, whatever the case of its name."""
+    return next((v for k, v in headers.items() if k.strip().lower() == "x-zid" and v), None)
+
+
 def _basic_header(client_id: str, client_secret: str) -> str:
     """RFC 6749 §2.3.1: id and secret are form-urlencoded *before* Basic encoding."""
     raw = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode("utf-8")
@@ -149,8 +156,8 @@ def _jwt_expiry(token: str) -> float | None:
     if len(parts) != 3:
         return None
     try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, TypeError):
+        claims = peer_json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)), "access token's claims")
+    except (ValueError, TypeError):  # PeerAnswerError is a ValueError
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) and math.isfinite(exp) else None
@@ -325,6 +332,7 @@ class OAuthClient:
         headers: Mapping[str, str] | None = None,
         query: Mapping[str, str] | None = None,
         credentials_in_body: bool = True,
+        tenant: str | None = None,
     ) -> Flow[TokenResponse]:
         """One token request as a flow (:mod:`propagation.flow`): the request, its retries and
         the parsing of the answer, without I/O.
@@ -335,6 +343,10 @@ class OAuthClient:
         the body, no secret anywhere); else the secret in the body
         (``credentials_in_body``, the Destination service default) or HTTP Basic with
         ``client_id`` still in the body; a public client sends ``client_id`` only.
+
+        The breaker is keyed by (host, tenant): the tenant is the ``X-zid`` header (any case:
+        a fixed token URL names the tenant only there), else ``tenant`` — so one tenant's failures
+        at a shared IdP host never fail another tenant fast.
 
         Raises :class:`TokenExchangeError` (4xx, exhausted retries, unusable 2xx) and
         :class:`ConfigurationError` when ``headers`` names a header this client owns.
@@ -356,7 +368,7 @@ class OAuthClient:
                     f"Token request to {safe_url}: header '{name.strip()}' is set by the OAuth client "
                     f"and cannot be configured (tokenServiceURL.headers.{name.strip()})."
                 )
-            request_headers[name] = value
+            request_headers[name] = _checked(name, value, f"Token request to {safe_url}: tokenServiceURL.headers.{name.strip()}")
         request_headers["Content-Type"] = "application/x-www-form-urlencoded"
 
         if client.uses_mtls:
@@ -385,7 +397,7 @@ class OAuthClient:
         try:
             response, attempts = yield from resilient_flow(
                 call, retries=self.retries, backoff=self.backoff, deadline=self.deadline, breakers=self.breakers,
-                key=(host, request_headers.get("X-zid")), what=ctx.prefix(),
+                key=(host, _zone(request_headers) or tenant), what=ctx.prefix(),
             )
         except TransportFailure as exc:
             logger.debug("token request host=%s grant=%s failed: %s", ctx.host, ctx.grant, exc.cause)

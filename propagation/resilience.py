@@ -9,6 +9,9 @@
 * **Breaker** per (host, tenant): after ``threshold`` consecutive failures (5xx, timeouts, refused
   connections, TLS failures — never 4xx) calls fail fast with :class:`CircuitOpenError` for
   ``cooldown`` seconds; then one probe goes through, and its outcome closes or re-opens it.
+* **Cancellation is not an outcome**: a probe whose caller goes away (a cancelled coroutine, a
+  ``KeyboardInterrupt``, a flow closed unfinished) gives its probe slot back without counting as
+  a success or a failure, so the next caller probes — a breaker never stays open for good.
 """
 
 from __future__ import annotations
@@ -54,24 +57,35 @@ class Breakers:
         with self._lock:
             return [k for k, s in self._states.items() if s.opened_at is not None]
 
-    def before(self, key: Any, what: str) -> None:
-        """Raise :class:`CircuitOpenError` while open; after the cool-down let one probe through."""
+    def before(self, key: Any, what: str) -> bool:
+        """Raise :class:`CircuitOpenError` while open; after the cool-down let one probe through.
+        ``True`` when this caller is that probe (it must end in :meth:`success`, :meth:`failure`
+        or :meth:`release`)."""
         if self.threshold <= 0:
-            return
+            return False
         with self._lock:
             state = self._states.get(key)
             if state is None or state.opened_at is None:
-                return
+                return False
             waited = self.clock() - state.opened_at
             if waited >= self.cooldown and not state.probing:
                 state.probing = True  # this caller is the probe
                 logger.info("breaker %s: cool-down over, letting one probe through", _name(key))
-                return
+                return True
             remaining = max(self.cooldown - waited, 0.0)
         raise CircuitOpenError(
             f"{what}: not sent — {_name(key)} failed {self.threshold} times in a row; failing fast for "
             f"{remaining:.0f} s more (circuit breaker open)."
         )
+
+    def release(self, key: Any) -> None:
+        """The probe's caller went away (cancelled): neither success nor failure — the slot is
+        free again and the next caller probes."""
+        with self._lock:
+            state = self._states.get(key)
+            if state is not None and state.probing:
+                state.probing = False
+                logger.info("breaker %s: the probe was cancelled; the next call probes", _name(key))
 
     def success(self, key: Any) -> None:
         with self._lock:
@@ -110,7 +124,7 @@ def resilient_flow(
     ends = clock() + deadline
     attempts = retries + 1
     for attempt in range(attempts):
-        breakers.before(key, what)
+        probe = breakers.before(key, what)
         if clock() >= ends:
             breakers.failure(key)
             raise _exhausted(TransportFailure("timeout", "DeadlineExceeded"), attempt)
@@ -125,6 +139,12 @@ def resilient_flow(
                     yield Sleep(pause)
                     continue
             raise _exhausted(exc, attempt + 1) from exc.__cause__
+        except BaseException:
+            # Not the peer's doing (the caller was cancelled, or the flow closed unfinished):
+            # no outcome to count, but a probe's slot must be given back.
+            if probe:
+                breakers.release(key)
+            raise
         if answer.status >= 500:
             breakers.failure(key)
             pause = backoff * (2**attempt)

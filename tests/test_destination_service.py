@@ -8,7 +8,6 @@ import base64
 import datetime
 import json
 import logging
-import os
 import re
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -488,22 +487,20 @@ def test_client_certificate_is_used_for_the_call_only(rsps, store_name, content,
     seen: dict[str, Any] = {}
 
     def target(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
-        cert_file, key_file = request.req_kwargs["cert"]  # type: ignore[attr-defined]
-        seen["files"] = (cert_file, key_file)
-        seen["exists"] = os.path.exists(cert_file) and os.path.exists(key_file)
-        seen["mode"] = oct(os.stat(os.path.dirname(cert_file)).st_mode & 0o777)
-        with open(cert_file) as f:
-            seen["cert"] = f.read()
-        with open(key_file) as f:
-            seen["key"] = f.read()
+        seen["cert"] = request.req_kwargs.get("cert")  # type: ignore[attr-defined]
         return 200, {}, "{}"
 
     rsps.add_callback(responses.GET, f"{TARGET}/Items", callback=target)
-    r = engine().session("S4").get("/Items")
+    e = engine()
+    r = e.session("S4").get("/Items")
     assert r.status_code == 200
-    assert seen["exists"] and seen["mode"] == "0o700"
-    assert "BEGIN CERTIFICATE" in seen["cert"] and "PRIVATE KEY" in seen["key"]
-    assert not any(os.path.exists(p) for p in seen["files"])  # deleted after the call
+    assert seen["cert"] is None  # no key files per call: the pool's TLS context holds the certificate
+    plan = e.plan("S4", "GET", "/Items")
+    assert "BEGIN CERTIFICATE" in plan.client_cert[0] and "PRIVATE KEY" in plan.client_cert[1]
+    from propagation.flow import ssl_context
+
+    contexts = [a.ssl_context for a, _ in e.pools._adapters._items.values() if hasattr(a, "ssl_context")]
+    assert contexts == [ssl_context(plan.client_cert, plan.verify, plan.trust)]  # loaded once, shared
     assert "Authorization" not in target_calls(rsps)[0].request.headers
 
 

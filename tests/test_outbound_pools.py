@@ -251,16 +251,28 @@ def test_a_client_certificate_destination_presents_its_certificate_to_the_target
                 "uri": "https://destination.example.com", "tenantid": "provider-zid"})
             engine = Propagator(environ={}, bindings=Bindings([binding]), cache=MemoryTokenCache(), oauth=OAuthClient(retries=0))
             s4 = transport.make(engine, "S4")
-            if transport.name == "async_client":
-                async def twice() -> list[int]:
-                    return [(await s4.get("Items")).status_code for _ in range(2)]
+            from propagation import flow
 
-                assert asyncio.run(twice()) == [200, 200]
-            else:
-                assert [transport.call(s4, "GET", "Items").status_code for _ in range(2)] == [200, 200]
+            key_files: list[str] = []
+            enter = flow.ClientCertFiles.__enter__
+
+            def counting(self: Any) -> Any:
+                key_files.append("written")
+                return enter(self)
+
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(flow.ClientCertFiles, "__enter__", counting)
+                if transport.name == "async_client":
+                    async def twice() -> list[int]:
+                        return [(await s4.get("Items")).status_code for _ in range(2)]
+
+                    assert asyncio.run(twice()) == [200, 200]
+                else:
+                    assert [transport.call(s4, "GET", "Items").status_code for _ in range(2)] == [200, 200]
             assert [s.client_subject for s in backend.seen] == ["s4-comm-user", "s4-comm-user"]
-            if transport.name == "client":  # requests writes the key to a temp file per call: not pooled
-                assert len(backend.connections()) == 1
+            # Pooled on every transport (session() too: one SSL context per certificate, no key files per call).
+            assert len(backend.connections()) == 1
+            assert len(key_files) <= 1  # the certificate is loaded once (into the shared context), if not yet
             engine.close()
     finally:
         pki.cleanup()

@@ -30,6 +30,7 @@ from ..oauth import (
     TokenResponse,
     expand_token_type,
 )
+from ..http_headers import checked_header
 from ..tenant_urls import tenant_token_endpoint
 from ..tokens import UserToken
 
@@ -197,10 +198,14 @@ class Authorizer:
                     f"https to the backend); the Connectivity proxy headers must never reach the target."
                 )
             self.connectivity.config(destination)  # no binding: fail before any token request
+        where = f"Destination '{destination.name}' ({destination.source}): URL.headers."
+        url_headers = {  # checked before any request (the token request included)
+            header: checked_header(header, value, where + header)
+            for header, value in destination.properties.prefixed("URL.headers.").items() if not _is_proxy_header(header)
+        }
         result = yield from strategy(destination, user)
-        for header, value in destination.properties.prefixed("URL.headers.").items():
-            if not _is_proxy_header(header):
-                result.headers.setdefault(header, value)
+        for header, value in url_headers.items():
+            result.headers.setdefault(header, value)
         if destination.on_premise:
             assert self.connectivity is not None
             proxy = yield from self.connectivity.authorize_flow(
@@ -305,7 +310,7 @@ class Authorizer:
 
         def fetch() -> Flow[TokenResponse]:
             return self.oauth.token_flow(
-                token_url, client, grant, body, headers=headers, query=query, credentials_in_body=in_body
+                token_url, client, grant, body, headers=headers, query=query, credentials_in_body=in_body, tenant=tenant
             )
 
         token, hit = yield Cached(self.cache, key, fetch, user.expires_at if user is not None else None)

@@ -24,6 +24,7 @@ from ..tokens import UserToken
 from .csrf import CSRF_HEADER, Fetch, Send, csrf_steps, service_root
 from ..destinations.lookup import LookupOptions
 from .deadline import deadline
+from .loopcheck import Pending, check_blocking
 from .plan import Engine, Plan, PoolKey, is_protected, origin, plan_flow
 
 __all__ = ["DestinationClient", "AsyncDestinationClient", "PlanAuth"]
@@ -179,12 +180,60 @@ def _strip_elsewhere(request: httpx.Request) -> None:
             del request.headers[header]
 
 
+class _Leased(httpx.SyncByteStream):
+    """An answer's body that gives its pool's lease back once read or closed (so an evicted
+    pool is closed only when its last request is done)."""
+
+    def __init__(self, stream: Any, release: Any) -> None:
+        self._stream = stream
+        self._release: Any = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+class _AsyncLeased(httpx.AsyncByteStream):
+    """:class:`_Leased` for the async transports."""
+
+    def __init__(self, stream: Any, release: Any) -> None:
+        self._stream = stream
+        self._release: Any = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                await release()
+
+
 class _Router(httpx.BaseTransport):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self.engine.pools.transport(*_route(request)).handle_request(request)
+        pools = self.engine.pools
+        transport = pools.transport(*_route(request), lease=True)
+        try:
+            response = transport.handle_request(request)
+        except BaseException:
+            pools.release_transport(transport)
+            raise
+        response.stream = _Leased(response.stream, lambda: pools.release_transport(transport))
+        return response
 
 
 class _AsyncRouter(httpx.AsyncBaseTransport):
@@ -192,8 +241,15 @@ class _AsyncRouter(httpx.AsyncBaseTransport):
         self.engine = engine
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        transport = await self.engine.pools.async_transport(*_route(request))
-        return await transport.handle_async_request(request)
+        pools = self.engine.pools
+        transport = await pools.async_transport(*_route(request), lease=True)
+        try:
+            response = await transport.handle_async_request(request)
+        except BaseException:
+            await pools.arelease_transport(transport)
+            raise
+        response.stream = _AsyncLeased(response.stream, lambda: pools.arelease_transport(transport))
+        return response
 
 
 class _Bound:
@@ -275,14 +331,16 @@ class DestinationClient(_Bound, httpx.Client):
         return f"DestinationClient(name={self.name!r})"
 
     def request(self, method: str, url: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+        check_blocking("client(...)", "propagation.async_client(...) with await", self.engine.environ)
         plan = run_sync(self._flow(method, url), self.engine.oauth.io)
         with deadline(self.engine.call_deadline):
             return httpx.Client.request(self, method, plan.url, **self._kwargs(plan, kwargs))
 
     @contextmanager
     def stream(self, method: str, url: Any, **kwargs: Any) -> Iterator[httpx.Response]:  # type: ignore[override]
+        check_blocking("client(...).stream()", "propagation.async_client(...).stream() with async with", self.engine.environ)
         plan = run_sync(self._flow(method, url), self.engine.oauth.io)
-        with deadline(self.engine.call_deadline):  # the answer's start; the body is read at the caller's pace
+        with deadline(self.engine.call_deadline):  # the connection keeps it until the body is read or closed
             response_cm = httpx.Client.stream(self, method, plan.url, **self._kwargs(plan, kwargs))
             response = response_cm.__enter__()
         try:
@@ -305,15 +363,50 @@ class AsyncDestinationClient(_Bound, httpx.AsyncClient):
     def __repr__(self) -> str:
         return f"AsyncDestinationClient(name={self.name!r})"
 
-    async def request(self, method: str, url: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+    def request(self, method: str, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """``await client.request(...)`` → the response (a :class:`Pending` coroutine that names
+        the fix when it is used like a response from sync code)."""
+        return Pending(self._arequest(method, url, **kwargs), "request")
+
+    async def _arequest(self, method: str, url: Any, **kwargs: Any) -> httpx.Response:
         plan = await run_async(self._flow(method, url), self.engine.oauth.aio)
         with deadline(self.engine.call_deadline):
             return await httpx.AsyncClient.request(self, method, plan.url, **self._kwargs(plan, kwargs))
 
+    def get(self, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return Pending(self._arequest("GET", url, **kwargs), "get")
+
+    def head(self, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return Pending(self._arequest("HEAD", url, **kwargs), "head")
+
+    def options(self, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return Pending(self._arequest("OPTIONS", url, **kwargs), "options")
+
+    def delete(self, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return Pending(self._arequest("DELETE", url, **kwargs), "delete")
+
+    def post(self, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return Pending(self._arequest("POST", url, **kwargs), "post")
+
+    def put(self, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return Pending(self._arequest("PUT", url, **kwargs), "put")
+
+    def patch(self, url: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return Pending(self._arequest("PATCH", url, **kwargs), "patch")
+
+    def __enter__(self) -> Any:
+        raise TypeError(
+            "propagation.async_client(...) is an httpx.AsyncClient: use `async with` inside `async def`, "
+            "or `with propagation.client(...)` (an httpx.Client) in sync code."
+        )
+
+    def __exit__(self, *exc: Any) -> None:  # pragma: no cover - __enter__ always raises
+        return None
+
     @asynccontextmanager
     async def stream(self, method: str, url: Any, **kwargs: Any) -> AsyncIterator[httpx.Response]:  # type: ignore[override]
         plan = await run_async(self._flow(method, url), self.engine.oauth.aio)
-        with deadline(self.engine.call_deadline):  # the answer's start; the body is read at the caller's pace
+        with deadline(self.engine.call_deadline):  # the connection keeps it until the body is read or closed
             response_cm = httpx.AsyncClient.stream(self, method, plan.url, **self._kwargs(plan, kwargs))
             response = await response_cm.__aenter__()
         try:

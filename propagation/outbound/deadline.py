@@ -11,6 +11,10 @@ own timeout error (``requests.exceptions.ReadTimeout`` / ``ConnectionError``,
   (:class:`DeadlineSocket`) once connected;
 * ``httpx`` (httpcore): the engine's transports get a network backend whose streams clamp
   each operation's timeout (:class:`DeadlineBackend`, :class:`AsyncDeadlineBackend`).
+
+A connection takes the deadline of the request it sends (when it writes it) and keeps it for the
+answer: a *streamed* answer (``requests`` ``stream=True``, httpx ``stream()``) is bounded by its
+call's deadline until its body is consumed or closed, although it is read after the call returned.
 """
 
 from __future__ import annotations
@@ -41,9 +45,14 @@ def deadline(seconds: float | None) -> Iterator[None]:
         DEADLINE.reset(handle)
 
 
-def _left(timeout: float | None) -> float | None:
-    """``timeout`` shortened to the time left; raise ``socket.timeout`` when none is."""
-    ends = DEADLINE.get()
+_CURRENT: Any = object()  # "the deadline of the context", as opposed to a connection's own
+
+
+def _left(timeout: float | None, ends: Any = _CURRENT) -> float | None:
+    """``timeout`` shortened to the time left until ``ends`` (by default the context's
+    deadline); raise ``socket.timeout`` when none is."""
+    if ends is _CURRENT:
+        ends = DEADLINE.get()
     if ends is None:
         return timeout
     left = ends - time.monotonic()
@@ -60,6 +69,7 @@ class DeadlineSocket:
     def __init__(self, sock: Any) -> None:
         self._sock = sock
         self._timeout = self._applied = sock.gettimeout()
+        self._ends = DEADLINE.get()  # the deadline of the request on this connection
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
@@ -72,7 +82,7 @@ class DeadlineSocket:
         return self._timeout
 
     def _clamp(self) -> None:
-        wanted = _left(self._timeout)
+        wanted = _left(self._timeout, self._ends)
         if wanted != self._applied:  # far from the deadline: the socket's own timeout, no call
             self._sock.settimeout(wanted)
             self._applied = wanted
@@ -86,10 +96,12 @@ class DeadlineSocket:
         return self._sock.recv(bufsize, flags)  # type: ignore[no-any-return]
 
     def sendall(self, data: Any, flags: int = 0) -> None:
+        self._ends = DEADLINE.get()  # a request is sent: its deadline holds until its answer is read
         self._clamp()
         self._sock.sendall(data, flags) if flags else self._sock.sendall(data)
 
     def send(self, data: Any, flags: int = 0) -> int:
+        self._ends = DEADLINE.get()
         self._clamp()
         return self._sock.send(data, flags)  # type: ignore[no-any-return]
 
@@ -120,44 +132,53 @@ def deadline_connection_classes() -> tuple[type, type]:
 
 # -- httpx / httpcore -------------------------------------------------------------------------------
 class _Stream:
+    """A connection's stream: writes take the sending call's deadline, reads keep it (so the
+    body of a streamed answer, read after the call returned, still ends by it)."""
+
     def __init__(self, stream: Any) -> None:
         self._stream = stream
+        self._ends = DEADLINE.get()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, _httpcore_left(timeout, "ReadTimeout"))  # type: ignore[no-any-return]
+        return self._stream.read(max_bytes, _httpcore_left(timeout, "ReadTimeout", self._ends))  # type: ignore[no-any-return]
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, _httpcore_left(timeout, "WriteTimeout"))
+        self._ends = DEADLINE.get()
+        self._stream.write(buffer, _httpcore_left(timeout, "WriteTimeout", self._ends))
 
     def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> "_Stream":
         return _Stream(self._stream.start_tls(ssl_context, server_hostname, _left(timeout)))
 
 
 class _AsyncStream:
+    """The async twin of :class:`_Stream`."""
+
     def __init__(self, stream: Any) -> None:
         self._stream = stream
+        self._ends = DEADLINE.get()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._stream.read(max_bytes, _httpcore_left(timeout, "ReadTimeout"))  # type: ignore[no-any-return]
+        return await self._stream.read(max_bytes, _httpcore_left(timeout, "ReadTimeout", self._ends))  # type: ignore[no-any-return]
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._stream.write(buffer, _httpcore_left(timeout, "WriteTimeout"))
+        self._ends = DEADLINE.get()
+        await self._stream.write(buffer, _httpcore_left(timeout, "WriteTimeout", self._ends))
 
     async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
                         timeout: float | None = None) -> "_AsyncStream":
         return _AsyncStream(await self._stream.start_tls(ssl_context, server_hostname, _left(timeout)))
 
 
-def _httpcore_left(timeout: float | None, error: str) -> float | None:
+def _httpcore_left(timeout: float | None, error: str, ends: Any = _CURRENT) -> float | None:
     """:func:`_left` for httpcore, whose callers expect its own timeout exceptions."""
     try:
-        return _left(timeout)
+        return _left(timeout, ends)
     except socket.timeout:
         import httpcore
 

@@ -5,8 +5,11 @@ certificate, TLS verification) and, through the Connectivity proxy, the principa
 user, location) — so ``propagation.session("S4")`` made per request reuses kept-alive
 connections, and a connection through the Cloud Connector never carries a second user.
 
-Bounded: at most ``maxsize`` pools per kind (least recently used closed first), and a pool
-unused for ``idle`` seconds is closed on the next lookup. ``close()`` / ``aclose()`` close all.
+Bounded: at most ``maxsize`` pools per kind (least recently used evicted first), and a pool
+unused for ``idle`` seconds is evicted on the next lookup. An evicted pool is closed only when
+its last request is done (httpx closes in-use connections with their pool: 300 principals through
+the Connectivity proxy would break calls in flight) — requests' pools leave checked-out
+connections alone already. ``close()`` / ``aclose()`` close all.
 ``httpx`` async transports belong to the event loop that made them, so they are kept per loop.
 """
 
@@ -16,6 +19,7 @@ import asyncio
 import hashlib
 import os
 import shutil
+import ssl
 import tempfile
 import threading
 import time
@@ -59,17 +63,21 @@ class PoolKey:
 
 
 class _Lru(Generic[P]):
-    """Pools by key, LRU-bounded; ``get`` hands back the evicted and idle ones to close."""
+    """Pools by key, LRU-bounded; ``get`` hands back the evicted and idle ones to close. A pool
+    taken with ``lease=True`` counts as in use until :meth:`release`: evicted meanwhile, it is
+    retired instead of closed, and :meth:`release` of its last lease says to close it."""
 
     def __init__(self, maxsize: int, idle: float, clock: Callable[[], float]) -> None:
         self.maxsize = maxsize
         self.idle = idle
         self._clock = clock
         self._items: "OrderedDict[Any, tuple[P, float]]" = OrderedDict()
+        self._leases: dict[int, int] = {}  # id(pool) → requests in flight
+        self._retired: dict[int, P] = {}  # evicted while in use: closed by the last release
         self._lock = threading.Lock()
 
-    def get(self, key: Any, make: Callable[[], P]) -> tuple[P, list[P]]:
-        """The pool for ``key`` (made if new) and the pools to close (evicted or idle)."""
+    def get(self, key: Any, make: Callable[[], P], lease: bool = False) -> tuple[P, list[P]]:
+        """The pool for ``key`` (made if new) and the pools to close now (evicted or idle, unused)."""
         now = self._clock()
         stale: list[P] = []
         with self._lock:
@@ -80,20 +88,40 @@ class _Lru(Generic[P]):
                 pool = entry[0]
             self._items[key] = (pool, now)
             self._items.move_to_end(key)
+            if lease:
+                self._leases[id(pool)] = self._leases.get(id(pool), 0) + 1
             while len(self._items) > self.maxsize:
-                stale.append(self._items.popitem(last=False)[1][0])
+                self._evict(self._items.popitem(last=False)[1][0], stale)
             while self._items:  # ordered by last use: only the oldest can be idle (O(1) per call)
                 oldest, (candidate, used) = next(iter(self._items.items()))
                 if now - used <= self.idle:
                     break
                 del self._items[oldest]
-                stale.append(candidate)
+                self._evict(candidate, stale)
         return pool, stale
+
+    def _evict(self, pool: P, stale: list[P]) -> None:
+        if self._leases.get(id(pool)):
+            self._retired[id(pool)] = pool  # requests in flight: closed by the last release
+        else:
+            stale.append(pool)
+
+    def release(self, pool: P) -> bool:
+        """One request on ``pool`` is done; ``True``: it was evicted meanwhile, close it now."""
+        with self._lock:
+            left = self._leases.get(id(pool), 0) - 1
+            if left > 0:
+                self._leases[id(pool)] = left
+                return False
+            self._leases.pop(id(pool), None)
+            return self._retired.pop(id(pool), None) is not None
 
     def drain(self) -> list[P]:
         with self._lock:
-            pools = [pool for pool, _ in self._items.values()]
+            pools = [pool for pool, _ in self._items.values()] + list(self._retired.values())
             self._items.clear()
+            self._retired.clear()
+            self._leases.clear()
         return pools
 
     def __len__(self) -> int:
@@ -125,6 +153,28 @@ def _adapter_class() -> type:
     return DeadlineAdapter
 
 
+@lru_cache(maxsize=1)
+def _mtls_adapter_class() -> type:
+    """A deadline adapter whose TLS is one :class:`ssl.SSLContext` with the client certificate
+    loaded once (no key files per call): the context decides trust and verification, and
+    requests' per-call ``verify``/``cert`` are not applied to it."""
+
+    class MtlsAdapter(_adapter_class()):  # type: ignore[misc]
+        def __init__(self, context: ssl.SSLContext, **kwargs: Any) -> None:
+            self.ssl_context = context
+            super().__init__(**kwargs)
+
+        def build_connection_pool_key_attributes(self, request: Any, verify: Any, cert: Any = None) -> Any:
+            host_params, _ = super().build_connection_pool_key_attributes(request, verify, None)
+            return host_params, {"ssl_context": self.ssl_context, "cert_reqs": self.ssl_context.verify_mode}
+
+        def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+            conn.cert_reqs = self.ssl_context.verify_mode  # no CA files added to the context, no key files
+            conn.ca_certs = conn.ca_cert_dir = conn.cert_file = conn.key_file = None
+
+    return MtlsAdapter
+
+
 def _deadline_adapter() -> "HTTPAdapter":
     return _adapter_class()(pool_connections=4, pool_maxsize=32)  # type: ignore[no-any-return]
 
@@ -150,15 +200,24 @@ class Pools:
         return f"Pools(requests={len(self._adapters)}, httpx={len(self._transports)}, maxsize={self.maxsize})"
 
     # -- requests -------------------------------------------------------------------------
-    def adapter(self, key: PoolKey | None) -> "HTTPAdapter":
-        adapter, stale = self._adapters.get(key, _deadline_adapter)
+    def adapter(self, key: PoolKey | None, client_cert: Cert | None = None, trust: str | None = None) -> "HTTPAdapter":
+        """The ``requests`` pool for ``key``; with ``client_cert`` one whose TLS context holds that
+        certificate (loaded once per certificate, shared with httpx: :func:`~propagation.flow.ssl_context`)."""
+        make = _deadline_adapter
+        if key is not None and client_cert is not None:
+            context = ssl_context(client_cert, key.verify, trust)
+            make = lambda: _mtls_adapter_class()(context, pool_connections=4, pool_maxsize=32)  # noqa: E731
+        adapter, stale = self._adapters.get(key, make)
         for old in stale:
             logger.debug("closing an idle or evicted connection pool")
             old.close()
         return adapter
 
     # -- httpx ------------------------------------------------------------------------------
-    def transport(self, key: PoolKey, client_cert: Cert | None, trust: str | None = None) -> "httpx.HTTPTransport":
+    def transport(self, key: PoolKey, client_cert: Cert | None, trust: str | None = None,
+                  lease: bool = False) -> "httpx.HTTPTransport":
+        """The sync httpx pool for ``key``; with ``lease`` it stays open (even when evicted) until
+        :meth:`release_transport`."""
         import httpx
 
         def make() -> httpx.HTTPTransport:
@@ -167,21 +226,32 @@ class Pools:
             pool._network_backend = DeadlineBackend(pool._network_backend)
             return transport
 
-        transport, stale = self._transports.get(key, make)
+        transport, stale = self._transports.get(key, make, lease)
         for old in stale:
             old.close()
         return transport
 
-    async def async_transport(
-        self, key: PoolKey, client_cert: Cert | None, trust: str | None = None
-    ) -> "httpx.AsyncHTTPTransport":
-        import httpx
+    def release_transport(self, transport: "httpx.HTTPTransport") -> None:
+        """The leased request on ``transport`` is done (its answer read or closed)."""
+        if self._transports.release(transport):
+            logger.debug("closing an evicted connection pool: its last request is done")
+            transport.close()
 
+    def _async_lru(self) -> "_Lru[httpx.AsyncHTTPTransport]":
         loop = asyncio.get_running_loop()
         with self._lock:
             lru = self._async.get(loop)
             if lru is None:
                 lru = self._async[loop] = _Lru(self.maxsize, self.idle, self._clock)
+        return lru
+
+    async def async_transport(
+        self, key: PoolKey, client_cert: Cert | None, trust: str | None = None, lease: bool = False
+    ) -> "httpx.AsyncHTTPTransport":
+        """The async httpx pool for ``key`` on the running loop (see :meth:`transport`)."""
+        import httpx
+
+        lru = self._async_lru()
 
         def make() -> httpx.AsyncHTTPTransport:
             transport = httpx.AsyncHTTPTransport(**self._options(key, client_cert, trust))
@@ -189,10 +259,16 @@ class Pools:
             pool._network_backend = AsyncDeadlineBackend(pool._network_backend)
             return transport
 
-        transport, stale = lru.get(key, make)
+        transport, stale = lru.get(key, make, lease)
         for old in stale:
             await old.aclose()
         return transport
+
+    async def arelease_transport(self, transport: "httpx.AsyncHTTPTransport") -> None:
+        """:meth:`release_transport` for the async pools of the running loop."""
+        if self._async_lru().release(transport):
+            logger.debug("closing an evicted connection pool: its last request is done")
+            await transport.aclose()
 
     @staticmethod
     def _options(key: PoolKey, client_cert: Cert | None, trust: str | None) -> dict[str, Any]:

@@ -23,11 +23,12 @@ from requests.utils import default_headers
 from .._log import logger
 from ..context import as_user_token, current_token
 from ..destinations.model import Destination
-from ..flow import ClientCertFiles, run_sync
+from ..flow import run_sync
 from ..tokens import UserToken
 from .csrf import CSRF_HEADER, Fetch, Send, csrf_steps, has_header, service_root
 from ..destinations.lookup import LookupOptions
 from .deadline import DEADLINE
+from .loopcheck import check_blocking
 from .plan import Engine, Plan, is_protected, origin, plan_flow
 
 __all__ = ["DestinationSession", "PlanAuth"]
@@ -171,6 +172,7 @@ class DestinationSession(requests.Session):
 
     # -- requests.Session overrides ---------------------------------------------------------
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        check_blocking("session(...)", "propagation.async_client(...) with await", self.propagator.environ)
         method = method.decode() if isinstance(method, bytes) else method
         plan = self.plan(method, url.decode() if isinstance(url, bytes) else url)
         if plan.params:
@@ -188,11 +190,8 @@ class DestinationSession(requests.Session):
         handle = _active.set(plan)
         ends = DEADLINE.set(time.monotonic() + self.propagator.call_deadline)
         try:
-            if plan.client_cert is None:
-                return self._send(plan, method, args, kwargs)
-            with ClientCertFiles(*plan.client_cert) as files:  # mTLS: requests takes files; these live for this call
-                kwargs["cert"] = files
-                return self._send(plan, method, args, kwargs)
+            # mTLS: the pool's TLS context holds the certificate (get_adapter_for), no key files.
+            return self._send(plan, method, args, kwargs)
         finally:
             DEADLINE.reset(ends)
             _active.reset(handle)
@@ -248,13 +247,15 @@ class DestinationSession(requests.Session):
 
     def get_adapter(self, url: str) -> Any:
         plan = _active.get()
-        if plan is None:  # a request sent without a plan (session.send): the engine's plain pool
+        if plan is None or (plan.client_cert is not None and origin(url) != origin(plan.url)):
+            # Sent without a plan (session.send), or an mTLS plan's request elsewhere (a
+            # redirect): the engine's plain pool — the certificate is presented to its origin only.
             return self.propagator.pools.adapter(None)
         return self.get_adapter_for(plan)
 
     def get_adapter_for(self, plan: Plan) -> Any:
-        """The engine's pooled adapter for the plan's pool key."""
-        return self.propagator.pools.adapter(plan.pool)
+        """The engine's pooled adapter for the plan's pool key (and client certificate)."""
+        return self.propagator.pools.adapter(plan.pool, plan.client_cert, plan.trust)
 
     def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
         """On a redirect to another origin, carry no credentials of ours (nor the app's), and no

@@ -29,6 +29,7 @@ This is the only module of the package that imports Django.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, AsyncIterator, Callable, Iterator, Mapping, TypeVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
@@ -51,7 +52,7 @@ from .engine import Propagator, default_propagator
 from .errors import ConfigurationError, InvalidTokenError
 from .inbound import Authenticated, InboundGate
 from .inbound.responses import refusal
-from .inbound.scopes import InsufficientScopeError, ScopeCheck, scope_names
+from .inbound.scopes import InsufficientScopeError, ScopeCheck, mark_guard, scope_names, unguarded_views
 
 __all__ = ["PropagationMiddleware", "PropagationConfig", "require_scopes", "gate_from_settings"]
 
@@ -128,6 +129,7 @@ class PropagationMiddleware:
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
+        self._views_checked = False
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
@@ -164,6 +166,8 @@ class PropagationMiddleware:
     # -- steps ------------------------------------------------------------------------
     def _cached_or_none(self, request: HttpRequest) -> Any:
         """Anonymous (``None``), a cached result, or ``_MISS`` (validation needed); no I/O."""
+        if not self._views_checked:
+            self._check_views()
         setattr(request, _REQUEST_CHECK, self.gate.scope_check)
         if self.gate.is_public(request.path_info or "/"):
             return None
@@ -171,6 +175,14 @@ class PropagationMiddleware:
         if auth is None:
             return _MISS
         return self._admitted(request, auth)
+
+    def _check_views(self) -> None:
+        """Before the first request (the URLconf is loaded by then): refuse to serve while a
+        route calls a view undecorated that ``require_scopes`` wrapped (``propagation.E002``)."""
+        found = unguarded_url_views()
+        if found:
+            raise ConfigurationError(found[0])
+        self._views_checked = True
 
     def _authenticate(self, request: HttpRequest) -> Authenticated | None:
         raw: str | None = None
@@ -276,12 +288,14 @@ def require_scopes(*scopes: str) -> Callable[[_View], _View]:
         return None
 
     def decorate(view: _View) -> _View:
+        _refuse_misuse(view, names)
         if iscoroutinefunction(view):
             @functools.wraps(view)
             async def async_guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
                 answer = refused(request)
                 return answer if answer is not None else await view(request, *args, **kwargs)
 
+            mark_guard(async_guarded, view, names)
             return markcoroutinefunction(async_guarded)  # type: ignore[return-value]
 
         @functools.wraps(view)
@@ -289,9 +303,53 @@ def require_scopes(*scopes: str) -> Callable[[_View], _View]:
             answer = refused(request)
             return answer if answer is not None else view(request, *args, **kwargs)
 
+        mark_guard(guarded, view, names)
         return guarded  # type: ignore[return-value]
 
     return decorate
+
+
+def _refuse_misuse(view: Any, names: tuple[str, ...]) -> None:
+    """``require_scopes`` on a class-based view or on one of its methods would never see the
+    request as its first argument (the class would be replaced by a function, the method
+    gets ``self``): refused where it is written, with the right spelling."""
+    spelled = ", ".join(repr(n) for n in names)
+    fix = (f"decorate the class with @method_decorator(require_scopes({spelled}), name=\"dispatch\") "
+           "(django.utils.decorators.method_decorator)")
+    if isinstance(view, type):
+        raise ConfigurationError(f"require_scopes({spelled}) cannot decorate the class {view.__name__!r}: {fix}.")
+    try:
+        first = next(iter(inspect.signature(view, follow_wrapped=False).parameters), None)
+    except (TypeError, ValueError):
+        return
+    if first in ("self", "cls"):
+        raise ConfigurationError(
+            f"require_scopes({spelled}) decorates the method {getattr(view, '__qualname__', view)!r}, whose first "
+            f"argument is {first!r}, not the request: {fix}, or use method_decorator on the method."
+        )
+
+
+def unguarded_url_views() -> list[str]:
+    """Views in the URLconf that ``require_scopes`` wrapped but that are routed undecorated
+    (``protected = require_scopes("Read")(orders)`` with ``path("orders", orders)``)."""
+    from django.urls import URLPattern, URLResolver, get_resolver
+
+    routes: dict[str, Any] = {}
+
+    def walk(patterns: Any, prefix: str) -> None:
+        for entry in patterns:
+            if isinstance(entry, URLResolver):
+                walk(entry.url_patterns, prefix + str(entry.pattern))
+            elif isinstance(entry, URLPattern):
+                routes[prefix + str(entry.pattern)] = entry.callback
+
+    walk(get_resolver().url_patterns, "/")
+    return [
+        f"URL {route!r} calls the view {getattr(view, '__qualname__', view)!r} without its require_scopes("
+        f"{', '.join(repr(n) for n in names)}) check: route the decorated view (put @require_scopes(...) on the "
+        "view function itself)."
+        for route, view, names in unguarded_views(routes)
+    ]
 
 
 class PropagationConfig(AppConfig):
@@ -314,4 +372,4 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     except ConfigurationError as exc:
         return [checks.Error(str(exc), hint="See the 'Django' section of the propagation README.",
                              id="propagation.E001")]
-    return []
+    return [checks.Error(text, id="propagation.E002") for text in unguarded_url_views()]

@@ -170,10 +170,15 @@ def require_scopes(*scopes: str) -> Callable[..., None]:
     ``WWW-Authenticate`` challenge naming the scopes; no caller → 401.
 
     ``@app.get("/orders", dependencies=[Depends(require_scopes("Read"))])``
+
+    Used as a plain decorator instead (``@require_scopes("Read")`` on the endpoint), the
+    route would run unchecked: the dependency's parameters are keyword-only (FastAPI passes
+    them by name), so that call fails at import with a ``TypeError`` that names the fix.
     """
     names = scope_names(scopes)
 
     async def check_scopes(
+        *,
         request: Request,
         _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
     ) -> None:
@@ -187,5 +192,12 @@ def require_scopes(*scopes: str) -> Callable[..., None]:
             raise _Refused(exc) from None
 
     check_scopes.__name__ = f"require_scopes_{'_'.join(names)}"
+    # The TypeError of a positional call ("<qualname>() takes 0 positional arguments…")
+    # starts with this text, so the mistake explains itself where it is written.
+    spelled = ", ".join(repr(n) for n in names)
+    check_scopes.__qualname__ = (
+        f"require_scopes({spelled}) is a FastAPI dependency, not a decorator: declare it on the route as "
+        f"@app.get(..., dependencies=[Depends(require_scopes({spelled}))]) — the dependency"
+    )
     return check_scopes
 

@@ -37,7 +37,7 @@ from .context import current_token, current_xsuaa_token
 from .engine import Propagator
 from .errors import ConfigurationError, InvalidTokenError
 from .inbound.responses import refusal
-from .inbound.scopes import InsufficientScopeError, scope_names
+from .inbound.scopes import InsufficientScopeError, mark_guard, scope_names, unguarded_views
 from .wsgi import PropagationMiddleware
 
 __all__ = ["Propagation", "current_token", "require_scopes"]
@@ -104,6 +104,35 @@ class Propagation:
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = self
+        self.check_views(app)  # the routes declared so far; the rest before the first request
+        checked = False
+
+        def check_views_once() -> None:
+            nonlocal checked
+            if not checked:  # Flask refuses new routes after the first request: once is enough
+                self.check_views(app)
+                checked = True
+
+        app.before_request(check_views_once)
+
+    @staticmethod
+    def check_views(app: Flask) -> None:
+        """Raise ``ConfigurationError`` when a route calls a view that ``require_scopes``
+        wrapped, undecorated: ``@require_scopes`` above ``@app.get(...)`` (the route
+        registered the function before the check was put around it). Runs in
+        :meth:`init_app` and before the first request, which it fails until the order is fixed."""
+        found = unguarded_views(app.view_functions)
+        if found:
+            endpoint, view, names = found[0]
+            name = getattr(view, "__name__", endpoint)
+            scopes = ", ".join(repr(n) for n in names)
+            others = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            raise ConfigurationError(
+                f"View {name!r} (endpoint {endpoint!r}){others} is registered without its require_scopes({scopes}) "
+                "check: @require_scopes is above the route decorator, so the route calls the undecorated view and "
+                f"no scope would be checked. Put it below the route decorator: @app.get(...) first, then "
+                f"@require_scopes({scopes}), then def {name}(...)."
+            )
 
     @staticmethod
     def middleware(app: Flask) -> PropagationMiddleware:
@@ -148,7 +177,9 @@ def require_scopes(*scopes: str) -> Callable[[_View], _View]:
     ``check_local_scope`` does (for an IAS caller: the XSUAA token of the IAS→XSUAA flow).
     Missing → 403 ``insufficient_scope`` with ``WWW-Authenticate: Bearer
     error="insufficient_scope", scope="..."``; no caller (public path, anonymous) → 401.
-    Works for sync and ``async def`` views; put it below ``@app.get(...)``.
+    Works for sync and ``async def`` views; put it below ``@app.get(...)`` — above it the route
+    would call the undecorated view, which :class:`Propagation` refuses with a
+    ``ConfigurationError`` at ``init_app`` or before the first request.
     """
     names = scope_names(scopes)
 
@@ -159,6 +190,7 @@ def require_scopes(*scopes: str) -> Callable[[_View], _View]:
                 refused = _refused(names)
                 return refused if refused is not None else await view(*args, **kwargs)
 
+            mark_guard(async_guarded, view, names)
             return async_guarded  # type: ignore[return-value]
 
         @functools.wraps(view)
@@ -166,6 +198,7 @@ def require_scopes(*scopes: str) -> Callable[[_View], _View]:
             refused = _refused(names)
             return refused if refused is not None else view(*args, **kwargs)
 
+        mark_guard(guarded, view, names)
         return guarded  # type: ignore[return-value]
 
     return decorate

@@ -338,3 +338,68 @@ def test_concurrent_sync_requests_keep_their_users(propagator: Propagator, xsuaa
     finally:
         del sys.modules["both_urls"]
     assert results == {u: {"before": f"{u}@example.com", "after": f"{u}@example.com"} for u in ("alice", "bob")}
+
+
+# -- require_scopes misuse (issue 17 item 1) ---------------------------------------------------------
+def test_require_scopes_on_a_class_or_a_method_is_refused_where_written() -> None:
+    from django.views import View
+
+    with pytest.raises(ConfigurationError) as on_class:
+        @require_scopes("Read")
+        class Orders(View):
+            def get(self, request: HttpRequest) -> JsonResponse:
+                return JsonResponse({})
+    assert str(on_class.value) == (
+        "require_scopes('Read') cannot decorate the class 'Orders': decorate the class with "
+        "@method_decorator(require_scopes('Read'), name=\"dispatch\") (django.utils.decorators.method_decorator).")
+
+    with pytest.raises(ConfigurationError, match=r"decorates the method '.*Items.get', whose first argument is 'self', "
+                                                 r"not the request: decorate the class with @method_decorator"):
+        class Items(View):
+            @require_scopes("Read")
+            def get(self, request: HttpRequest) -> JsonResponse:
+                return JsonResponse({})
+
+
+def test_method_decorator_on_a_class_based_view_checks(propagator: Propagator, xsuaa: jwtkit.Xsuaa,
+                                                        idp_keys: respx.MockRouter) -> None:
+    from django.utils.decorators import method_decorator
+    from django.views import View
+
+    @method_decorator(require_scopes("Admin"), name="dispatch")
+    class Orders(View):
+        def get(self, request: HttpRequest) -> JsonResponse:
+            return JsonResponse({"orders": []})
+
+    module = type(sys)("cbv_urls")
+    module.urlpatterns = [path("cbv", Orders.as_view())]  # type: ignore[attr-defined]
+    sys.modules["cbv_urls"] = module
+    try:
+        with settings_for(propagator), override_settings(ROOT_URLCONF="cbv_urls"):
+            refused = Client().get("/cbv", **bearer(xsuaa.token()))
+            allowed = Client().get("/cbv", **bearer(xsuaa.token(scopes=("app!t123.Admin",))))
+    finally:
+        del sys.modules["cbv_urls"]
+    assert (refused.status_code, allowed.status_code) == (403, 200)
+
+
+def test_a_route_to_the_undecorated_view_is_refused(propagator: Propagator, xsuaa: jwtkit.Xsuaa,
+                                                    idp_keys: respx.MockRouter) -> None:
+    """The Django twin of the Flask order mistake: the decorated view exists, the URLconf routes the bare one."""
+    def bare(request: HttpRequest) -> JsonResponse:
+        return JsonResponse({"secret": True})
+
+    protected = require_scopes("Admin")(bare)  # noqa: F841 - made, then not routed
+    module = type(sys)("bare_urls")
+    module.urlpatterns = [path("bare", bare)]  # type: ignore[attr-defined]
+    sys.modules["bare_urls"] = module
+    try:
+        with settings_for(propagator), override_settings(ROOT_URLCONF="bare_urls"):
+            [error] = check_settings()
+            with pytest.raises(ConfigurationError, match="URL '/bare' calls the view"):
+                Client(raise_request_exception=True).get("/bare", **bearer(xsuaa.token()))
+    finally:
+        del sys.modules["bare_urls"]
+    assert error.id == "propagation.E002"
+    assert error.msg.startswith("URL '/bare' calls the view 'test_a_route_to_the_undecorated_view_is_refused.<locals>"
+                                ".bare' without its require_scopes('Admin') check")

@@ -263,3 +263,23 @@ def test_core_never_imports_fastapi() -> None:
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == []
+
+
+@pytest.mark.parametrize("order", ["decorator-above-route", "decorator-below-route"])
+def test_require_scopes_as_a_plain_decorator_fails_at_import(propagator: Propagator, order: str) -> None:
+    """Issue 17 item 1 for FastAPI: @require_scopes("Order") on the endpoint left the route unchecked
+    (above @app.get) — the call returned an un-awaited coroutine and nothing ran."""
+    app = FastAPI()
+    Propagation(app, propagator=propagator)
+
+    async def orders() -> dict[str, Any]:
+        return {"orders": []}
+
+    with pytest.raises(TypeError) as info:
+        if order == "decorator-above-route":
+            require_scopes("Order")(app.get("/orders")(orders))
+        else:
+            app.get("/orders")(require_scopes("Order")(orders))
+    assert str(info.value).startswith(
+        "require_scopes('Order') is a FastAPI dependency, not a decorator: declare it on the route as "
+        "@app.get(..., dependencies=[Depends(require_scopes('Order'))])")

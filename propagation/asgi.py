@@ -57,8 +57,8 @@ class PropagationASGIMiddleware:
     ``ias_to_xsuaa``, ``xsuaa_trust_client_id`` and ``public_clients`` are those of the WSGI
     middleware; the XSUAA token is in ``scope["propagation.xsuaa_token"]`` (and ``state``),
     a public client's original token in ``scope["propagation.public_token"]``. Exchanges
-    run in the worker thread too. ``allow_technical`` and ``validate_x5t`` are those of the
-    WSGI middleware too.
+    run in the worker thread too. ``allow_technical``, ``validate_x5t`` and
+    ``clock_skew_leeway`` are those of the WSGI middleware too.
     """
 
     def __init__(
@@ -73,6 +73,7 @@ class PropagationASGIMiddleware:
         public_clients: Iterable[str] | str | None = None,
         allow_technical: bool = False,
         validate_x5t: bool = False,
+        clock_skew_leeway: float | str | None = None,
     ) -> None:
         self.app = app
         self.propagator = propagator if propagator is not None else Propagator.from_env()
@@ -85,6 +86,7 @@ class PropagationASGIMiddleware:
             public_clients=public_clients,
             allow_technical=allow_technical,
             validate_x5t=validate_x5t,
+            clock_skew_leeway=clock_skew_leeway,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

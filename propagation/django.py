@@ -16,7 +16,8 @@
 
 ``PROPAGATION`` keys (all optional) are the WSGI middleware's options in upper case:
 ``PUBLIC_PATHS``, ``REQUIRE_TOKEN``, ``IAS_TO_XSUAA``, ``XSUAA_TRUST_CLIENT_ID``,
-``PUBLIC_CLIENTS``, ``ALLOW_TECHNICAL``, ``VALIDATE_X5T``, and ``PROPAGATOR`` (a
+``PUBLIC_CLIENTS``, ``ALLOW_TECHNICAL``, ``VALIDATE_X5T``, ``CLOCK_SKEW_LEEWAY`` (seconds),
+and ``PROPAGATOR`` (a
 :class:`~propagation.Propagator`, or the dotted path of one or of a callable returning one;
 default: the process-wide engine of ``propagation.session()``). The environment is read
 when Django loads the middleware (``get_wsgi_application()`` / ``get_asgi_application()``, i.e. at server start),
@@ -67,6 +68,7 @@ _OPTIONS = {
     "PUBLIC_CLIENTS": "public_clients",
     "ALLOW_TECHNICAL": "allow_technical",
     "VALIDATE_X5T": "validate_x5t",
+    "CLOCK_SKEW_LEEWAY": "clock_skew_leeway",
 }
 _FLAGS = {"REQUIRE_TOKEN", "ALLOW_TECHNICAL", "VALIDATE_X5T"}
 

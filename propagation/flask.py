@@ -17,7 +17,8 @@ Config keys read by :meth:`Propagation.init_app` (optional): ``PROPAGATION_PUBLI
 and for the IAS flows ``PROPAGATION_IAS_TO_XSUAA``, ``PROPAGATION_XSUAA_TRUST_CLIENT_ID`` and
 ``PROPAGATION_PUBLIC_CLIENTS`` (used when the constructor argument is not given; else the
 propagator's setting / environment variable of the same name applies), and
-``PROPAGATION_ALLOW_TECHNICAL`` / ``PROPAGATION_VALIDATE_X5T`` (booleans, default false).
+``PROPAGATION_ALLOW_TECHNICAL`` / ``PROPAGATION_VALIDATE_X5T`` (booleans, default false), and
+``PROPAGATION_CLOCK_SKEW_LEEWAY`` (seconds; default: the engine's, 60).
 
 ``require_scopes("Read")`` is the view decorator for XSUAA local scopes.
 
@@ -67,8 +68,10 @@ class Propagation:
         public_clients: Iterable[str] | str | None = None,
         allow_technical: bool | None = None,
         validate_x5t: bool | None = None,
+        clock_skew_leeway: float | None = None,
     ) -> None:
         self.propagator = propagator
+        self.clock_skew_leeway = clock_skew_leeway
         self.public_paths = tuple([public_paths] if isinstance(public_paths, str) else public_paths)
         self.require_token = require_token
         self.ias_to_xsuaa = ias_to_xsuaa
@@ -101,6 +104,7 @@ class Propagation:
                                   "PROPAGATION_ALLOW_TECHNICAL"),
             validate_x5t=_flag(_first(self.validate_x5t, app.config.get("PROPAGATION_VALIDATE_X5T")), False,
                                "PROPAGATION_VALIDATE_X5T"),
+            clock_skew_leeway=_first(self.clock_skew_leeway, app.config.get("PROPAGATION_CLOCK_SKEW_LEEWAY")),
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = self

@@ -67,6 +67,9 @@ class PropagationMiddleware:
     :param validate_x5t: Accept IAS tokens only when certificate-bound to the client
         certificate BTP forwards in ``X-Forwarded-Client-Cert`` (``cnf.x5t#S256``, RFC 8705);
         a mismatch, a token without the claim or a request without a certificate is a 401.
+    :param clock_skew_leeway: Seconds a token is still accepted past ``exp`` and before ``nbf``
+        (clock skew between the IdP and this host; 0 to 300). Default: the propagator's setting,
+        else env ``PROPAGATION_CLOCK_SKEW_LEEWAY``, else 60 (SAP's Java security library).
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class PropagationMiddleware:
         public_clients: Iterable[str] | str | None = None,
         allow_technical: bool = False,
         validate_x5t: bool = False,
+        clock_skew_leeway: float | str | None = None,
     ) -> None:
         self.app = app
         self.propagator = propagator if propagator is not None else Propagator.from_env()
@@ -93,6 +97,7 @@ class PropagationMiddleware:
             public_clients=public_clients,
             allow_technical=allow_technical,
             validate_x5t=validate_x5t,
+            clock_skew_leeway=clock_skew_leeway,
         )
         self._x5t = self.gate.validate_x5t
         self._has_public_paths = bool(self.gate.public_paths)  # most apps: skip the path match

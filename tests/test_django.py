@@ -117,7 +117,7 @@ def bearer(raw: str) -> dict[str, str]:
 def test_sync_stack(propagator: Propagator, xsuaa: jwtkit.Xsuaa, idp_keys: respx.MockRouter, url: str,
                     authorization: str | None, status: int, error: str | None) -> None:
     tokens = {"valid": xsuaa.token(), "forged": xsuaa.token(key=jwtkit.rsa_key("attacker")),
-              "expired": xsuaa.token(ttl=-10)}
+              "expired": xsuaa.token(ttl=-120)}
     header = f"Bearer {tokens[authorization]}" if authorization in tokens else authorization
     with settings_for(propagator, PUBLIC_PATHS=["/health"]):
         response = Client().get(url, **({"HTTP_AUTHORIZATION": header} if header else {}))

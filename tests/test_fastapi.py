@@ -79,7 +79,7 @@ def bearer(raw: str) -> dict[str, str]:
 def test_tokens_and_public_paths(propagator: Propagator, xsuaa: jwtkit.Xsuaa, idp_keys: respx.MockRouter,
                                  path: str, authorization: str | None, status: int, error: str | None) -> None:
     tokens = {"valid": xsuaa.token(), "forged": xsuaa.token(key=jwtkit.rsa_key("attacker")),
-              "expired": xsuaa.token(ttl=-10)}
+              "expired": xsuaa.token(ttl=-120)}
     header = f"Bearer {tokens[authorization]}" if authorization in tokens else authorization
     with TestClient(build_app(propagator, public_paths=["/health"])) as client:
         response = client.get(path, headers={"Authorization": header} if header else {})

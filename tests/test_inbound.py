@@ -82,8 +82,8 @@ def test_subscriber_tenant_xsuaa_token_fetches_its_zone_keys(
                      "Token algorithm 'none' is not accepted", id="alg-none"),
         pytest.param(lambda x, i: hs256(x), "Token algorithm 'HS256' is not accepted", id="hs256"),
         pytest.param(lambda x, i: without_exp(x), "no 'exp' claim", id="no-exp"),
-        pytest.param(lambda x, i: x.token(ttl=-10), "Token expired.", id="xsuaa-expired"),
-        pytest.param(lambda x, i: i.token(ttl=-10), "Token expired.", id="ias-expired"),
+        pytest.param(lambda x, i: x.token(ttl=-120), "Token expired.", id="xsuaa-expired"),
+        pytest.param(lambda x, i: i.token(ttl=-120), "Token expired.", id="ias-expired"),
         pytest.param(lambda x, i: x.token(key=jwtkit.rsa_key("attacker")), "Token signature verification failed.",
                      id="xsuaa-forged-same-kid"),
         pytest.param(lambda x, i: i.token(key=jwtkit.rsa_key("attacker")), "Token signature verification failed.",
@@ -217,7 +217,7 @@ def test_cached_token_expires_with_the_token(xsuaa: jwtkit.Xsuaa, idp_keys: resp
     assert validator.cached(raw) is not None
     validator.validate(raw)
     assert xssec_calls["xsuaa"] == 1
-    now[0] += 2  # past exp
+    now[0] += 2 + 60  # past exp and the default clock-skew leeway
     assert validator.cached(raw) is None
     assert len(validator._cache) == 0  # the expired entry was dropped
     with pytest.raises(InvalidTokenError, match="Token expired."):

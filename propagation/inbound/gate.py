@@ -14,6 +14,7 @@ from .ias_flows import IasFlows
 from .public_paths import PublicPaths
 from .result import Authenticated
 from .scopes import ScopeCheck
+from .timestamps import leeway_seconds
 from .x5t import check_x5t
 
 __all__ = ["InboundGate", "GateEngine", "bearer_token"]
@@ -67,7 +68,8 @@ class InboundGate:
     give the :class:`Authenticated` caller, :meth:`check_certificate` binds it to the
     request's client certificate (``validate_x5t``); everything that must be answered 401
     raises :class:`InvalidTokenError`. ``scope_check`` is the app's ``require_scopes`` check.
-    A technical token (no user) passes only with ``allow_technical``.
+    A technical token (no user) passes only with ``allow_technical``. ``clock_skew_leeway``
+    (seconds past ``exp`` / before ``nbf``) sets the engine validator's leeway when given.
 
     ``ias_to_xsuaa``, ``xsuaa_trust_client_id`` and ``public_clients`` switch on the IAS
     flows (:class:`IasFlows`); ``None`` takes the propagator's setting, which defaults to
@@ -85,6 +87,7 @@ class InboundGate:
         public_clients: Iterable[str] | str | None = None,
         allow_technical: bool = False,
         validate_x5t: bool = False,
+        clock_skew_leeway: float | str | None = None,
     ) -> None:
         self.propagator = propagator
         self.public_paths = PublicPaths(public_paths)
@@ -93,6 +96,9 @@ class InboundGate:
         self.validate_x5t = bool(validate_x5t)
         # Build the validator now: a missing binding fails at startup, not on the first request.
         self.validator = propagator.validator
+        if clock_skew_leeway is not None and hasattr(self.validator, "leeway"):
+            # The engine's validator (shared by its gates): the option sets it for the app.
+            self.validator.leeway = leeway_seconds(clock_skew_leeway)
         flows = getattr(propagator, "ias_flows", None)
         self.flows: IasFlows | None = (
             flows(ias_to_xsuaa=ias_to_xsuaa, xsuaa_trust_client_id=xsuaa_trust_client_id, public_clients=public_clients)

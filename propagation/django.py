@@ -17,7 +17,8 @@
 ``PROPAGATION`` keys (all optional) are the WSGI middleware's options in upper case:
 ``PUBLIC_PATHS``, ``REQUIRE_TOKEN``, ``IAS_TO_XSUAA``, ``XSUAA_TRUST_CLIENT_ID``,
 ``PUBLIC_CLIENTS``, ``ALLOW_TECHNICAL``, ``VALIDATE_X5T``, ``CLOCK_SKEW_LEEWAY`` (seconds),
-and ``PROPAGATOR`` (a
+``MISSING_USER_401`` (default ``True``: a ``MissingUserTokenError`` from a view is a 401 like
+the other refusals, not a 500), and ``PROPAGATOR`` (a
 :class:`~propagation.Propagator`, or the dotted path of one or of a callable returning one;
 default: the process-wide engine of ``propagation.session()``). The environment is read
 when Django loads the middleware (``get_wsgi_application()`` / ``get_asgi_application()``, i.e. at server start),
@@ -50,9 +51,9 @@ from .context import (
     current_xsuaa_token,
 )
 from .engine import Propagator, default_propagator
-from .errors import ConfigurationError, InvalidTokenError
+from .errors import ConfigurationError, InvalidTokenError, MissingUserTokenError
 from .inbound import Authenticated, InboundGate
-from .inbound.responses import refusal
+from .inbound.responses import missing_user, refusal
 from .inbound.scopes import InsufficientScopeError, ScopeCheck, mark_guard, scope_names, unguarded_views
 
 __all__ = ["PropagationMiddleware", "PropagationConfig", "require_scopes", "gate_from_settings"]
@@ -71,6 +72,8 @@ _OPTIONS = {
     "CLOCK_SKEW_LEEWAY": "clock_skew_leeway",
 }
 _FLAGS = {"REQUIRE_TOKEN", "ALLOW_TECHNICAL", "VALIDATE_X5T"}
+#: Settings of the Django integration itself (not middleware options).
+_OWN = {"PROPAGATOR", "MISSING_USER_401"}
 
 
 def gate_from_settings(config: Mapping[str, Any] | None = None) -> InboundGate:
@@ -80,12 +83,15 @@ def gate_from_settings(config: Mapping[str, Any] | None = None) -> InboundGate:
         config = getattr(settings, "PROPAGATION", None) or {}
     if not isinstance(config, Mapping):
         raise ConfigurationError("settings.PROPAGATION must be a dict.")
-    unknown = sorted(set(config) - set(_OPTIONS) - {"PROPAGATOR"})
+    unknown = sorted(set(config) - set(_OPTIONS) - _OWN)
     if unknown:
         raise ConfigurationError(
             f"settings.PROPAGATION has unknown key(s) {', '.join(unknown)}; known: "
-            f"{', '.join(sorted([*_OPTIONS, 'PROPAGATOR']))}."
+            f"{', '.join(sorted([*_OPTIONS, *_OWN]))}."
         )
+    if not isinstance(config.get("MISSING_USER_401", True), bool):
+        raise ConfigurationError(f"settings.PROPAGATION['MISSING_USER_401'] must be True or False, "
+                                 f"not {config['MISSING_USER_401']!r}.")
     options: dict[str, Any] = {}
     for key, name in _OPTIONS.items():
         if config.get(key) is None:
@@ -128,6 +134,8 @@ class PropagationMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], Any], gate: InboundGate | None = None) -> None:
         self.get_response = get_response
         self.gate = gate if gate is not None else gate_from_settings()
+        config = getattr(settings, "PROPAGATION", None) or {}
+        self._missing_user_401 = bool(config.get("MISSING_USER_401", True)) if isinstance(config, Mapping) else True
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
@@ -164,6 +172,15 @@ class PropagationMiddleware:
         finally:
             CURRENT_TOKENS.reset(handle)
         return _keep_user(response, current)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """A view called a destination that needs a user, without one (``MissingUserTokenError``):
+        401 with the JSON body and challenge of the other refusals (``MISSING_USER_401``,
+        default ``True``), not Django's 500 page."""
+        if self._missing_user_401 and isinstance(exception, MissingUserTokenError):
+            status, body, headers = missing_user(exception, f"{request.method} {request.path_info}")
+            return _response_of(status, body, headers)
+        return None
 
     # -- steps ------------------------------------------------------------------------
     def _cached_or_none(self, request: HttpRequest) -> Any:
@@ -220,7 +237,10 @@ _MISS: Any = object()
 
 
 def _response(exc: InvalidTokenError | InsufficientScopeError) -> HttpResponse:
-    status, body, headers = refusal(exc)
+    return _response_of(*refusal(exc))
+
+
+def _response_of(status: int, body: bytes, headers: list[tuple[str, str]]) -> HttpResponse:
     response = HttpResponse(body, status=status, content_type="application/json")
     for name, value in headers:
         if name != "Content-Type":

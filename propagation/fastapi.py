@@ -36,8 +36,8 @@ from ._log import logger
 from .asgi import ASGIApp, PropagationASGIMiddleware, Receive, Scope, Send
 from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY
 from .engine import Propagator, default_propagator
-from .errors import InvalidTokenError
-from .inbound.responses import refusal
+from .errors import InvalidTokenError, MissingUserTokenError
+from .inbound.responses import missing_user, refusal
 from .inbound.scopes import InsufficientScopeError, scope_names
 from .tokens import UserToken
 
@@ -68,13 +68,17 @@ class Propagation:
 
     ``options`` are those of the ASGI middleware (``propagator``, ``public_paths``,
     ``require_token``, ``ias_to_xsuaa``, ``xsuaa_trust_client_id``, ``public_clients``,
-    ``allow_technical``, ``validate_x5t``); the default engine is
+    ``allow_technical``, ``validate_x5t``, ``clock_skew_leeway``); the default engine is
     :func:`propagation.default_propagator`. The environment is read in the app's lifespan
     startup (a bad one fails the startup with the ``ConfigurationError``); a server run
     without lifespan reads it on the first request instead.
+
+    ``missing_user_401`` (default ``True``): a ``MissingUserTokenError`` raised in a route
+    (a destination that needs a user, called without one) is answered 401 with the JSON body
+    and ``WWW-Authenticate`` of the other refusals, not 500.
     """
 
-    def __init__(self, app: FastAPI, **options: Any) -> None:
+    def __init__(self, app: FastAPI, *, missing_user_401: bool = True, **options: Any) -> None:
         PropagationASGIMiddleware.check_options(options)
         self.app = app
         self.options = options
@@ -82,6 +86,8 @@ class Propagation:
         app.state.propagation = self
         app.add_middleware(_Deferred, integration=self)  # type: ignore[arg-type]
         app.add_exception_handler(_Refused, _answer)  # type: ignore[arg-type]
+        if missing_user_401:
+            app.add_exception_handler(MissingUserTokenError, _missing_user)  # type: ignore[arg-type]
         original = app.router.lifespan_context
 
         @asynccontextmanager
@@ -137,6 +143,11 @@ async def _answer(request: Request, exc: _Refused) -> Response:
     status, body, headers = refusal(exc.exc)
     logger.info("inbound request %s %s refused (%d): %s", request.method, request.url.path, status,
                 exc.exc.error_description)
+    return Response(content=body, status_code=status, headers=dict(headers))
+
+
+async def _missing_user(request: Request, exc: MissingUserTokenError) -> Response:
+    status, body, headers = missing_user(exc, f"{request.method} {request.url.path}")
     return Response(content=body, status_code=status, headers=dict(headers))
 
 

@@ -18,7 +18,9 @@ and for the IAS flows ``PROPAGATION_IAS_TO_XSUAA``, ``PROPAGATION_XSUAA_TRUST_CL
 ``PROPAGATION_PUBLIC_CLIENTS`` (used when the constructor argument is not given; else the
 propagator's setting / environment variable of the same name applies), and
 ``PROPAGATION_ALLOW_TECHNICAL`` / ``PROPAGATION_VALIDATE_X5T`` (booleans, default false), and
-``PROPAGATION_CLOCK_SKEW_LEEWAY`` (seconds; default: the engine's, 60).
+``PROPAGATION_CLOCK_SKEW_LEEWAY`` (seconds; default: the engine's, 60), and
+``PROPAGATION_MISSING_USER_401`` (default true: a ``MissingUserTokenError`` raised in a view is
+answered 401 with the JSON body and ``WWW-Authenticate`` of the other refusals, not 500).
 
 ``require_scopes("Read")`` is the view decorator for XSUAA local scopes.
 
@@ -36,8 +38,8 @@ from flask import Flask, Response, current_app
 from ._log import logger
 from .context import current_token, current_xsuaa_token
 from .engine import Propagator
-from .errors import ConfigurationError, InvalidTokenError
-from .inbound.responses import refusal
+from .errors import ConfigurationError, InvalidTokenError, MissingUserTokenError
+from .inbound.responses import missing_user, refusal
 from .inbound.scopes import InsufficientScopeError, mark_guard, scope_names, unguarded_views
 from .wsgi import PropagationMiddleware
 
@@ -69,9 +71,11 @@ class Propagation:
         allow_technical: bool | None = None,
         validate_x5t: bool | None = None,
         clock_skew_leeway: float | None = None,
+        missing_user_401: bool | None = None,
     ) -> None:
         self.propagator = propagator
         self.clock_skew_leeway = clock_skew_leeway
+        self.missing_user_401 = missing_user_401
         self.public_paths = tuple([public_paths] if isinstance(public_paths, str) else public_paths)
         self.require_token = require_token
         self.ias_to_xsuaa = ias_to_xsuaa
@@ -108,6 +112,9 @@ class Propagation:
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = self
+        if _flag(_first(self.missing_user_401, app.config.get("PROPAGATION_MISSING_USER_401")), True,
+                 "PROPAGATION_MISSING_USER_401"):
+            app.register_error_handler(MissingUserTokenError, _missing_user)
         self.check_views(app)  # the routes declared so far; the rest before the first request
         checked = False
 
@@ -206,6 +213,14 @@ def require_scopes(*scopes: str) -> Callable[[_View], _View]:
         return guarded  # type: ignore[return-value]
 
     return decorate
+
+
+def _missing_user(exc: MissingUserTokenError) -> Response:
+    """A view called a destination that needs a user, without one: 401 like every refusal."""
+    from flask import request
+
+    status, body, headers = missing_user(exc, f"{request.method} {request.path}")
+    return current_app.response_class(body, status=status, headers=headers)
 
 
 def _refused(names: tuple[str, ...]) -> Response | None:

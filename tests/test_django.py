@@ -403,3 +403,45 @@ def test_a_route_to_the_undecorated_view_is_refused(propagator: Propagator, xsua
     assert error.id == "propagation.E002"
     assert error.msg.startswith("URL '/bare' calls the view 'test_a_route_to_the_undecorated_view_is_refused.<locals>"
                                 ".bare' without its require_scopes('Admin') check")
+
+
+# -- MissingUserTokenError in a view (issue 20 item 2) -------------------------------------------------
+@pytest.mark.parametrize("extra, status", [pytest.param({}, 401, id="default-401"),
+                                           pytest.param({"MISSING_USER_401": False}, 500, id="opt-out")])
+@pytest.mark.parametrize("handler", ["wsgi", "asgi"])
+def test_missing_user_token_in_a_view_is_401(xsuaa: jwtkit.Xsuaa, extra: dict[str, Any], status: int,
+                                             handler: str) -> None:
+    from conftest import make_bindings
+
+    destinations = json.dumps([{"name": "S4", "url": "https://s4.example.com", "Authentication": "OAuth2JWTBearer",
+                                "tokenServiceURL": "https://idp.example.com/oauth/token", "clientId": "c",
+                                "clientSecret": "s-VALUE"}])
+    engine = Propagator(bindings=make_bindings(xsuaa), environ={"destinations": destinations})
+
+    def public(request: HttpRequest) -> JsonResponse:
+        return JsonResponse(engine.headers("S4"))
+
+    module = type(sys)("missing_user_urls")
+    module.urlpatterns = [path("public", public)]  # type: ignore[attr-defined]
+    sys.modules["missing_user_urls"] = module
+    try:
+        with settings_for(engine, PUBLIC_PATHS=["/public"], **extra), override_settings(ROOT_URLCONF="missing_user_urls"):
+            if handler == "wsgi":
+                response = Client(raise_request_exception=False).get("/public")
+            else:
+                from django.test import AsyncClient
+
+                response = asyncio.run(AsyncClient(raise_request_exception=False).get("/public"))
+    finally:
+        del sys.modules["missing_user_urls"]
+    assert response.status_code == status
+    if status == 401:
+        assert json.loads(response.content) == {"error": "invalid_token", "error_description": "A signed-in user is "
+                                                "required for this resource: send a Bearer token of a user."}
+        assert response["WWW-Authenticate"].startswith('Bearer error="invalid_token", error_description="A signed-in')
+
+
+def test_missing_user_setting_must_be_a_bool(propagator: Propagator) -> None:
+    with settings_for(propagator, MISSING_USER_401="yes"):
+        with pytest.raises(ConfigurationError, match=r"MISSING_USER_401'\] must be True or False"):
+            WSGIHandler()

@@ -283,3 +283,27 @@ def test_require_scopes_as_a_plain_decorator_fails_at_import(propagator: Propaga
     assert str(info.value).startswith(
         "require_scopes('Order') is a FastAPI dependency, not a decorator: declare it on the route as "
         "@app.get(..., dependencies=[Depends(require_scopes('Order'))])")
+
+
+# -- MissingUserTokenError in a route (issue 20 item 2) ------------------------------------------------
+@pytest.mark.parametrize("option, status", [pytest.param({}, 401, id="default-401"),
+                                            pytest.param({"missing_user_401": False}, 500, id="opt-out")])
+def test_missing_user_token_in_a_route_is_401(xsuaa: jwtkit.Xsuaa, option: dict[str, Any], status: int) -> None:
+    destinations = json.dumps([{"name": "S4", "url": "https://s4.example.com", "Authentication": "OAuth2JWTBearer",
+                                "tokenServiceURL": "https://idp.example.com/oauth/token", "clientId": "c",
+                                "clientSecret": "s-VALUE"}])
+    engine = Propagator(bindings=make_bindings(xsuaa), environ={"destinations": destinations})
+    app = FastAPI()
+    Propagation(app, propagator=engine, public_paths=["/public"], **option)
+
+    @app.get("/public")
+    async def public() -> dict[str, str]:
+        return await engine.async_headers("S4")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/public")
+    assert response.status_code == status
+    if status == 401:
+        assert response.json() == {"error": "invalid_token", "error_description": "A signed-in user is required for "
+                                   "this resource: send a Bearer token of a user."}
+        assert response.headers["www-authenticate"].startswith('Bearer error="invalid_token", error_description="A')

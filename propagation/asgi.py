@@ -16,6 +16,7 @@ import inspect
 from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping
 
 from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY, ENVIRON_PUBLIC_KEY, reset_current_tokens, set_current_tokens
+from .checks import built_from_env, startup_check
 from .engine import Propagator
 from .errors import InvalidTokenError
 from .inbound import Authenticated, InboundGate, PublicPaths, unauthorized
@@ -57,8 +58,9 @@ class PropagationASGIMiddleware:
     ``ias_to_xsuaa``, ``xsuaa_trust_client_id`` and ``public_clients`` are those of the WSGI
     middleware; the XSUAA token is in ``scope["propagation.xsuaa_token"]`` (and ``state``),
     a public client's original token in ``scope["propagation.public_token"]``. Exchanges
-    run in the worker thread too. ``allow_technical``, ``validate_x5t`` and
-    ``clock_skew_leeway`` are those of the WSGI middleware too.
+    run in the worker thread too. ``allow_technical``, ``validate_x5t``,
+    ``clock_skew_leeway`` and ``strict`` (the start-up check of the whole configuration) are
+    those of the WSGI middleware too.
     """
 
     def __init__(
@@ -74,9 +76,12 @@ class PropagationASGIMiddleware:
         allow_technical: bool = False,
         validate_x5t: bool = False,
         clock_skew_leeway: float | str | None = None,
+        strict: bool | None = None,
     ) -> None:
         self.app = app
-        self.propagator = propagator if propagator is not None else Propagator.from_env()
+        self.propagator = propagator if propagator is not None else built_from_env(Propagator.from_env)
+        #: Configuration problems tolerated with ``strict=False`` (else: refused right here).
+        self.problems = startup_check(self.propagator, strict=strict)
         self.gate = InboundGate(
             self.propagator,
             public_paths=public_paths,

@@ -18,7 +18,9 @@
 ``PUBLIC_PATHS``, ``REQUIRE_TOKEN``, ``IAS_TO_XSUAA``, ``XSUAA_TRUST_CLIENT_ID``,
 ``PUBLIC_CLIENTS``, ``ALLOW_TECHNICAL``, ``VALIDATE_X5T``, ``CLOCK_SKEW_LEEWAY`` (seconds),
 ``MISSING_USER_401`` (default ``True``: a ``MissingUserTokenError`` from a view is a 401 like
-the other refusals, not a 500), and ``PROPAGATOR`` (a
+the other refusals, not a 500), ``STRICT`` (default ``True``: any configuration problem
+``python -m propagation doctor`` would list stops the start; ``False`` logs them), and
+``PROPAGATOR`` (a
 :class:`~propagation.Propagator`, or the dotted path of one or of a callable returning one;
 default: the process-wide engine of ``propagation.session()``). The environment is read
 when Django loads the middleware (``get_wsgi_application()`` / ``get_asgi_application()``, i.e. at server start),
@@ -50,6 +52,7 @@ from .context import (
     current_token,
     current_xsuaa_token,
 )
+from .checks import built_from_env, startup_check
 from .engine import Propagator, default_propagator
 from .errors import ConfigurationError, InvalidTokenError, MissingUserTokenError
 from .inbound import Authenticated, InboundGate
@@ -73,7 +76,7 @@ _OPTIONS = {
 }
 _FLAGS = {"REQUIRE_TOKEN", "ALLOW_TECHNICAL", "VALIDATE_X5T"}
 #: Settings of the Django integration itself (not middleware options).
-_OWN = {"PROPAGATOR", "MISSING_USER_401"}
+_OWN = {"PROPAGATOR", "MISSING_USER_401", "STRICT"}
 
 
 def gate_from_settings(config: Mapping[str, Any] | None = None) -> InboundGate:
@@ -89,9 +92,9 @@ def gate_from_settings(config: Mapping[str, Any] | None = None) -> InboundGate:
             f"settings.PROPAGATION has unknown key(s) {', '.join(unknown)}; known: "
             f"{', '.join(sorted([*_OPTIONS, *_OWN]))}."
         )
-    if not isinstance(config.get("MISSING_USER_401", True), bool):
-        raise ConfigurationError(f"settings.PROPAGATION['MISSING_USER_401'] must be True or False, "
-                                 f"not {config['MISSING_USER_401']!r}.")
+    for own in ("MISSING_USER_401", "STRICT"):
+        if config.get(own) is not None and not isinstance(config[own], bool):
+            raise ConfigurationError(f"settings.PROPAGATION['{own}'] must be True or False, not {config[own]!r}.")
     options: dict[str, Any] = {}
     for key, name in _OPTIONS.items():
         if config.get(key) is None:
@@ -100,12 +103,14 @@ def gate_from_settings(config: Mapping[str, Any] | None = None) -> InboundGate:
         if key in _FLAGS and not isinstance(value, bool):
             raise ConfigurationError(f"settings.PROPAGATION['{key}'] must be True or False, not {value!r}.")
         options[name] = [value] if key == "PUBLIC_PATHS" and isinstance(value, str) else value
-    return InboundGate(_propagator(config.get("PROPAGATOR")), **options)
+    propagator = _propagator(config.get("PROPAGATOR"))
+    startup_check(propagator, strict=config.get("STRICT"))  # doctor's problems: refuse to start
+    return InboundGate(propagator, **options)
 
 
 def _propagator(value: Any) -> Propagator:
     if value is None:
-        return default_propagator()  # shared with propagation.session() in the views
+        return built_from_env(default_propagator)  # shared with propagation.session() in the views
     if isinstance(value, str):
         value = import_string(value)
     if callable(value) and not isinstance(value, Propagator):

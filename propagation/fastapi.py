@@ -35,8 +35,9 @@ from starlette.responses import Response
 from ._log import logger
 from .asgi import ASGIApp, PropagationASGIMiddleware, Receive, Scope, Send
 from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY
+from .checks import built_from_env
 from .engine import Propagator, default_propagator
-from .errors import InvalidTokenError, MissingUserTokenError
+from .errors import ConfigurationError, InvalidTokenError, MissingUserTokenError
 from .inbound.responses import missing_user, refusal
 from .inbound.scopes import InsufficientScopeError, scope_names
 from .tokens import UserToken
@@ -106,13 +107,22 @@ class Propagation:
         if self.middleware is None:
             options = dict(self.options)
             if options.get("propagator") is None:
-                options["propagator"] = default_propagator()
+                options["propagator"] = built_from_env(default_propagator)
             self.middleware = PropagationASGIMiddleware(_unreachable, **options)
         return self.middleware
 
     @property
     def propagator(self) -> Propagator:
         return self.start().propagator
+
+
+#: Why a configuration problem shows at a request instead of at start-up, and the fix.
+LIFESPAN_DID_NOT_RUN = (
+    "The app's lifespan did not run (uvicorn --lifespan off, or a TestClient used outside `with`), so "
+    "propagation checked the configuration at the first request instead of at start-up. Let the lifespan run "
+    "(uvicorn's default --lifespan auto or --lifespan on; `with TestClient(app) as client:`) and a bad "
+    "configuration stops the server before it serves."
+)
 
 
 async def _unreachable(scope: Scope, receive: Receive, send: Send) -> None:  # pragma: no cover - replaced
@@ -135,8 +145,20 @@ class _Deferred:
             if scope.get("type") not in ("http", "websocket"):
                 await self.app(scope, receive, send)
                 return
-            inner = self._inner = self.integration.start().bound_to(self.app)
+            inner = self._inner = self._start_without_lifespan().bound_to(self.app)
         await inner(scope, receive, send)
+
+    def _start_without_lifespan(self) -> PropagationASGIMiddleware:
+        """The first request, and :meth:`Propagation.start` did not run: no lifespan. A bad
+        configuration then fails this (and every) request saying so, never a bare 500."""
+        if self.integration.middleware is not None:
+            return self.integration.middleware
+        try:
+            started = self.integration.start()
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{LIFESPAN_DID_NOT_RUN} {exc}") from None
+        logger.warning("propagation.fastapi: %s (The configuration has no problems.)", LIFESPAN_DID_NOT_RUN)
+        return started
 
 
 async def _answer(request: Request, exc: _Refused) -> Response:

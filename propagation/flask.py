@@ -72,7 +72,9 @@ class Propagation:
         validate_x5t: bool | None = None,
         clock_skew_leeway: float | None = None,
         missing_user_401: bool | None = None,
+        strict: bool | None = None,
     ) -> None:
+        self.strict = strict
         self.propagator = propagator
         self.clock_skew_leeway = clock_skew_leeway
         self.missing_user_401 = missing_user_401
@@ -89,8 +91,11 @@ class Propagation:
     def init_app(self, app: Flask) -> None:
         """Wrap ``app.wsgi_app`` and register as ``app.extensions["propagation"]``.
 
-        The middleware reads the environment now (unless a ``propagator`` was given), so a
-        missing XSUAA/IAS binding fails here, at startup.
+        The middleware reads the environment now (unless a ``propagator`` was given) and
+        checks the whole configuration (bindings, every ``destinations`` entry, the token
+        cache: the problems ``python -m propagation doctor`` lists), so a problem fails here,
+        at startup, with a ``ConfigurationError`` (``strict=False`` / ``PROPAGATION_STRICT``:
+        logged instead).
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("Propagation is already initialised for this app.")
@@ -109,6 +114,8 @@ class Propagation:
             validate_x5t=_flag(_first(self.validate_x5t, app.config.get("PROPAGATION_VALIDATE_X5T")), False,
                                "PROPAGATION_VALIDATE_X5T"),
             clock_skew_leeway=_first(self.clock_skew_leeway, app.config.get("PROPAGATION_CLOCK_SKEW_LEEWAY")),
+            strict=_first(self.strict, None if app.config.get("PROPAGATION_STRICT") is None else
+                          _flag(app.config.get("PROPAGATION_STRICT"), True, "PROPAGATION_STRICT")),
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = self

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from .context import CURRENT_TOKENS as _VAR
 from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY, ENVIRON_PUBLIC_KEY
+from .checks import built_from_env, startup_check
 from .engine import Propagator
 from .errors import InvalidTokenError
 from .inbound import InboundGate, PublicPaths, unauthorized
@@ -70,6 +71,11 @@ class PropagationMiddleware:
     :param clock_skew_leeway: Seconds a token is still accepted past ``exp`` and before ``nbf``
         (clock skew between the IdP and this host; 0 to 300). Default: the propagator's setting,
         else env ``PROPAGATION_CLOCK_SKEW_LEEWAY``, else 60 (SAP's Java security library).
+    :param strict: The whole configuration — bindings, every ``destinations`` entry, the token
+        cache settings — is checked here (:func:`propagation.checks.startup_check`, the problems
+        ``python -m propagation doctor`` lists); any problem raises ``ConfigurationError`` with
+        them, so the server does not start. ``False`` (or env ``PROPAGATION_STRICT=false``)
+        logs them and starts; what is broken then fails when it is used.
     """
 
     def __init__(
@@ -85,9 +91,12 @@ class PropagationMiddleware:
         allow_technical: bool = False,
         validate_x5t: bool = False,
         clock_skew_leeway: float | str | None = None,
+        strict: bool | None = None,
     ) -> None:
         self.app = app
-        self.propagator = propagator if propagator is not None else Propagator.from_env()
+        self.propagator = propagator if propagator is not None else built_from_env(Propagator.from_env)
+        #: Configuration problems tolerated with ``strict=False`` (else: refused right here).
+        self.problems = startup_check(self.propagator, strict=strict)
         self.gate = InboundGate(
             self.propagator,
             public_paths=public_paths,

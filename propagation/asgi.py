@@ -59,8 +59,8 @@ class PropagationASGIMiddleware:
     middleware; the XSUAA token is in ``scope["propagation.xsuaa_token"]`` (and ``state``),
     a public client's original token in ``scope["propagation.public_token"]``. Exchanges
     run in the worker thread too. ``allow_technical``, ``validate_x5t``,
-    ``clock_skew_leeway`` and ``strict`` (the start-up check of the whole configuration) are
-    those of the WSGI middleware too.
+    ``clock_skew_leeway``, ``strict`` (the start-up check of the whole configuration) and
+    ``cors_preflight`` are those of the WSGI middleware too.
     """
 
     def __init__(
@@ -77,6 +77,7 @@ class PropagationASGIMiddleware:
         validate_x5t: bool = False,
         clock_skew_leeway: float | str | None = None,
         strict: bool | None = None,
+        cors_preflight: bool = True,
     ) -> None:
         self.app = app
         self.propagator = propagator if propagator is not None else built_from_env(Propagator.from_env)
@@ -92,6 +93,7 @@ class PropagationASGIMiddleware:
             allow_technical=allow_technical,
             validate_x5t=validate_x5t,
             clock_skew_leeway=clock_skew_leeway,
+            cors_preflight=cors_preflight,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -100,7 +102,9 @@ class PropagationASGIMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path") or "/"
-        if self.gate.is_public(path):
+        if self.gate.is_public(path) or (kind == "http" and scope.get("method") == "OPTIONS" and self.gate.is_preflight(
+            "OPTIONS", _header_or_none(scope, b"origin"), _header_or_none(scope, b"access-control-request-method")
+        )):
             await self._run(scope, receive, send, None)
             return
         raw: str | None = None
@@ -181,6 +185,14 @@ class PropagationASGIMiddleware:
 def _authorization(scope: Scope) -> str | None:
     """The ``Authorization`` header (latin-1, as WSGI does); several of them are refused."""
     return _header(scope, b"authorization")
+
+
+def _header_or_none(scope: Scope, name: bytes) -> str | None:
+    """:func:`_header` that answers ``None`` for a repeated header instead of raising."""
+    try:
+        return _header(scope, name)
+    except InvalidTokenError:
+        return None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -17,6 +17,7 @@
 ``PROPAGATION`` keys (all optional) are the WSGI middleware's options in upper case:
 ``PUBLIC_PATHS``, ``REQUIRE_TOKEN``, ``IAS_TO_XSUAA``, ``XSUAA_TRUST_CLIENT_ID``,
 ``PUBLIC_CLIENTS``, ``ALLOW_TECHNICAL``, ``VALIDATE_X5T``, ``CLOCK_SKEW_LEEWAY`` (seconds),
+``CORS_PREFLIGHT`` (default ``True``: CORS pre-flight requests pass without a token),
 ``MISSING_USER_401`` (default ``True``: a ``MissingUserTokenError`` from a view is a 401 like
 the other refusals, not a 500), ``STRICT`` (default ``True``: any configuration problem
 ``python -m propagation doctor`` would list stops the start; ``False`` logs them), and
@@ -73,8 +74,9 @@ _OPTIONS = {
     "ALLOW_TECHNICAL": "allow_technical",
     "VALIDATE_X5T": "validate_x5t",
     "CLOCK_SKEW_LEEWAY": "clock_skew_leeway",
+    "CORS_PREFLIGHT": "cors_preflight",
 }
-_FLAGS = {"REQUIRE_TOKEN", "ALLOW_TECHNICAL", "VALIDATE_X5T"}
+_FLAGS = {"REQUIRE_TOKEN", "ALLOW_TECHNICAL", "VALIDATE_X5T", "CORS_PREFLIGHT"}
 #: Settings of the Django integration itself (not middleware options).
 _OWN = {"PROPAGATOR", "MISSING_USER_401", "STRICT"}
 
@@ -193,7 +195,9 @@ class PropagationMiddleware:
         if not self._views_checked:
             self._check_views()
         setattr(request, _REQUEST_CHECK, self.gate.scope_check)
-        if self.gate.is_public(request.path_info or "/"):
+        if self.gate.is_public(request.path_info or "/") or self.gate.is_preflight(
+            request.method, request.META.get("HTTP_ORIGIN"), request.META.get("HTTP_ACCESS_CONTROL_REQUEST_METHOD")
+        ):
             return None
         auth = self.gate.cached_header(request.META.get("HTTP_AUTHORIZATION"))
         if auth is None:

@@ -74,13 +74,20 @@ class Propagation:
     startup (a bad one fails the startup with the ``ConfigurationError``); a server run
     without lifespan reads it on the first request instead.
 
+    ``public_docs`` (default ``True``): ``app.docs_url``, ``redoc_url`` and ``openapi_url``
+    (``/docs``, ``/redoc``, ``/openapi.json``) are public paths, so the Swagger UI loads and
+    its "Authorize" button (the ``BearerAuth`` scheme) takes the token; ``False`` protects them.
+
     ``missing_user_401`` (default ``True``): a ``MissingUserTokenError`` raised in a route
     (a destination that needs a user, called without one) is answered 401 with the JSON body
     and ``WWW-Authenticate`` of the other refusals, not 500.
     """
 
-    def __init__(self, app: FastAPI, *, missing_user_401: bool = True, **options: Any) -> None:
+    def __init__(self, app: FastAPI, *, missing_user_401: bool = True, public_docs: bool = True,
+                 **options: Any) -> None:
         PropagationASGIMiddleware.check_options(options)
+        if public_docs:
+            options["public_paths"] = _with_docs(app, options.get("public_paths") or ())
         self.app = app
         self.options = options
         self.middleware: PropagationASGIMiddleware | None = None
@@ -166,6 +173,16 @@ async def _answer(request: Request, exc: _Refused) -> Response:
     logger.info("inbound request %s %s refused (%d): %s", request.method, request.url.path, status,
                 exc.exc.error_description)
     return Response(content=body, status_code=status, headers=dict(headers))
+
+
+def _with_docs(app: FastAPI, public_paths: Any) -> list[str]:
+    """``public_paths`` plus the app's ``docs_url``, ``redoc_url``, ``openapi_url`` and the
+    Swagger UI's OAuth2 redirect (those that are on): the API documentation is read before
+    anyone has a token — its "Authorize" button is where the token is entered."""
+    paths = [public_paths] if isinstance(public_paths, str) else list(public_paths)
+    docs = (app.docs_url, app.redoc_url, app.openapi_url,
+            app.swagger_ui_oauth2_redirect_url if app.docs_url else None)
+    return paths + [p for p in docs if isinstance(p, str) and p.startswith("/") and p not in paths]
 
 
 async def _missing_user(request: Request, exc: MissingUserTokenError) -> Response:

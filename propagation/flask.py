@@ -20,7 +20,9 @@ propagator's setting / environment variable of the same name applies), and
 ``PROPAGATION_ALLOW_TECHNICAL`` / ``PROPAGATION_VALIDATE_X5T`` (booleans, default false), and
 ``PROPAGATION_CLOCK_SKEW_LEEWAY`` (seconds; default: the engine's, 60), and
 ``PROPAGATION_MISSING_USER_401`` (default true: a ``MissingUserTokenError`` raised in a view is
-answered 401 with the JSON body and ``WWW-Authenticate`` of the other refusals, not 500).
+answered 401 with the JSON body and ``WWW-Authenticate`` of the other refusals, not 500),
+``PROPAGATION_CORS_PREFLIGHT`` (default true: CORS pre-flight requests pass without a token)
+and ``PROPAGATION_STRICT`` (default true: configuration problems stop ``init_app``).
 
 ``require_scopes("Read")`` is the view decorator for XSUAA local scopes.
 
@@ -73,8 +75,10 @@ class Propagation:
         clock_skew_leeway: float | None = None,
         missing_user_401: bool | None = None,
         strict: bool | None = None,
+        cors_preflight: bool | None = None,
     ) -> None:
         self.strict = strict
+        self.cors_preflight = cors_preflight
         self.propagator = propagator
         self.clock_skew_leeway = clock_skew_leeway
         self.missing_user_401 = missing_user_401
@@ -114,6 +118,8 @@ class Propagation:
             validate_x5t=_flag(_first(self.validate_x5t, app.config.get("PROPAGATION_VALIDATE_X5T")), False,
                                "PROPAGATION_VALIDATE_X5T"),
             clock_skew_leeway=_first(self.clock_skew_leeway, app.config.get("PROPAGATION_CLOCK_SKEW_LEEWAY")),
+            cors_preflight=_flag(_first(self.cors_preflight, app.config.get("PROPAGATION_CORS_PREFLIGHT")), True,
+                                 "PROPAGATION_CORS_PREFLIGHT"),
             strict=_first(self.strict, None if app.config.get("PROPAGATION_STRICT") is None else
                           _flag(app.config.get("PROPAGATION_STRICT"), True, "PROPAGATION_STRICT")),
         )

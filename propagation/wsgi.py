@@ -76,6 +76,9 @@ class PropagationMiddleware:
         ``python -m propagation doctor`` lists); any problem raises ``ConfigurationError`` with
         them, so the server does not start. ``False`` (or env ``PROPAGATION_STRICT=false``)
         logs them and starts; what is broken then fails when it is used.
+    :param cors_preflight: CORS pre-flight requests (``OPTIONS`` with ``Origin`` and
+        ``Access-Control-Request-Method``, which browsers send without credentials) pass without
+        a token to the app's CORS handler (default). ``False``: they need a token like any request.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class PropagationMiddleware:
         validate_x5t: bool = False,
         clock_skew_leeway: float | str | None = None,
         strict: bool | None = None,
+        cors_preflight: bool = True,
     ) -> None:
         self.app = app
         self.propagator = propagator if propagator is not None else built_from_env(Propagator.from_env)
@@ -107,9 +111,11 @@ class PropagationMiddleware:
             allow_technical=allow_technical,
             validate_x5t=validate_x5t,
             clock_skew_leeway=clock_skew_leeway,
+            cors_preflight=cors_preflight,
         )
         self._x5t = self.gate.validate_x5t
         self._has_public_paths = bool(self.gate.public_paths)  # most apps: skip the path match
+        self._preflight = self.gate.cors_preflight
 
     @property
     def public_paths(self) -> PublicPaths:
@@ -121,6 +127,10 @@ class PropagationMiddleware:
 
     def __call__(self, environ: "WSGIEnvironment", start_response: "StartResponse") -> Iterable[bytes]:
         if self._has_public_paths and self.gate.is_public(environ.get("PATH_INFO") or "/"):
+            return self._run(environ, start_response, _ANONYMOUS)
+        if self._preflight and environ.get("REQUEST_METHOD") == "OPTIONS" and self.gate.is_preflight(
+            "OPTIONS", environ.get("HTTP_ORIGIN"), environ.get("HTTP_ACCESS_CONTROL_REQUEST_METHOD")
+        ):
             return self._run(environ, start_response, _ANONYMOUS)
         header = environ.get("HTTP_AUTHORIZATION")
         auth = self.gate.cached_header(header)  # hot path: a token validated before, unexpired

@@ -70,6 +70,7 @@ class InboundGate:
     raises :class:`InvalidTokenError`. ``scope_check`` is the app's ``require_scopes`` check.
     A technical token (no user) passes only with ``allow_technical``. ``clock_skew_leeway``
     (seconds past ``exp`` / before ``nbf``) sets the engine validator's leeway when given.
+    ``cors_preflight`` (default ``True``) lets CORS pre-flight requests through without a token.
 
     ``ias_to_xsuaa``, ``xsuaa_trust_client_id`` and ``public_clients`` switch on the IAS
     flows (:class:`IasFlows`); ``None`` takes the propagator's setting, which defaults to
@@ -88,8 +89,10 @@ class InboundGate:
         allow_technical: bool = False,
         validate_x5t: bool = False,
         clock_skew_leeway: float | str | None = None,
+        cors_preflight: bool = True,
     ) -> None:
         self.propagator = propagator
+        self.cors_preflight = bool(cors_preflight)
         self.public_paths = PublicPaths(public_paths)
         self.require_token = require_token
         self.allow_technical = bool(allow_technical)
@@ -132,6 +135,12 @@ class InboundGate:
 
     def is_public(self, path: str) -> bool:
         return path in self.public_paths
+
+    def is_preflight(self, method: str | None, origin: str | None, request_method: str | None) -> bool:
+        """A CORS pre-flight (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``):
+        browsers never send credentials with it, so it passes without a token (anonymous, as a
+        public path) to the app's CORS handler — unless ``cors_preflight=False``."""
+        return self.cors_preflight and method == "OPTIONS" and origin is not None and request_method is not None
 
     def raw_token(self, authorization: str | None) -> str | None:
         """The bearer token to validate, or ``None`` for a permitted anonymous request."""

@@ -1,0 +1,132 @@
+"""Newcomer traps (issue 20 item 3): CORS pre-flight requests pass without a token, with the
+CORS middleware before or after the integration; FastAPI's documentation is public with a
+working "Authorize"; the unknown-kid 401 names the issuer and the likely cause."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import respx
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from flask import Flask
+from starlette.middleware.cors import CORSMiddleware
+
+import jwtkit
+from propagation.engine import Propagator
+from propagation.errors import InvalidTokenError
+from propagation.fastapi import CurrentUser
+from propagation.fastapi import Propagation as FastAPIPropagation
+from propagation.flask import Propagation as FlaskPropagation
+
+ORIGIN = "https://ui.example.com"
+PREFLIGHT = {"Origin": ORIGIN, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"}
+
+
+def fastapi_app(propagator: Propagator, order: str, **options: Any) -> FastAPI:
+    app = FastAPI()
+    cors = dict(allow_origins=[ORIGIN], allow_methods=["*"], allow_headers=["authorization"])
+    if order == "cors-added-before":  # inside Propagation: the request meets propagation first
+        app.add_middleware(CORSMiddleware, **cors)
+    FastAPIPropagation(app, propagator=propagator, **options)
+    if order == "cors-added-after":  # outermost: CORS answers pre-flights and decorates every answer
+        app.add_middleware(CORSMiddleware, **cors)
+
+    @app.get("/me")
+    async def me(user: CurrentUser) -> dict[str, Any]:
+        return {"user": user.user}
+
+    return app
+
+
+@pytest.mark.parametrize("order", ["cors-added-before", "cors-added-after"])
+def test_fastapi_preflight_passes_without_a_token(propagator: Propagator, xsuaa: jwtkit.Xsuaa,
+                                                  idp_keys: respx.MockRouter, order: str) -> None:
+    """Without the pass-through, "cors-added-before" answered every pre-flight 401 without CORS headers."""
+    with TestClient(fastapi_app(propagator, order)) as client:
+        preflight = client.options("/me", headers=PREFLIGHT)
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == ORIGIN
+        assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+        # The actual request still needs its token:
+        assert client.get("/me", headers={"Origin": ORIGIN}).status_code == 401
+        ok = client.get("/me", headers={"Origin": ORIGIN, "Authorization": f"Bearer {xsuaa.token()}"})
+        assert ok.json() == {"user": "alice@example.com"}
+        assert ok.headers["access-control-allow-origin"] == ORIGIN
+
+
+@pytest.mark.parametrize("headers", [
+    pytest.param({"Access-Control-Request-Method": "GET"}, id="no-origin"),
+    pytest.param({"Origin": ORIGIN}, id="no-request-method"),
+])
+def test_an_options_request_that_is_not_a_preflight_needs_a_token(propagator: Propagator, headers: dict[str, str]) -> None:
+    with TestClient(fastapi_app(propagator, "cors-added-before")) as client:
+        assert client.options("/me", headers=headers).status_code == 401
+
+
+def test_preflight_pass_through_can_be_turned_off(propagator: Propagator) -> None:
+    with TestClient(fastapi_app(propagator, "cors-added-before", cors_preflight=False)) as client:
+        assert client.options("/me", headers=PREFLIGHT).status_code == 401
+
+
+@pytest.mark.parametrize("config, status", [pytest.param({}, 200, id="default"),
+                                            pytest.param({"PROPAGATION_CORS_PREFLIGHT": False}, 401, id="off")])
+def test_flask_cors_preflight(propagator: Propagator, xsuaa: jwtkit.Xsuaa, idp_keys: respx.MockRouter,
+                              config: dict[str, Any], status: int) -> None:
+    flask_cors = pytest.importorskip("flask_cors")  # in this project's test environment; see the report
+    app = Flask(__name__)
+    app.config.update(config)
+    FlaskPropagation(app, propagator=propagator)
+    flask_cors.CORS(app, origins=[ORIGIN])
+    app.get("/me")(lambda: {"ok": True})
+    client = app.test_client()
+    preflight = client.options("/me", headers=PREFLIGHT)
+    assert preflight.status_code == status
+    if status == 200:
+        assert preflight.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert client.get("/me", headers={"Origin": ORIGIN}).status_code == 401
+    assert client.get("/me", headers={"Origin": ORIGIN, "Authorization": f"Bearer {xsuaa.token()}"}).status_code == 200
+
+
+def test_django_preflight_passes(propagator: Propagator) -> None:
+    import test_django
+    from django.test import Client
+
+    with test_django.settings_for(propagator):
+        response = Client().options("/me", HTTP_ORIGIN=ORIGIN, HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET")
+        refused = Client().options("/me", HTTP_ORIGIN=ORIGIN)
+    assert response.status_code == 200  # the view answered (anonymously)
+    assert response.json() == {"user": None, "meta": True}  # no token in META either
+    assert refused.status_code == 401
+
+
+# -- FastAPI documentation ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("public_docs, status", [pytest.param(True, 200, id="default-public"),
+                                                 pytest.param(False, 401, id="opt-out")])
+def test_fastapi_docs_are_public_and_authorize_works(propagator: Propagator, xsuaa: jwtkit.Xsuaa,
+                                                     idp_keys: respx.MockRouter, public_docs: bool, status: int) -> None:
+    """Before: /docs and /openapi.json answered 401, so the "Authorize" button was never shown."""
+    app = fastapi_app(propagator, "none", public_docs=public_docs)
+    with TestClient(app) as client:
+        assert [client.get(p).status_code for p in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")] == \
+            [status] * 4
+        if public_docs:
+            schema = client.get("/openapi.json").json()
+            assert schema["components"]["securitySchemes"]["BearerAuth"] == {
+                "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                "description": "A JWT of the app's XSUAA or SAP Cloud Identity Services (IAS)."}
+            assert schema["paths"]["/me"]["get"]["security"] == [{"BearerAuth": []}]
+        # What "Authorize" does: the token as a Bearer header on the calls made from the page.
+        assert client.get("/me", headers={"Authorization": f"Bearer {xsuaa.token()}"}).status_code == 200
+        assert client.get("/me").status_code == 401
+
+
+def test_fastapi_docs_moved_or_off(propagator: Propagator) -> None:
+    app = FastAPI(docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    FastAPIPropagation(app, propagator=propagator, public_paths=["/health"])
+    with TestClient(app) as client:
+        assert client.get("/api/docs").status_code == 200
+        assert client.get("/api/openapi.json").status_code == 200
+        assert client.get("/redoc").status_code == 401  # off: not a public path, no route either
+        assert client.get("/docs").status_code == 401

@@ -89,9 +89,14 @@ def test_subscriber_tenant_xsuaa_token_fetches_its_zone_keys(
         pytest.param(lambda x, i: i.token(key=jwtkit.rsa_key("attacker")), "Token signature verification failed.",
                      id="ias-forged-same-kid"),
         pytest.param(lambda x, i: with_kid(x.token(), "unknown-kid", jwtkit.rsa_key("attacker")),
-                     "Token signing key (kid) is not published by the issuer.", id="xsuaa-forged-unknown-kid"),
+                     "Token signing key 'unknown-kid' is not published by issuer 'https://provider.authentication."
+                     "eu10.hana.ondemand.com/oauth/token' (keys read from authentication.eu10.hana.ondemand.com): "
+                     "likely a token of another landscape (another subaccount or identity tenant, or a restarted "
+                     "sandbox).", id="xsuaa-forged-unknown-kid"),
         pytest.param(lambda x, i: with_kid(i.token(), "unknown-kid", jwtkit.rsa_key("attacker")),
-                     "Token signing key (kid) is not published by the issuer.", id="ias-forged-unknown-kid"),
+                     "Token signing key 'unknown-kid' is not published by issuer 'https://mytenant.accounts.ondemand."
+                     "com' (keys read from mytenant.accounts.ondemand.com): likely a token of another landscape "
+                     "(another subaccount or identity tenant, or a restarted sandbox).", id="ias-forged-unknown-kid"),
         pytest.param(lambda x, i: x.token(cid="sb-other!t9", extra={"aud": ["sb-other!t9"], "scope": ["other!t9.Read"]}),
                      "Token audience does not match this application's OAuth client.", id="xsuaa-wrong-audience"),
         pytest.param(lambda x, i: i.token(aud=["another-app"]),

@@ -130,3 +130,25 @@ def test_fastapi_docs_moved_or_off(propagator: Propagator) -> None:
         assert client.get("/api/openapi.json").status_code == 200
         assert client.get("/redoc").status_code == 401  # off: not a public path, no route either
         assert client.get("/docs").status_code == 401
+
+
+# -- the unknown-kid 401 ------------------------------------------------------------------------------------
+def test_unknown_kid_401_names_the_issuer_and_the_likely_cause(propagator: Propagator, ias: jwtkit.Ias,
+                                                               idp_keys: respx.MockRouter) -> None:
+    """Before: "Token signing key (kid) is not published by the issuer." — no issuer, no hint."""
+    import jwt
+
+    claims = jwt.decode(ias.token(), options={"verify_signature": False})
+    restarted = jwt.encode(claims, jwtkit.rsa_key("sandbox-before-restart"), algorithm="RS256",
+                           headers={"kid": "sandbox-key-1"})
+    app = Flask(__name__)
+    FlaskPropagation(app, propagator=propagator)
+    app.get("/me")(lambda: "ok")
+    response = app.test_client().get("/me", headers={"Authorization": f"Bearer {restarted}"})
+    expected = ("Token signing key 'sandbox-key-1' is not published by issuer 'https://mytenant.accounts.ondemand.com' "
+                "(keys read from mytenant.accounts.ondemand.com): likely a token of another landscape (another "
+                "subaccount or identity tenant, or a restarted sandbox).")
+    assert response.status_code == 401
+    assert response.json == {"error": "invalid_token", "error_description": expected}
+    assert response.headers["WWW-Authenticate"] == (
+        f'Bearer error="invalid_token", error_description="{expected}"')

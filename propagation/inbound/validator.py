@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from urllib.parse import urlsplit
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import httpx
@@ -360,7 +361,10 @@ def _xssec_verify(token: UserToken, kind: TokenKind, credentials: Mapping[str, A
         host = exc.request.url.host if _has_request(exc) else "the identity provider"
         raise _keys_unavailable(token, host, type(exc).__name__) from None
     except Exception as exc:  # noqa: BLE001 - every sap-xssec failure is an invalid token
-        raise InvalidTokenError(_describe(exc, token.raw)) from None
+        description = _describe(exc, token.raw)
+        if description == _UNKNOWN_KID:
+            description = _unknown_kid(token, kind, credentials)
+        raise InvalidTokenError(description) from None
 
 
 def _keys_unavailable(token: UserToken, host: str, why: str) -> KeysUnavailableError:
@@ -378,13 +382,32 @@ def _has_request(exc: httpx.HTTPError) -> bool:
     return True
 
 
+_UNKNOWN_KID = "Token signing key (kid) is not published by the issuer."
+
+
+def _unknown_kid(token: UserToken, kind: TokenKind, credentials: Mapping[str, Any]) -> str:
+    """The unknown-key refusal with what an operator needs (within the 300 characters an
+    answer carries): the key id, the issuer, where the keys were read, and the usual cause —
+    a token of another landscape (another subaccount or identity tenant; a sandbox that was
+    restarted, whose keys and port are new)."""
+    def shown(value: Any, limit: int) -> str:
+        return "".join(ch if ch.isprintable() else "?" for ch in str(value))[:limit]
+
+    keys = credentials.get("uaadomain") if kind == "xsuaa" else urlsplit(str(token.issuer or "")).netloc
+    return (
+        f"Token signing key '{shown(token.header.get('kid'), 40)}' is not published by issuer "
+        f"'{shown(token.claims.get('iss'), 90)}' (keys read from {shown(keys or '?', 60)}): likely a token of another "
+        "landscape (another subaccount or identity tenant, or a restarted sandbox)."
+    )
+
+
 _KNOWN_FAILURES: tuple[tuple[str, str], ...] = (
     ("Audience Validation Failed", "Token audience does not match this application's OAuth client."),
     ("Signature verification failed", "Token signature verification failed."),
     ("Token has expired", "Token expired."),
     ("Signature has expired", "Token expired."),
     ("Failed to decode provided token", "Malformed JWT."),
-    ("Could not find key with kid", "Token signing key (kid) is not published by the issuer."),
+    ("Could not find key with kid", _UNKNOWN_KID),
 )
 
 

@@ -83,6 +83,7 @@ class PropagationASGIMiddleware:
         self.propagator = propagator if propagator is not None else built_from_env(Propagator.from_env)
         #: Configuration problems tolerated with ``strict=False`` (else: refused right here).
         self.problems = startup_check(self.propagator, strict=strict)
+        self.strict = strict
         self.gate = InboundGate(
             self.propagator,
             public_paths=public_paths,

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from .bindings import Bindings
     from .destinations.model import Destination
 
-__all__ = ["Findings", "find_problems", "startup_check", "startup_message", "built_from_env", "STRICT_ENV"]
+__all__ = ["Findings", "find_problems", "startup_check", "startup_message", "built_from_env", "STRICT_ENV",
+           "scopes_in_use", "scope_fit", "check_scope_fit"]
 
 #: Environment variable: ``false`` starts the app despite configuration problems (logged).
 STRICT_ENV = "PROPAGATION_STRICT"
@@ -277,6 +278,75 @@ def startup_check(propagator: Any, *, strict: bool | None = None) -> list[str]:
 
 
 _T = TypeVar("_T")
+
+
+def scopes_in_use(app: Any) -> dict[str, tuple[str, ...]]:
+    """``{route: local scopes}`` of every ``require_scopes`` check of a Flask app
+    (``view_functions``) or a Starlette/FastAPI app (``routes`` and their dependencies),
+    found by duck typing — the core imports no framework."""
+    from .inbound.scopes import GUARD
+
+    found: dict[str, tuple[str, ...]] = {}
+    views = getattr(app, "view_functions", None)
+    if isinstance(views, Mapping):
+        for endpoint, view in views.items():
+            if getattr(view, GUARD, None):
+                found[str(endpoint)] = tuple(getattr(view, GUARD))
+    for route in getattr(app, "routes", None) or ():
+        names: list[str] = []
+        pending = [getattr(route, "dependant", None)]
+        while pending:
+            dependant = pending.pop()
+            if dependant is None:
+                continue
+            names.extend(getattr(getattr(dependant, "call", None), GUARD, None) or ())
+            pending.extend(getattr(dependant, "dependencies", None) or ())
+        if names:
+            found[str(getattr(route, "path", route))] = tuple(dict.fromkeys(names))
+    return found
+
+
+def scope_fit(scopes: Mapping[str, tuple[str, ...]], bindings: "Bindings", *, ias_to_xsuaa: bool) -> tuple[list[str], list[str]]:
+    """Do the bound services fit the scope checks the app declares? ``(problems, warnings)``:
+    ``require_scopes`` without an ``xsuaa`` binding can never pass (every such route is a
+    403) — a problem; with an ``identity`` binding but without the IAS→XSUAA flow, IAS users
+    hold no XSUAA scopes — a warning (XSUAA users still pass)."""
+    if not scopes:
+        return [], []
+    routes = list(scopes.items())
+    where = ", ".join(f"{route} ({', '.join(names)})" for route, names in routes[:3])
+    where += f" and {len(routes) - 3} more" if len(routes) > 3 else ""
+    xsuaa, ias = bindings.find(label="xsuaa"), bindings.find(label="identity")
+    if xsuaa is None:
+        bound = "only an 'identity' binding is bound" if ias is not None else "no 'xsuaa' binding is bound"
+        return [f"require_scopes checks XSUAA scopes on {where}, but {bound}: scopes come from an XSUAA token, so "
+                "every such route answers 403. Bind an XSUAA instance (and set PROPAGATION_IAS_TO_XSUAA=true for IAS "
+                "users), or check IAS users another way."], []
+    if ias is not None and not ias_to_xsuaa:
+        return [], [f"require_scopes checks XSUAA scopes on {where}; IAS users (an 'identity' binding is bound) get 403 "
+                    "there unless the IAS-to-XSUAA flow is on (ias_to_xsuaa / PROPAGATION_IAS_TO_XSUAA=true)."]
+    return [], []
+
+
+def check_scope_fit(app: Any, gate: Any, *, strict: bool | None = None) -> list[str]:
+    """:func:`scope_fit` for an app and its gate at start-up: problems refuse the start like
+    :func:`startup_check` (``strict=False``: logged), warnings are logged."""
+    propagator = gate.propagator
+    flows = getattr(gate, "flows", None)
+    ias_to_xsuaa = bool(flows is not None and getattr(getattr(flows, "options", None), "ias_to_xsuaa", False))
+    bindings = getattr(propagator, "bindings", None)
+    if bindings is None or getattr(propagator, "_validator", None) is not None and not list(bindings):
+        return []  # an engine with its own validator and no bindings: nothing to compare
+    problems, warnings = scope_fit(scopes_in_use(app), bindings, ias_to_xsuaa=ias_to_xsuaa)
+    for warning in warnings:
+        logger.warning("%s", warning)
+    if strict is None:
+        strict = _flag((getattr(propagator, "environ", None) or {}).get(STRICT_ENV), STRICT_ENV)
+    if problems and strict:
+        raise ConfigurationError(startup_message(problems))
+    for problem in problems:
+        logger.error("configuration problem (the app starts: strict=False): %s", problem)
+    return problems
 
 
 def built_from_env(build: Callable[[], _T], environ: Mapping[str, str] | None = None) -> _T:

@@ -53,12 +53,12 @@ from .context import (
     current_token,
     current_xsuaa_token,
 )
-from .checks import built_from_env, startup_check
+from .checks import built_from_env, scope_fit, startup_check, startup_message
 from .engine import Propagator, default_propagator
 from .errors import ConfigurationError, InvalidTokenError, MissingUserTokenError
 from .inbound import Authenticated, InboundGate
 from .inbound.responses import missing_user, refusal
-from .inbound.scopes import InsufficientScopeError, ScopeCheck, mark_guard, scope_names, unguarded_views
+from .inbound.scopes import GUARD, InsufficientScopeError, ScopeCheck, mark_guard, scope_names, unguarded_views
 
 __all__ = ["PropagationMiddleware", "PropagationConfig", "require_scopes", "gate_from_settings"]
 
@@ -143,6 +143,7 @@ class PropagationMiddleware:
         self.gate = gate if gate is not None else gate_from_settings()
         config = getattr(settings, "PROPAGATION", None) or {}
         self._missing_user_401 = bool(config.get("MISSING_USER_401", True)) if isinstance(config, Mapping) else True
+        self._strict = config.get("STRICT") is not False if isinstance(config, Mapping) else True
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
@@ -210,6 +211,11 @@ class PropagationMiddleware:
         found = unguarded_url_views()
         if found:
             raise ConfigurationError(found[0])
+        problems, warnings = _scope_fit(self.gate)
+        for warning in warnings:
+            logger.warning("%s", warning)
+        if problems and self._strict:
+            raise ConfigurationError(startup_message(problems))
         self._views_checked = True
 
     def _authenticate(self, request: HttpRequest) -> Authenticated | None:
@@ -360,9 +366,8 @@ def _refuse_misuse(view: Any, names: tuple[str, ...]) -> None:
         )
 
 
-def unguarded_url_views() -> list[str]:
-    """Views in the URLconf that ``require_scopes`` wrapped but that are routed undecorated
-    (``protected = require_scopes("Read")(orders)`` with ``path("orders", orders)``)."""
+def _url_routes() -> dict[str, Any]:
+    """``{route: view}`` of the URLconf."""
     from django.urls import URLPattern, URLResolver, get_resolver
 
     routes: dict[str, Any] = {}
@@ -375,6 +380,20 @@ def unguarded_url_views() -> list[str]:
                 routes[prefix + str(entry.pattern)] = entry.callback
 
     walk(get_resolver().url_patterns, "/")
+    return routes
+
+
+def _scope_fit(gate: InboundGate) -> tuple[list[str], list[str]]:
+    """:func:`propagation.checks.scope_fit` for the URLconf's ``require_scopes`` views."""
+    scopes = {route: tuple(getattr(view, GUARD)) for route, view in _url_routes().items() if getattr(view, GUARD, None)}
+    flows = gate.flows
+    return scope_fit(scopes, gate.propagator.bindings, ias_to_xsuaa=bool(flows is not None and flows.options.ias_to_xsuaa))
+
+
+def unguarded_url_views() -> list[str]:
+    """Views in the URLconf that ``require_scopes`` wrapped but that are routed undecorated
+    (``protected = require_scopes("Read")(orders)`` with ``path("orders", orders)``)."""
+    routes = _url_routes()
     return [
         f"URL {route!r} calls the view {getattr(view, '__qualname__', view)!r} without its require_scopes("
         f"{', '.join(repr(n) for n in names)}) check: route the decorated view (put @require_scopes(...) on the "
@@ -399,8 +418,11 @@ class PropagationConfig(AppConfig):
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """The system check: can the middleware be built from the settings and the environment?"""
     try:
-        gate_from_settings()
+        gate = gate_from_settings()
     except ConfigurationError as exc:
         return [checks.Error(str(exc), hint="See the 'Django' section of the propagation README.",
                              id="propagation.E001")]
-    return [checks.Error(text, id="propagation.E002") for text in unguarded_url_views()]
+    problems, warnings = _scope_fit(gate)
+    return ([checks.Error(text, id="propagation.E002") for text in unguarded_url_views()]
+            + [checks.Error(text, id="propagation.E003") for text in problems]
+            + [checks.Warning(text, id="propagation.W001") for text in warnings])

@@ -35,11 +35,11 @@ from starlette.responses import Response
 from ._log import logger
 from .asgi import ASGIApp, PropagationASGIMiddleware, Receive, Scope, Send
 from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY
-from .checks import built_from_env
+from .checks import built_from_env, check_scope_fit
 from .engine import Propagator, default_propagator
 from .errors import ConfigurationError, InvalidTokenError, MissingUserTokenError
 from .inbound.responses import missing_user, refusal
-from .inbound.scopes import InsufficientScopeError, scope_names
+from .inbound.scopes import GUARD, InsufficientScopeError, scope_names
 from .tokens import UserToken
 
 __all__ = ["Propagation", "CurrentUser", "OptionalUser", "require_scopes", "bearer_scheme"]
@@ -115,7 +115,9 @@ class Propagation:
             options = dict(self.options)
             if options.get("propagator") is None:
                 options["propagator"] = built_from_env(default_propagator)
-            self.middleware = PropagationASGIMiddleware(_unreachable, **options)
+            middleware = PropagationASGIMiddleware(_unreachable, **options)
+            check_scope_fit(self.app, middleware.gate, strict=options.get("strict"))  # routes exist by now
+            self.middleware = middleware
         return self.middleware
 
     @property
@@ -242,6 +244,7 @@ def require_scopes(*scopes: str) -> Callable[..., None]:
             raise _Refused(exc) from None
 
     check_scopes.__name__ = f"require_scopes_{'_'.join(names)}"
+    setattr(check_scopes, GUARD, names)  # found by the start-up check (propagation.checks.scopes_in_use)
     # The TypeError of a positional call ("<qualname>() takes 0 positional arguments…")
     # starts with this text, so the mistake explains itself where it is written.
     spelled = ", ".join(repr(n) for n in names)

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, TypeVar
 from flask import Flask, Response, current_app
 
 from ._log import logger
+from .checks import check_scope_fit
 from .context import current_token, current_xsuaa_token
 from .engine import Propagator
 from .errors import ConfigurationError, InvalidTokenError, MissingUserTokenError
@@ -143,8 +144,11 @@ class Propagation:
     def check_views(app: Flask) -> None:
         """Raise ``ConfigurationError`` when a route calls a view that ``require_scopes``
         wrapped, undecorated: ``@require_scopes`` above ``@app.get(...)`` (the route
-        registered the function before the check was put around it). Runs in
-        :meth:`init_app` and before the first request, which it fails until the order is fixed."""
+        registered the function before the check was put around it), or when the app checks
+        scopes that no bound service can grant (:func:`propagation.checks.scope_fit`). Runs in
+        :meth:`init_app` and before the first request, which it fails until that is fixed."""
+        middleware = Propagation.middleware(app)
+        check_scope_fit(app, middleware.gate, strict=middleware.strict)  # e.g. scopes, but only IAS bound
         found = unguarded_views(app.view_functions)
         if found:
             endpoint, view, names = found[0]

@@ -266,8 +266,30 @@ def test_bad_settings_fail_the_load_and_the_check(monkeypatch: pytest.MonkeyPatc
 
 
 def test_check_passes_with_a_good_setting(propagator: Propagator) -> None:
-    with settings_for(propagator):
+    with settings_for(propagator, IAS_TO_XSUAA=True, XSUAA_TRUST_CLIENT_ID="trust"):
         assert check_settings() == []
+
+
+@pytest.mark.parametrize("bound, ids", [
+    pytest.param(("xsuaa", "ias"), ["propagation.W001"], id="ias-users-without-the-flow-warning"),
+    pytest.param(("ias",), ["propagation.E003"], id="only-identity-bound-error"),
+    pytest.param(("xsuaa",), [], id="only-xsuaa-fine"),
+])
+def test_check_compares_the_scopes_with_the_bindings(xsuaa: jwtkit.Xsuaa, ias: jwtkit.Ias, bound: tuple[str, ...],
+                                                      ids: list[str]) -> None:
+    """Issue 20 item 3: only `identity` bound and require_scopes in use said nothing; every scoped route was a 403."""
+    from conftest import make_bindings
+
+    engine = Propagator(bindings=make_bindings(xsuaa if "xsuaa" in bound else None, ias if "ias" in bound else None),
+                        environ={})
+    with settings_for(engine):
+        found = check_settings()
+    assert [m.id for m in found] == ids
+    if "propagation.E003" in ids:
+        assert found[0].msg == (
+            "require_scopes checks XSUAA scopes on /orders (Read), /admin (Read, Admin), but only an 'identity' binding "
+            "is bound: scopes come from an XSUAA token, so every such route answers 403. Bind an XSUAA instance (and "
+            "set PROPAGATION_IAS_TO_XSUAA=true for IAS users), or check IAS users another way.")
 
 
 def test_manage_py_check_reports_a_missing_binding(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 import jwtkit
 from propagation.engine import Propagator
-from propagation.errors import InvalidTokenError
+from propagation.errors import ConfigurationError, InvalidTokenError
 from propagation.fastapi import CurrentUser
 from propagation.fastapi import Propagation as FastAPIPropagation
 from propagation.flask import Propagation as FlaskPropagation
@@ -152,3 +152,93 @@ def test_unknown_kid_401_names_the_issuer_and_the_likely_cause(propagator: Propa
     assert response.json == {"error": "invalid_token", "error_description": expected}
     assert response.headers["WWW-Authenticate"] == (
         f'Bearer error="invalid_token", error_description="{expected}"')
+
+
+# -- do the bound services fit the scopes the app checks? -----------------------------------------------------
+FLASK_APP = '''
+from flask import Flask
+from propagation.flask import require_scopes
+
+app = Flask(__name__)
+
+@app.get("/orders")
+@require_scopes("Read")
+def orders():
+    return "orders"
+'''
+FASTAPI_APP = '''
+from fastapi import Depends, FastAPI
+from propagation.fastapi import require_scopes
+
+def create_app():
+    app = FastAPI()
+
+    @app.get("/orders", dependencies=[Depends(require_scopes("Read"))])
+    async def orders():
+        return "orders"
+
+    return app
+'''
+ONLY_IAS = ("require_scopes checks XSUAA scopes on {route} (Read), but only an 'identity' binding is bound: scopes come "
+            "from an XSUAA token, so every such route answers 403. Bind an XSUAA instance (and set "
+            "PROPAGATION_IAS_TO_XSUAA=true for IAS users), or check IAS users another way.")
+
+
+@pytest.mark.parametrize("source, spec, route", [
+    pytest.param(FLASK_APP, "{module}:app", "orders", id="flask"),
+    pytest.param(FASTAPI_APP, "{module}:create_app()", "/orders", id="fastapi-factory"),
+])
+@pytest.mark.parametrize("bound, code", [pytest.param("ias", 1, id="only-identity"),
+                                         pytest.param("xsuaa", 0, id="xsuaa")])
+def test_doctor_app_checks_scopes_against_the_bindings(tmp_path: Any, xsuaa: jwtkit.Xsuaa, ias: jwtkit.Ias,
+                                                       source: str, spec: str, route: str, bound: str,
+                                                       code: int, request: pytest.FixtureRequest) -> None:
+    """Before: `doctor` said "No problems found" with only `identity` bound and require_scopes in use."""
+    from conftest import vcap_services
+    from test_cli import run
+
+    module = f"doctor_app_{request.node.callspec.id.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(source)
+    vcap = vcap_services(xsuaa, None) if bound == "xsuaa" else vcap_services(None, ias)
+    rc, out, _ = run(["doctor", "--app", spec.format(module=module), "--dir", str(tmp_path)], {"VCAP_SERVICES": vcap})
+    assert rc == code, out
+    if code:
+        assert f"  - {ONLY_IAS.format(route=route)}" in out.splitlines()
+    else:
+        assert "No problems found." in out
+
+
+def test_doctor_app_that_cannot_be_found_is_a_usage_error(tmp_path: Any) -> None:
+    from test_cli import run
+
+    rc, _, err = run(["doctor", "--app", "no_such_module:app", "--dir", str(tmp_path)], {})
+    assert rc == 2 and f"--app no_such_module:app: no module 'no_such_module' (looked in {tmp_path})." in err
+
+
+def test_flask_app_with_scopes_and_only_identity_bound_refuses_to_serve(ias: jwtkit.Ias, idp_keys: respx.MockRouter) -> None:
+    from conftest import make_bindings
+
+    app = Flask(__name__)
+    FlaskPropagation(app, propagator=Propagator(bindings=make_bindings(None, ias), environ={}))
+    from propagation.flask import require_scopes
+
+    app.get("/orders")(require_scopes("Read")(lambda: "orders"))
+    app.testing = True
+    with pytest.raises(ConfigurationError) as info:
+        app.test_client().get("/orders", headers={"Authorization": f"Bearer {ias.token()}"})
+    assert str(info.value).endswith(f"  - {ONLY_IAS.format(route='<lambda>')}")
+
+
+def test_fastapi_app_with_scopes_and_only_identity_bound_refuses_to_start(ias: jwtkit.Ias) -> None:
+    from fastapi import Depends
+
+    from conftest import make_bindings
+    from propagation.fastapi import require_scopes
+
+    app = FastAPI()
+    FastAPIPropagation(app, propagator=Propagator(bindings=make_bindings(None, ias), environ={}))
+    app.get("/orders", dependencies=[Depends(require_scopes("Read"))])(lambda: "orders")
+    with pytest.raises(ConfigurationError) as info:
+        with TestClient(app):
+            pass
+    assert str(info.value).endswith(f"  - {ONLY_IAS.format(route='/orders')}")

@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Any, Iterable, Mapping
 
-from .common import EXIT_OK, EXIT_PROBLEMS, _Io, _host, is_secret
+from ..errors import ConfigurationError
+from .common import EXIT_OK, EXIT_PROBLEMS, _Io, _UsageError, _host, is_secret
 
 
 # -- doctor -------------------------------------------------------------------------------------------
@@ -33,9 +34,11 @@ def _secret_values(value: Any, key: str = "") -> Iterable[str]:
         yield value
 
 
-def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io, service: bool = False) -> dict[str, Any]:
+def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io, service: bool = False,
+            app: Any = None) -> dict[str, Any]:
     """The report: the problems are :func:`propagation.checks.find_problems`' — the lines an
-    integration refuses to start with — plus the tables and the cockpit's destinations."""
+    integration refuses to start with — plus the tables and the cockpit's destinations; with
+    ``app`` (``--app``) also whether the bindings fit its ``require_scopes`` checks."""
     from ..checks import find_problems
 
     found = find_problems(environ, cwd)
@@ -69,6 +72,17 @@ def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io, service: bool
              "token_url_host": _host(d.token_service_url)}
         )
     problems = found.problems
+    if app is not None:
+        from ..checks import scope_fit, scopes_in_use
+        from ..inbound.options import ENV_IAS_TO_XSUAA, _flag
+
+        try:
+            hybrid = _flag(environ.get(ENV_IAS_TO_XSUAA, ""), ENV_IAS_TO_XSUAA)
+        except Exception:  # noqa: BLE001 - a bad flag is not this check's problem
+            hybrid = False
+        scope_problems, scope_warnings = scope_fit(scopes_in_use(app), bindings, ias_to_xsuaa=hybrid)
+        problems.extend(scope_problems)
+        found.warnings.extend(scope_warnings)
     cockpit_rows = _cockpit(environ, cwd, bindings, problems) if service and found.unreadable is None else []
     return {
         "cockpit": cockpit_rows,
@@ -107,8 +121,50 @@ def _cockpit(environ: Mapping[str, str], cwd: str | None, bindings: Any, problem
              "needs_user": d.needs_user, "proxy_type": d.proxy_type, "problem": d.problem} for d in found]
 
 
+def _import_app(spec: str, directory: str | None) -> Any:
+    """``MODULE:ATTR`` (``app:app``, ``myproject.web:create_app()``) imported from the working
+    directory (or ``--dir``); a factory call ``()`` is made without arguments."""
+    import importlib
+    import os
+    import sys
+
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "app"
+    if not module_name:
+        raise _UsageError("--app takes MODULE:ATTR, e.g. --app app:app")
+    where = os.path.abspath(directory or os.getcwd())
+    sys.path.insert(0, where)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise _UsageError(f"--app {spec}: no module {module_name!r} (looked in {where}).") from None
+    finally:
+        sys.path.remove(where)
+    target: Any = module
+    for part in attr.removesuffix("()").split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise _UsageError(f"--app {spec}: {module_name} has no attribute {attr!r}.")
+    return target() if attr.endswith("()") else target
+
+
 def _cmd_doctor(args: argparse.Namespace, io_: _Io, environ: Mapping[str, str]) -> int:
-    report = _doctor(environ, args.dir, io_, service=getattr(args, "service", False))
+    app, app_problem = None, None
+    if getattr(args, "app", None):
+        try:
+            app = _import_app(args.app, args.dir)
+        except ConfigurationError as exc:  # e.g. the app's own start-up check
+            app_problem = f"--app {args.app} refused to start: {exc}"
+        except _UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the app's own import error; its text may hold anything
+            app_problem = f"--app {args.app} could not be imported ({type(exc).__name__})."
+    report = _doctor(environ, args.dir, io_, service=getattr(args, "service", False), app=app)
+    if app_problem is not None:
+        report["problems"].append(app_problem)
+        report["ok"] = False
     if args.json:
         io_.out(json.dumps(report, indent=2, sort_keys=True))
         return EXIT_OK if report["ok"] else EXIT_PROBLEMS

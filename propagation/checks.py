@@ -56,9 +56,11 @@ def find_problems(
     *,
     bindings: "Bindings | None" = None,
     inbound: bool = True,
+    cache: bool = True,
 ) -> Findings:
     """Every problem of ``environ`` (and ``bindings``, else read from ``environ``). ``inbound``:
-    check the ``xsuaa`` / ``identity`` bindings too (off for an engine given its own validator)."""
+    check the ``xsuaa`` / ``identity`` bindings too (off for an engine given its own validator);
+    ``cache``: the token cache settings (off for an engine, which built its cache already)."""
     from .bindings import Bindings
 
     problems: list[str] = []
@@ -75,7 +77,8 @@ def find_problems(
         _inbound(found)
     _services(found, environ)
     _destinations(found, environ, cwd)
-    _cache(found, environ)
+    if cache:
+        _cache(found, environ)
     return found
 
 
@@ -269,7 +272,8 @@ def startup_check(propagator: Any, *, strict: bool | None = None) -> list[str]:
         strict = _flag(environ.get(STRICT_ENV), STRICT_ENV)
     bindings = getattr(propagator, "bindings", None)
     own_validator = getattr(propagator, "_validator", None) is not None
-    found = find_problems(environ, getattr(propagator, "cwd", None), bindings=bindings, inbound=not own_validator)
+    found = find_problems(environ, getattr(propagator, "cwd", None), bindings=bindings, inbound=not own_validator,
+                          cache=False)  # the engine built its cache: the settings were usable
     if found.problems and strict:
         raise ConfigurationError(startup_message(found.problems))
     for problem in found.problems:

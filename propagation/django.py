@@ -17,7 +17,10 @@
 ``PROPAGATION`` keys (all optional) are the WSGI middleware's options in upper case:
 ``PUBLIC_PATHS``, ``REQUIRE_TOKEN``, ``IAS_TO_XSUAA``, ``XSUAA_TRUST_CLIENT_ID``,
 ``PUBLIC_CLIENTS``, ``ALLOW_TECHNICAL``, ``VALIDATE_X5T``, ``CLOCK_SKEW_LEEWAY`` (seconds),
-``CORS_PREFLIGHT`` (default ``True``: CORS pre-flight requests pass without a token),
+``CORS_PREFLIGHT`` (CORS pre-flight requests pass without a token: ``True``, ``False``, or by
+default only when a CORS middleware — ``corsheaders.middleware.CorsMiddleware`` — comes after
+this one in ``MIDDLEWARE`` to answer them: a Django function view answers every method, and a
+pre-flight must not run it without a user),
 ``MISSING_USER_401`` (default ``True``: a ``MissingUserTokenError`` from a view is a 401 like
 the other refusals, not a 500), ``STRICT`` (default ``True``: any configuration problem
 ``python -m propagation doctor`` would list stops the start; ``False`` logs them), and
@@ -105,9 +108,19 @@ def gate_from_settings(config: Mapping[str, Any] | None = None) -> InboundGate:
         if key in _FLAGS and not isinstance(value, bool):
             raise ConfigurationError(f"settings.PROPAGATION['{key}'] must be True or False, not {value!r}.")
         options[name] = [value] if key == "PUBLIC_PATHS" and isinstance(value, str) else value
+    if config.get("CORS_PREFLIGHT") is None:
+        options["cors_preflight"] = _cors_middleware_follows()
     propagator = _propagator(config.get("PROPAGATOR"))
     startup_check(propagator, strict=config.get("STRICT"))  # doctor's problems: refuse to start
     return InboundGate(propagator, **options)
+
+
+def _cors_middleware_follows() -> bool:
+    """Whether a CORS middleware comes after this one in ``settings.MIDDLEWARE`` (it answers
+    the pre-flights this one lets through; without one they would reach the views)."""
+    stack = [str(m) for m in getattr(settings, "MIDDLEWARE", None) or ()]
+    ours = next((i for i, m in enumerate(stack) if m.endswith("propagation.django.PropagationMiddleware")), None)
+    return ours is not None and any("cors" in m.lower() for m in stack[ours + 1:])
 
 
 def _propagator(value: Any) -> Propagator:

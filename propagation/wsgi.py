@@ -78,7 +78,8 @@ class PropagationMiddleware:
         logs them and starts; what is broken then fails when it is used.
     :param cors_preflight: CORS pre-flight requests (``OPTIONS`` with ``Origin`` and
         ``Access-Control-Request-Method``, which browsers send without credentials) pass without
-        a token to the app's CORS handler (default). ``False``: they need a token like any request.
+        a token to the app's CORS handler (default) — anonymously, like a public path: a route
+        that itself answers ``OPTIONS`` runs without a user. ``False``: they need a token.
     """
 
     def __init__(

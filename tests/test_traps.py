@@ -89,16 +89,43 @@ def test_flask_cors_preflight(propagator: Propagator, xsuaa: jwtkit.Xsuaa, idp_k
     assert client.get("/me", headers={"Origin": ORIGIN, "Authorization": f"Bearer {xsuaa.token()}"}).status_code == 200
 
 
-def test_django_preflight_passes(propagator: Propagator) -> None:
-    import test_django
-    from django.test import Client
+class CorsPreflightMiddleware:
+    """Stands in for django-cors-headers' CorsMiddleware: answers pre-flights, never the view."""
 
-    with test_django.settings_for(propagator):
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        from django.http import HttpResponse
+
+        if request.method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in request.META:
+            response = HttpResponse(status=200)
+            response["Access-Control-Allow-Origin"] = request.META.get("HTTP_ORIGIN", "")
+            return response
+        return self.get_response(request)
+
+
+@pytest.mark.parametrize("stack, extra, status", [
+    pytest.param(["propagation.django.PropagationMiddleware", "test_traps.CorsPreflightMiddleware"], {}, 200,
+                 id="cors-middleware-after-ours-passes"),
+    pytest.param(["propagation.django.PropagationMiddleware"], {}, 401, id="no-cors-middleware-no-pass"),
+    pytest.param(["propagation.django.PropagationMiddleware"], {"CORS_PREFLIGHT": True}, 200, id="forced-on"),
+    pytest.param(["propagation.django.PropagationMiddleware", "test_traps.CorsPreflightMiddleware"],
+                 {"CORS_PREFLIGHT": False}, 401, id="forced-off"),
+])
+def test_django_preflight(propagator: Propagator, stack: list[str], extra: dict[str, Any], status: int) -> None:
+    import test_django
+    from django.test import Client, override_settings
+
+    with test_django.settings_for(propagator, **extra), override_settings(MIDDLEWARE=stack):
         response = Client().options("/me", HTTP_ORIGIN=ORIGIN, HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET")
-        refused = Client().options("/me", HTTP_ORIGIN=ORIGIN)
-    assert response.status_code == 200  # the view answered (anonymously)
-    assert response.json() == {"user": None, "meta": True}  # no token in META either
-    assert refused.status_code == 401
+        not_preflight = Client().options("/me", HTTP_ORIGIN=ORIGIN)
+    assert response.status_code == status
+    if status == 200 and len(stack) == 2:
+        assert response["Access-Control-Allow-Origin"] == ORIGIN and response.content == b""  # not the view
+    if status == 200 and len(stack) == 1:
+        assert response.json() == {"user": None, "meta": True}  # forced on: the view ran, without a user
+    assert not_preflight.status_code == 401
 
 
 # -- FastAPI documentation ---------------------------------------------------------------------------------

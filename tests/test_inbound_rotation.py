@@ -116,3 +116,17 @@ def test_ias_to_xsuaa_uses_the_rotated_client_secret(tmp_path: Path, xsuaa: jwtk
         (GRANT_JWT_BEARER, first, xsuaa.clientsecret),
         (GRANT_JWT_BEARER, second, "rotated-secret-VALUE"),
     ]
+
+
+def test_validator_follows_a_rotated_identity_binding(tmp_path: Path, ias: jwtkit.Ias, idp_keys: respx.MockRouter) -> None:
+    """The identity binding now names another IAS application (client id): its tokens pass, the old ones' not."""
+    new = jwtkit.Ias(clientid="ias-client-v2", clientsecret="rotated-ias-secret-VALUE")
+    volume = SecretVolume(tmp_path, "identity", files(ias.credentials(), "identity"))
+    clock = Clock()
+    app = PropagationMiddleware(lambda environ, start: (start("200 OK", []), [b"ok"])[1],
+                                propagator=Propagator(bindings=load(tmp_path, clock), environ={}))
+    old_token, new_token = ias.token(), new.token()
+    assert (call(app, old_token), call(app, new_token)) == ("200 ok", "401")
+    volume.write(files(new.credentials(), "identity"))
+    clock.now += 10.0
+    assert (call(app, old_token), call(app, new_token)) == ("401", "200 ok")

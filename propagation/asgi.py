@@ -16,6 +16,7 @@ import inspect
 from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping
 
 from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY, ENVIRON_PUBLIC_KEY, reset_current_tokens, set_current_tokens
+from .checks import built_from_env, startup_check
 from .engine import Propagator
 from .errors import InvalidTokenError
 from .inbound import Authenticated, InboundGate, PublicPaths, unauthorized
@@ -57,8 +58,9 @@ class PropagationASGIMiddleware:
     ``ias_to_xsuaa``, ``xsuaa_trust_client_id`` and ``public_clients`` are those of the WSGI
     middleware; the XSUAA token is in ``scope["propagation.xsuaa_token"]`` (and ``state``),
     a public client's original token in ``scope["propagation.public_token"]``. Exchanges
-    run in the worker thread too. ``allow_technical`` and ``validate_x5t`` are those of the
-    WSGI middleware too.
+    run in the worker thread too. ``allow_technical``, ``validate_x5t``,
+    ``clock_skew_leeway``, ``strict`` (the start-up check of the whole configuration) and
+    ``cors_preflight`` are those of the WSGI middleware too.
     """
 
     def __init__(
@@ -73,9 +75,15 @@ class PropagationASGIMiddleware:
         public_clients: Iterable[str] | str | None = None,
         allow_technical: bool = False,
         validate_x5t: bool = False,
+        clock_skew_leeway: float | str | None = None,
+        strict: bool | None = None,
+        cors_preflight: bool = True,
     ) -> None:
         self.app = app
-        self.propagator = propagator if propagator is not None else Propagator.from_env()
+        self.propagator = propagator if propagator is not None else built_from_env(Propagator.from_env)
+        #: Configuration problems tolerated with ``strict=False`` (else: refused right here).
+        self.problems = startup_check(self.propagator, strict=strict)
+        self.strict = strict
         self.gate = InboundGate(
             self.propagator,
             public_paths=public_paths,
@@ -85,6 +93,8 @@ class PropagationASGIMiddleware:
             public_clients=public_clients,
             allow_technical=allow_technical,
             validate_x5t=validate_x5t,
+            clock_skew_leeway=clock_skew_leeway,
+            cors_preflight=cors_preflight,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,7 +103,9 @@ class PropagationASGIMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path") or "/"
-        if self.gate.is_public(path):
+        if self.gate.is_public(path) or (kind == "http" and scope.get("method") == "OPTIONS" and self.gate.is_preflight(
+            "OPTIONS", _header_or_none(scope, b"origin"), _header_or_none(scope, b"access-control-request-method")
+        )):
             await self._run(scope, receive, send, None)
             return
         raw: str | None = None
@@ -174,6 +186,14 @@ class PropagationASGIMiddleware:
 def _authorization(scope: Scope) -> str | None:
     """The ``Authorization`` header (latin-1, as WSGI does); several of them are refused."""
     return _header(scope, b"authorization")
+
+
+def _header_or_none(scope: Scope, name: bytes) -> str | None:
+    """:func:`_header` that answers ``None`` for a repeated header instead of raising."""
+    try:
+        return _header(scope, name)
+    except InvalidTokenError:
+        return None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

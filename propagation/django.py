@@ -16,7 +16,15 @@
 
 ``PROPAGATION`` keys (all optional) are the WSGI middleware's options in upper case:
 ``PUBLIC_PATHS``, ``REQUIRE_TOKEN``, ``IAS_TO_XSUAA``, ``XSUAA_TRUST_CLIENT_ID``,
-``PUBLIC_CLIENTS``, ``ALLOW_TECHNICAL``, ``VALIDATE_X5T``, and ``PROPAGATOR`` (a
+``PUBLIC_CLIENTS``, ``ALLOW_TECHNICAL``, ``VALIDATE_X5T``, ``CLOCK_SKEW_LEEWAY`` (seconds),
+``CORS_PREFLIGHT`` (CORS pre-flight requests pass without a token: ``True``, ``False``, or by
+default only when a CORS middleware — ``corsheaders.middleware.CorsMiddleware`` — comes after
+this one in ``MIDDLEWARE`` to answer them: a Django function view answers every method, and a
+pre-flight must not run it without a user),
+``MISSING_USER_401`` (default ``True``: a ``MissingUserTokenError`` from a view is a 401 like
+the other refusals, not a 500), ``STRICT`` (default ``True``: any configuration problem
+``python -m propagation doctor`` would list stops the start; ``False`` logs them), and
+``PROPAGATOR`` (a
 :class:`~propagation.Propagator`, or the dotted path of one or of a callable returning one;
 default: the process-wide engine of ``propagation.session()``). The environment is read
 when Django loads the middleware (``get_wsgi_application()`` / ``get_asgi_application()``, i.e. at server start),
@@ -29,6 +37,7 @@ This is the only module of the package that imports Django.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, AsyncIterator, Callable, Iterator, Mapping, TypeVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
@@ -47,11 +56,12 @@ from .context import (
     current_token,
     current_xsuaa_token,
 )
+from .checks import built_from_env, scope_fit, startup_check, startup_message
 from .engine import Propagator, default_propagator
-from .errors import ConfigurationError, InvalidTokenError
+from .errors import ConfigurationError, InvalidTokenError, MissingUserTokenError
 from .inbound import Authenticated, InboundGate
-from .inbound.responses import refusal
-from .inbound.scopes import InsufficientScopeError, ScopeCheck, scope_names
+from .inbound.responses import missing_user, refusal
+from .inbound.scopes import GUARD, InsufficientScopeError, ScopeCheck, mark_guard, scope_names, unguarded_views
 
 __all__ = ["PropagationMiddleware", "PropagationConfig", "require_scopes", "gate_from_settings"]
 
@@ -66,8 +76,12 @@ _OPTIONS = {
     "PUBLIC_CLIENTS": "public_clients",
     "ALLOW_TECHNICAL": "allow_technical",
     "VALIDATE_X5T": "validate_x5t",
+    "CLOCK_SKEW_LEEWAY": "clock_skew_leeway",
+    "CORS_PREFLIGHT": "cors_preflight",
 }
-_FLAGS = {"REQUIRE_TOKEN", "ALLOW_TECHNICAL", "VALIDATE_X5T"}
+_FLAGS = {"REQUIRE_TOKEN", "ALLOW_TECHNICAL", "VALIDATE_X5T", "CORS_PREFLIGHT"}
+#: Settings of the Django integration itself (not middleware options).
+_OWN = {"PROPAGATOR", "MISSING_USER_401", "STRICT"}
 
 
 def gate_from_settings(config: Mapping[str, Any] | None = None) -> InboundGate:
@@ -77,12 +91,15 @@ def gate_from_settings(config: Mapping[str, Any] | None = None) -> InboundGate:
         config = getattr(settings, "PROPAGATION", None) or {}
     if not isinstance(config, Mapping):
         raise ConfigurationError("settings.PROPAGATION must be a dict.")
-    unknown = sorted(set(config) - set(_OPTIONS) - {"PROPAGATOR"})
+    unknown = sorted(set(config) - set(_OPTIONS) - _OWN)
     if unknown:
         raise ConfigurationError(
             f"settings.PROPAGATION has unknown key(s) {', '.join(unknown)}; known: "
-            f"{', '.join(sorted([*_OPTIONS, 'PROPAGATOR']))}."
+            f"{', '.join(sorted([*_OPTIONS, *_OWN]))}."
         )
+    for own in ("MISSING_USER_401", "STRICT"):
+        if config.get(own) is not None and not isinstance(config[own], bool):
+            raise ConfigurationError(f"settings.PROPAGATION['{own}'] must be True or False, not {config[own]!r}.")
     options: dict[str, Any] = {}
     for key, name in _OPTIONS.items():
         if config.get(key) is None:
@@ -91,12 +108,24 @@ def gate_from_settings(config: Mapping[str, Any] | None = None) -> InboundGate:
         if key in _FLAGS and not isinstance(value, bool):
             raise ConfigurationError(f"settings.PROPAGATION['{key}'] must be True or False, not {value!r}.")
         options[name] = [value] if key == "PUBLIC_PATHS" and isinstance(value, str) else value
-    return InboundGate(_propagator(config.get("PROPAGATOR")), **options)
+    if config.get("CORS_PREFLIGHT") is None:
+        options["cors_preflight"] = _cors_middleware_follows()
+    propagator = _propagator(config.get("PROPAGATOR"))
+    startup_check(propagator, strict=config.get("STRICT"))  # doctor's problems: refuse to start
+    return InboundGate(propagator, **options)
+
+
+def _cors_middleware_follows() -> bool:
+    """Whether a CORS middleware comes after this one in ``settings.MIDDLEWARE`` (it answers
+    the pre-flights this one lets through; without one they would reach the views)."""
+    stack = [str(m) for m in getattr(settings, "MIDDLEWARE", None) or ()]
+    ours = next((i for i, m in enumerate(stack) if m.endswith("propagation.django.PropagationMiddleware")), None)
+    return ours is not None and any("cors" in m.lower() for m in stack[ours + 1:])
 
 
 def _propagator(value: Any) -> Propagator:
     if value is None:
-        return default_propagator()  # shared with propagation.session() in the views
+        return built_from_env(default_propagator)  # shared with propagation.session() in the views
     if isinstance(value, str):
         value = import_string(value)
     if callable(value) and not isinstance(value, Propagator):
@@ -125,9 +154,13 @@ class PropagationMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], Any], gate: InboundGate | None = None) -> None:
         self.get_response = get_response
         self.gate = gate if gate is not None else gate_from_settings()
+        config = getattr(settings, "PROPAGATION", None) or {}
+        self._missing_user_401 = bool(config.get("MISSING_USER_401", True)) if isinstance(config, Mapping) else True
+        self._strict = config.get("STRICT") is not False if isinstance(config, Mapping) else True
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
+        self._views_checked = False
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
@@ -161,16 +194,42 @@ class PropagationMiddleware:
             CURRENT_TOKENS.reset(handle)
         return _keep_user(response, current)
 
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """A view called a destination that needs a user, without one (``MissingUserTokenError``):
+        401 with the JSON body and challenge of the other refusals (``MISSING_USER_401``,
+        default ``True``), not Django's 500 page."""
+        if self._missing_user_401 and isinstance(exception, MissingUserTokenError):
+            status, body, headers = missing_user(exception, f"{request.method} {request.path_info}")
+            return _response_of(status, body, headers)
+        return None
+
     # -- steps ------------------------------------------------------------------------
     def _cached_or_none(self, request: HttpRequest) -> Any:
         """Anonymous (``None``), a cached result, or ``_MISS`` (validation needed); no I/O."""
+        if not self._views_checked:
+            self._check_views()
         setattr(request, _REQUEST_CHECK, self.gate.scope_check)
-        if self.gate.is_public(request.path_info or "/"):
+        if self.gate.is_public(request.path_info or "/") or self.gate.is_preflight(
+            request.method, request.META.get("HTTP_ORIGIN"), request.META.get("HTTP_ACCESS_CONTROL_REQUEST_METHOD")
+        ):
             return None
         auth = self.gate.cached_header(request.META.get("HTTP_AUTHORIZATION"))
         if auth is None:
             return _MISS
         return self._admitted(request, auth)
+
+    def _check_views(self) -> None:
+        """Before the first request (the URLconf is loaded by then): refuse to serve while a
+        route calls a view undecorated that ``require_scopes`` wrapped (``propagation.E002``)."""
+        found = unguarded_url_views()
+        if found:
+            raise ConfigurationError(found[0])
+        problems, warnings = _scope_fit(self.gate)
+        for warning in warnings:
+            logger.warning("%s", warning)
+        if problems and self._strict:
+            raise ConfigurationError(startup_message(problems))
+        self._views_checked = True
 
     def _authenticate(self, request: HttpRequest) -> Authenticated | None:
         raw: str | None = None
@@ -206,7 +265,10 @@ _MISS: Any = object()
 
 
 def _response(exc: InvalidTokenError | InsufficientScopeError) -> HttpResponse:
-    status, body, headers = refusal(exc)
+    return _response_of(*refusal(exc))
+
+
+def _response_of(status: int, body: bytes, headers: list[tuple[str, str]]) -> HttpResponse:
     response = HttpResponse(body, status=status, content_type="application/json")
     for name, value in headers:
         if name != "Content-Type":
@@ -276,12 +338,14 @@ def require_scopes(*scopes: str) -> Callable[[_View], _View]:
         return None
 
     def decorate(view: _View) -> _View:
+        _refuse_misuse(view, names)
         if iscoroutinefunction(view):
             @functools.wraps(view)
             async def async_guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
                 answer = refused(request)
                 return answer if answer is not None else await view(request, *args, **kwargs)
 
+            mark_guard(async_guarded, view, names)
             return markcoroutinefunction(async_guarded)  # type: ignore[return-value]
 
         @functools.wraps(view)
@@ -289,9 +353,66 @@ def require_scopes(*scopes: str) -> Callable[[_View], _View]:
             answer = refused(request)
             return answer if answer is not None else view(request, *args, **kwargs)
 
+        mark_guard(guarded, view, names)
         return guarded  # type: ignore[return-value]
 
     return decorate
+
+
+def _refuse_misuse(view: Any, names: tuple[str, ...]) -> None:
+    """``require_scopes`` on a class-based view or on one of its methods would never see the
+    request as its first argument (the class would be replaced by a function, the method
+    gets ``self``): refused where it is written, with the right spelling."""
+    spelled = ", ".join(repr(n) for n in names)
+    fix = (f"decorate the class with @method_decorator(require_scopes({spelled}), name=\"dispatch\") "
+           "(django.utils.decorators.method_decorator)")
+    if isinstance(view, type):
+        raise ConfigurationError(f"require_scopes({spelled}) cannot decorate the class {view.__name__!r}: {fix}.")
+    try:
+        first = next(iter(inspect.signature(view, follow_wrapped=False).parameters), None)
+    except (TypeError, ValueError):
+        return
+    if first in ("self", "cls"):
+        raise ConfigurationError(
+            f"require_scopes({spelled}) decorates the method {getattr(view, '__qualname__', view)!r}, whose first "
+            f"argument is {first!r}, not the request: {fix}, or use method_decorator on the method."
+        )
+
+
+def _url_routes() -> dict[str, Any]:
+    """``{route: view}`` of the URLconf."""
+    from django.urls import URLPattern, URLResolver, get_resolver
+
+    routes: dict[str, Any] = {}
+
+    def walk(patterns: Any, prefix: str) -> None:
+        for entry in patterns:
+            if isinstance(entry, URLResolver):
+                walk(entry.url_patterns, prefix + str(entry.pattern))
+            elif isinstance(entry, URLPattern):
+                routes[prefix + str(entry.pattern)] = entry.callback
+
+    walk(get_resolver().url_patterns, "/")
+    return routes
+
+
+def _scope_fit(gate: InboundGate) -> tuple[list[str], list[str]]:
+    """:func:`propagation.checks.scope_fit` for the URLconf's ``require_scopes`` views."""
+    scopes = {route: tuple(getattr(view, GUARD)) for route, view in _url_routes().items() if getattr(view, GUARD, None)}
+    flows = gate.flows
+    return scope_fit(scopes, gate.propagator.bindings, ias_to_xsuaa=bool(flows is not None and flows.options.ias_to_xsuaa))
+
+
+def unguarded_url_views() -> list[str]:
+    """Views in the URLconf that ``require_scopes`` wrapped but that are routed undecorated
+    (``protected = require_scopes("Read")(orders)`` with ``path("orders", orders)``)."""
+    routes = _url_routes()
+    return [
+        f"URL {route!r} calls the view {getattr(view, '__qualname__', view)!r} without its require_scopes("
+        f"{', '.join(repr(n) for n in names)}) check: route the decorated view (put @require_scopes(...) on the "
+        "view function itself)."
+        for route, view, names in unguarded_views(routes)
+    ]
 
 
 class PropagationConfig(AppConfig):
@@ -310,8 +431,11 @@ class PropagationConfig(AppConfig):
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """The system check: can the middleware be built from the settings and the environment?"""
     try:
-        gate_from_settings()
+        gate = gate_from_settings()
     except ConfigurationError as exc:
         return [checks.Error(str(exc), hint="See the 'Django' section of the propagation README.",
                              id="propagation.E001")]
-    return []
+    problems, warnings = _scope_fit(gate)
+    return ([checks.Error(text, id="propagation.E002") for text in unguarded_url_views()]
+            + [checks.Error(text, id="propagation.E003") for text in problems]
+            + [checks.Warning(text, id="propagation.W001") for text in warnings])

@@ -40,6 +40,9 @@ class Propagator:
     ``call_deadline``: seconds one call to a destination may take in all, however slowly the
     target answers (default 120; env ``PROPAGATION_CALL_DEADLINE``).
 
+    ``clock_skew_leeway``: seconds an inbound token is still accepted past ``exp`` and before
+    ``nbf`` (default 60, ``0`` for none; env ``PROPAGATION_CLOCK_SKEW_LEEWAY``).
+
     ``connectivity_mode`` (``"exchange"``, the default, or ``"header"``; else the env var
     ``PROPAGATION_CONNECTIVITY_MODE``) says how OnPremise ``PrincipalPropagation`` carries the
     user to the Connectivity proxy (see :mod:`propagation.outbound.connectivity`).
@@ -59,6 +62,7 @@ class Propagator:
         xsuaa_trust_client_id: str | None = None,
         public_clients: Any = None,
         call_deadline: float | None = None,
+        clock_skew_leeway: float | str | None = None,
     ) -> None:
         self.environ: Mapping[str, str] = dict(os.environ if environ is None else environ)
         self.cwd = cwd
@@ -86,6 +90,13 @@ class Propagator:
         self.cookie_jars = CookieJars()
         self.csrf_tokens = CsrfStore()
         self._validator: Any = validator
+        # Seconds an inbound token is accepted past exp / before nbf (PROPAGATION_CLOCK_SKEW_LEEWAY).
+        from .inbound.timestamps import LEEWAY_ENV, leeway_seconds
+
+        self.clock_skew_leeway = leeway_seconds(
+            clock_skew_leeway if clock_skew_leeway is not None else self.environ.get(LEEWAY_ENV),
+            "clock_skew_leeway" if clock_skew_leeway is not None else LEEWAY_ENV,
+        )
         self._lock = threading.Lock()
         # IAS flows (see propagation.inbound.IasFlows); None = environment / off.
         self.ias_flow_settings: dict[str, Any] = {
@@ -108,7 +119,7 @@ class Propagator:
 
             with self._lock:
                 if self._validator is None:
-                    self._validator = TokenValidator.from_bindings(self.bindings)
+                    self._validator = TokenValidator.from_bindings(self.bindings, leeway=self.clock_skew_leeway)
         return self._validator
 
     def validate(self, raw: str) -> UserToken:

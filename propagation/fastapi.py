@@ -35,10 +35,11 @@ from starlette.responses import Response
 from ._log import logger
 from .asgi import ASGIApp, PropagationASGIMiddleware, Receive, Scope, Send
 from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY
+from .checks import built_from_env, check_scope_fit
 from .engine import Propagator, default_propagator
-from .errors import InvalidTokenError
-from .inbound.responses import refusal
-from .inbound.scopes import InsufficientScopeError, scope_names
+from .errors import ConfigurationError, InvalidTokenError, MissingUserTokenError
+from .inbound.responses import missing_user, refusal
+from .inbound.scopes import GUARD, InsufficientScopeError, scope_names
 from .tokens import UserToken
 
 __all__ = ["Propagation", "CurrentUser", "OptionalUser", "require_scopes", "bearer_scheme"]
@@ -68,20 +69,33 @@ class Propagation:
 
     ``options`` are those of the ASGI middleware (``propagator``, ``public_paths``,
     ``require_token``, ``ias_to_xsuaa``, ``xsuaa_trust_client_id``, ``public_clients``,
-    ``allow_technical``, ``validate_x5t``); the default engine is
+    ``allow_technical``, ``validate_x5t``, ``clock_skew_leeway``); the default engine is
     :func:`propagation.default_propagator`. The environment is read in the app's lifespan
     startup (a bad one fails the startup with the ``ConfigurationError``); a server run
     without lifespan reads it on the first request instead.
+
+    ``public_docs`` (default ``True``): ``app.docs_url``, ``redoc_url`` and ``openapi_url``
+    (``/docs``, ``/redoc``, ``/openapi.json``) are public paths, so the Swagger UI loads and
+    its "Authorize" button (the ``BearerAuth`` scheme) takes the token; ``False`` protects them.
+
+    ``missing_user_401`` (default ``True``): a ``MissingUserTokenError`` raised in a route
+    (a destination that needs a user, called without one) is answered 401 with the JSON body
+    and ``WWW-Authenticate`` of the other refusals, not 500.
     """
 
-    def __init__(self, app: FastAPI, **options: Any) -> None:
+    def __init__(self, app: FastAPI, *, missing_user_401: bool = True, public_docs: bool = True,
+                 **options: Any) -> None:
         PropagationASGIMiddleware.check_options(options)
+        if public_docs:
+            options["public_paths"] = _with_docs(app, options.get("public_paths") or ())
         self.app = app
         self.options = options
         self.middleware: PropagationASGIMiddleware | None = None
         app.state.propagation = self
         app.add_middleware(_Deferred, integration=self)  # type: ignore[arg-type]
         app.add_exception_handler(_Refused, _answer)  # type: ignore[arg-type]
+        if missing_user_401:
+            app.add_exception_handler(MissingUserTokenError, _missing_user)  # type: ignore[arg-type]
         original = app.router.lifespan_context
 
         @asynccontextmanager
@@ -100,13 +114,24 @@ class Propagation:
         if self.middleware is None:
             options = dict(self.options)
             if options.get("propagator") is None:
-                options["propagator"] = default_propagator()
-            self.middleware = PropagationASGIMiddleware(_unreachable, **options)
+                options["propagator"] = built_from_env(default_propagator)
+            middleware = PropagationASGIMiddleware(_unreachable, **options)
+            check_scope_fit(self.app, middleware.gate, strict=options.get("strict"))  # routes exist by now
+            self.middleware = middleware
         return self.middleware
 
     @property
     def propagator(self) -> Propagator:
         return self.start().propagator
+
+
+#: Why a configuration problem shows at a request instead of at start-up, and the fix.
+LIFESPAN_DID_NOT_RUN = (
+    "The app's lifespan did not run (uvicorn --lifespan off, or a TestClient used outside `with`), so "
+    "propagation checked the configuration at the first request instead of at start-up. Let the lifespan run "
+    "(uvicorn's default --lifespan auto or --lifespan on; `with TestClient(app) as client:`) and a bad "
+    "configuration stops the server before it serves."
+)
 
 
 async def _unreachable(scope: Scope, receive: Receive, send: Send) -> None:  # pragma: no cover - replaced
@@ -129,14 +154,41 @@ class _Deferred:
             if scope.get("type") not in ("http", "websocket"):
                 await self.app(scope, receive, send)
                 return
-            inner = self._inner = self.integration.start().bound_to(self.app)
+            inner = self._inner = self._start_without_lifespan().bound_to(self.app)
         await inner(scope, receive, send)
+
+    def _start_without_lifespan(self) -> PropagationASGIMiddleware:
+        """The first request, and :meth:`Propagation.start` did not run: no lifespan. A bad
+        configuration then fails this (and every) request saying so, never a bare 500."""
+        if self.integration.middleware is not None:
+            return self.integration.middleware
+        try:
+            started = self.integration.start()
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{LIFESPAN_DID_NOT_RUN} {exc}") from None
+        logger.warning("propagation.fastapi: %s (The configuration has no problems.)", LIFESPAN_DID_NOT_RUN)
+        return started
 
 
 async def _answer(request: Request, exc: _Refused) -> Response:
     status, body, headers = refusal(exc.exc)
     logger.info("inbound request %s %s refused (%d): %s", request.method, request.url.path, status,
                 exc.exc.error_description)
+    return Response(content=body, status_code=status, headers=dict(headers))
+
+
+def _with_docs(app: FastAPI, public_paths: Any) -> list[str]:
+    """``public_paths`` plus the app's ``docs_url``, ``redoc_url``, ``openapi_url`` and the
+    Swagger UI's OAuth2 redirect (those that are on): the API documentation is read before
+    anyone has a token — its "Authorize" button is where the token is entered."""
+    paths = [public_paths] if isinstance(public_paths, str) else list(public_paths)
+    docs = (app.docs_url, app.redoc_url, app.openapi_url,
+            app.swagger_ui_oauth2_redirect_url if app.docs_url else None)
+    return paths + [p for p in docs if isinstance(p, str) and p.startswith("/") and p not in paths]
+
+
+async def _missing_user(request: Request, exc: MissingUserTokenError) -> Response:
+    status, body, headers = missing_user(exc, f"{request.method} {request.url.path}")
     return Response(content=body, status_code=status, headers=dict(headers))
 
 
@@ -170,10 +222,15 @@ def require_scopes(*scopes: str) -> Callable[..., None]:
     ``WWW-Authenticate`` challenge naming the scopes; no caller → 401.
 
     ``@app.get("/orders", dependencies=[Depends(require_scopes("Read"))])``
+
+    Used as a plain decorator instead (``@require_scopes("Read")`` on the endpoint), the
+    route would run unchecked: the dependency's parameters are keyword-only (FastAPI passes
+    them by name), so that call fails at import with a ``TypeError`` that names the fix.
     """
     names = scope_names(scopes)
 
     async def check_scopes(
+        *,
         request: Request,
         _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
     ) -> None:
@@ -187,5 +244,13 @@ def require_scopes(*scopes: str) -> Callable[..., None]:
             raise _Refused(exc) from None
 
     check_scopes.__name__ = f"require_scopes_{'_'.join(names)}"
+    setattr(check_scopes, GUARD, names)  # found by the start-up check (propagation.checks.scopes_in_use)
+    # The TypeError of a positional call ("<qualname>() takes 0 positional arguments…")
+    # starts with this text, so the mistake explains itself where it is written.
+    spelled = ", ".join(repr(n) for n in names)
+    check_scopes.__qualname__ = (
+        f"require_scopes({spelled}) is a FastAPI dependency, not a decorator: declare it on the route as "
+        f"@app.get(..., dependencies=[Depends(require_scopes({spelled}))]) — the dependency"
+    )
     return check_scopes
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from .context import CURRENT_TOKENS as _VAR
 from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY, ENVIRON_PUBLIC_KEY
+from .checks import built_from_env, startup_check
 from .engine import Propagator
 from .errors import InvalidTokenError
 from .inbound import InboundGate, PublicPaths, unauthorized
@@ -67,6 +68,18 @@ class PropagationMiddleware:
     :param validate_x5t: Accept IAS tokens only when certificate-bound to the client
         certificate BTP forwards in ``X-Forwarded-Client-Cert`` (``cnf.x5t#S256``, RFC 8705);
         a mismatch, a token without the claim or a request without a certificate is a 401.
+    :param clock_skew_leeway: Seconds a token is still accepted past ``exp`` and before ``nbf``
+        (clock skew between the IdP and this host; 0 to 300). Default: the propagator's setting,
+        else env ``PROPAGATION_CLOCK_SKEW_LEEWAY``, else 60 (SAP's Java security library).
+    :param strict: The whole configuration — bindings, every ``destinations`` entry, the token
+        cache settings — is checked here (:func:`propagation.checks.startup_check`, the problems
+        ``python -m propagation doctor`` lists); any problem raises ``ConfigurationError`` with
+        them, so the server does not start. ``False`` (or env ``PROPAGATION_STRICT=false``)
+        logs them and starts; what is broken then fails when it is used.
+    :param cors_preflight: CORS pre-flight requests (``OPTIONS`` with ``Origin`` and
+        ``Access-Control-Request-Method``, which browsers send without credentials) pass without
+        a token to the app's CORS handler (default) — anonymously, like a public path: a route
+        that itself answers ``OPTIONS`` runs without a user. ``False``: they need a token.
     """
 
     def __init__(
@@ -81,9 +94,15 @@ class PropagationMiddleware:
         public_clients: Iterable[str] | str | None = None,
         allow_technical: bool = False,
         validate_x5t: bool = False,
+        clock_skew_leeway: float | str | None = None,
+        strict: bool | None = None,
+        cors_preflight: bool = True,
     ) -> None:
         self.app = app
-        self.propagator = propagator if propagator is not None else Propagator.from_env()
+        self.propagator = propagator if propagator is not None else built_from_env(Propagator.from_env)
+        #: Configuration problems tolerated with ``strict=False`` (else: refused right here).
+        self.problems = startup_check(self.propagator, strict=strict)
+        self.strict = strict
         self.gate = InboundGate(
             self.propagator,
             public_paths=public_paths,
@@ -93,9 +112,12 @@ class PropagationMiddleware:
             public_clients=public_clients,
             allow_technical=allow_technical,
             validate_x5t=validate_x5t,
+            clock_skew_leeway=clock_skew_leeway,
+            cors_preflight=cors_preflight,
         )
         self._x5t = self.gate.validate_x5t
         self._has_public_paths = bool(self.gate.public_paths)  # most apps: skip the path match
+        self._preflight = self.gate.cors_preflight
 
     @property
     def public_paths(self) -> PublicPaths:
@@ -107,6 +129,10 @@ class PropagationMiddleware:
 
     def __call__(self, environ: "WSGIEnvironment", start_response: "StartResponse") -> Iterable[bytes]:
         if self._has_public_paths and self.gate.is_public(environ.get("PATH_INFO") or "/"):
+            return self._run(environ, start_response, _ANONYMOUS)
+        if self._preflight and environ.get("REQUEST_METHOD") == "OPTIONS" and self.gate.is_preflight(
+            "OPTIONS", environ.get("HTTP_ORIGIN"), environ.get("HTTP_ACCESS_CONTROL_REQUEST_METHOD")
+        ):
             return self._run(environ, start_response, _ANONYMOUS)
         header = environ.get("HTTP_AUTHORIZATION")
         auth = self.gate.cached_header(header)  # hot path: a token validated before, unexpired

@@ -117,7 +117,7 @@ def bearer(raw: str) -> dict[str, str]:
 def test_sync_stack(propagator: Propagator, xsuaa: jwtkit.Xsuaa, idp_keys: respx.MockRouter, url: str,
                     authorization: str | None, status: int, error: str | None) -> None:
     tokens = {"valid": xsuaa.token(), "forged": xsuaa.token(key=jwtkit.rsa_key("attacker")),
-              "expired": xsuaa.token(ttl=-10)}
+              "expired": xsuaa.token(ttl=-120)}
     header = f"Bearer {tokens[authorization]}" if authorization in tokens else authorization
     with settings_for(propagator, PUBLIC_PATHS=["/health"]):
         response = Client().get(url, **({"HTTP_AUTHORIZATION": header} if header else {}))
@@ -266,8 +266,30 @@ def test_bad_settings_fail_the_load_and_the_check(monkeypatch: pytest.MonkeyPatc
 
 
 def test_check_passes_with_a_good_setting(propagator: Propagator) -> None:
-    with settings_for(propagator):
+    with settings_for(propagator, IAS_TO_XSUAA=True, XSUAA_TRUST_CLIENT_ID="trust"):
         assert check_settings() == []
+
+
+@pytest.mark.parametrize("bound, ids", [
+    pytest.param(("xsuaa", "ias"), ["propagation.W001"], id="ias-users-without-the-flow-warning"),
+    pytest.param(("ias",), ["propagation.E003"], id="only-identity-bound-error"),
+    pytest.param(("xsuaa",), [], id="only-xsuaa-fine"),
+])
+def test_check_compares_the_scopes_with_the_bindings(xsuaa: jwtkit.Xsuaa, ias: jwtkit.Ias, bound: tuple[str, ...],
+                                                      ids: list[str]) -> None:
+    """Issue 20 item 3: only `identity` bound and require_scopes in use said nothing; every scoped route was a 403."""
+    from conftest import make_bindings
+
+    engine = Propagator(bindings=make_bindings(xsuaa if "xsuaa" in bound else None, ias if "ias" in bound else None),
+                        environ={})
+    with settings_for(engine):
+        found = check_settings()
+    assert [m.id for m in found] == ids
+    if "propagation.E003" in ids:
+        assert found[0].msg == (
+            "require_scopes checks XSUAA scopes on /orders (Read), /admin (Read, Admin), but only an 'identity' binding "
+            "is bound: scopes come from an XSUAA token, so every such route answers 403. Bind an XSUAA instance (and "
+            "set PROPAGATION_IAS_TO_XSUAA=true for IAS users), or check IAS users another way.")
 
 
 def test_manage_py_check_reports_a_missing_binding(tmp_path: Path) -> None:
@@ -338,3 +360,110 @@ def test_concurrent_sync_requests_keep_their_users(propagator: Propagator, xsuaa
     finally:
         del sys.modules["both_urls"]
     assert results == {u: {"before": f"{u}@example.com", "after": f"{u}@example.com"} for u in ("alice", "bob")}
+
+
+# -- require_scopes misuse (issue 17 item 1) ---------------------------------------------------------
+def test_require_scopes_on_a_class_or_a_method_is_refused_where_written() -> None:
+    from django.views import View
+
+    with pytest.raises(ConfigurationError) as on_class:
+        @require_scopes("Read")
+        class Orders(View):
+            def get(self, request: HttpRequest) -> JsonResponse:
+                return JsonResponse({})
+    assert str(on_class.value) == (
+        "require_scopes('Read') cannot decorate the class 'Orders': decorate the class with "
+        "@method_decorator(require_scopes('Read'), name=\"dispatch\") (django.utils.decorators.method_decorator).")
+
+    with pytest.raises(ConfigurationError, match=r"decorates the method '.*Items.get', whose first argument is 'self', "
+                                                 r"not the request: decorate the class with @method_decorator"):
+        class Items(View):
+            @require_scopes("Read")
+            def get(self, request: HttpRequest) -> JsonResponse:
+                return JsonResponse({})
+
+
+def test_method_decorator_on_a_class_based_view_checks(propagator: Propagator, xsuaa: jwtkit.Xsuaa,
+                                                        idp_keys: respx.MockRouter) -> None:
+    from django.utils.decorators import method_decorator
+    from django.views import View
+
+    @method_decorator(require_scopes("Admin"), name="dispatch")
+    class Orders(View):
+        def get(self, request: HttpRequest) -> JsonResponse:
+            return JsonResponse({"orders": []})
+
+    module = type(sys)("cbv_urls")
+    module.urlpatterns = [path("cbv", Orders.as_view())]  # type: ignore[attr-defined]
+    sys.modules["cbv_urls"] = module
+    try:
+        with settings_for(propagator), override_settings(ROOT_URLCONF="cbv_urls"):
+            refused = Client().get("/cbv", **bearer(xsuaa.token()))
+            allowed = Client().get("/cbv", **bearer(xsuaa.token(scopes=("app!t123.Admin",))))
+    finally:
+        del sys.modules["cbv_urls"]
+    assert (refused.status_code, allowed.status_code) == (403, 200)
+
+
+def test_a_route_to_the_undecorated_view_is_refused(propagator: Propagator, xsuaa: jwtkit.Xsuaa,
+                                                    idp_keys: respx.MockRouter) -> None:
+    """The Django twin of the Flask order mistake: the decorated view exists, the URLconf routes the bare one."""
+    def bare(request: HttpRequest) -> JsonResponse:
+        return JsonResponse({"secret": True})
+
+    protected = require_scopes("Admin")(bare)  # noqa: F841 - made, then not routed
+    module = type(sys)("bare_urls")
+    module.urlpatterns = [path("bare", bare)]  # type: ignore[attr-defined]
+    sys.modules["bare_urls"] = module
+    try:
+        with settings_for(propagator), override_settings(ROOT_URLCONF="bare_urls"):
+            [error] = check_settings()
+            with pytest.raises(ConfigurationError, match="URL '/bare' calls the view"):
+                Client(raise_request_exception=True).get("/bare", **bearer(xsuaa.token()))
+    finally:
+        del sys.modules["bare_urls"]
+    assert error.id == "propagation.E002"
+    assert error.msg.startswith("URL '/bare' calls the view 'test_a_route_to_the_undecorated_view_is_refused.<locals>"
+                                ".bare' without its require_scopes('Admin') check")
+
+
+# -- MissingUserTokenError in a view (issue 20 item 2) -------------------------------------------------
+@pytest.mark.parametrize("extra, status", [pytest.param({}, 401, id="default-401"),
+                                           pytest.param({"MISSING_USER_401": False}, 500, id="opt-out")])
+@pytest.mark.parametrize("handler", ["wsgi", "asgi"])
+def test_missing_user_token_in_a_view_is_401(xsuaa: jwtkit.Xsuaa, extra: dict[str, Any], status: int,
+                                             handler: str) -> None:
+    from conftest import make_bindings
+
+    destinations = json.dumps([{"name": "S4", "url": "https://s4.example.com", "Authentication": "OAuth2JWTBearer",
+                                "tokenServiceURL": "https://idp.example.com/oauth/token", "clientId": "c",
+                                "clientSecret": "s-VALUE"}])
+    engine = Propagator(bindings=make_bindings(xsuaa), environ={"destinations": destinations})
+
+    def public(request: HttpRequest) -> JsonResponse:
+        return JsonResponse(engine.headers("S4"))
+
+    module = type(sys)("missing_user_urls")
+    module.urlpatterns = [path("public", public)]  # type: ignore[attr-defined]
+    sys.modules["missing_user_urls"] = module
+    try:
+        with settings_for(engine, PUBLIC_PATHS=["/public"], **extra), override_settings(ROOT_URLCONF="missing_user_urls"):
+            if handler == "wsgi":
+                response = Client(raise_request_exception=False).get("/public")
+            else:
+                from django.test import AsyncClient
+
+                response = asyncio.run(AsyncClient(raise_request_exception=False).get("/public"))
+    finally:
+        del sys.modules["missing_user_urls"]
+    assert response.status_code == status
+    if status == 401:
+        assert json.loads(response.content) == {"error": "invalid_token", "error_description": "A signed-in user is "
+                                                "required for this resource: send a Bearer token of a user."}
+        assert response["WWW-Authenticate"].startswith('Bearer error="invalid_token", error_description="A signed-in')
+
+
+def test_missing_user_setting_must_be_a_bool(propagator: Propagator) -> None:
+    with settings_for(propagator, MISSING_USER_401="yes"):
+        with pytest.raises(ConfigurationError, match=r"MISSING_USER_401'\] must be True or False"):
+            WSGIHandler()

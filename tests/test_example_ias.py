@@ -368,7 +368,7 @@ def test_own_token_is_not_exchanged(vcap_env: Any, landscape: Landscape, ias: jw
 
 def test_expired_public_token_is_401_with_no_exchange(vcap_env: Any, landscape: Landscape, ias: jwtkit.Ias,
                                                       idp_keys: Any) -> None:
-    public = public_token(ias, ttl=-5)
+    public = public_token(ias, ttl=-120)  # past exp and the 60 s clock-skew leeway
     r = pkce_client(vcap_env, FORWARD).get("/orders", headers=bearer(public))
     assert r.status_code == 401
     assert r.get_json() == {"error": "invalid_token", "error_description": "Token expired."}

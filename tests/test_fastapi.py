@@ -79,7 +79,7 @@ def bearer(raw: str) -> dict[str, str]:
 def test_tokens_and_public_paths(propagator: Propagator, xsuaa: jwtkit.Xsuaa, idp_keys: respx.MockRouter,
                                  path: str, authorization: str | None, status: int, error: str | None) -> None:
     tokens = {"valid": xsuaa.token(), "forged": xsuaa.token(key=jwtkit.rsa_key("attacker")),
-              "expired": xsuaa.token(ttl=-10)}
+              "expired": xsuaa.token(ttl=-120)}
     header = f"Bearer {tokens[authorization]}" if authorization in tokens else authorization
     with TestClient(build_app(propagator, public_paths=["/health"])) as client:
         response = client.get(path, headers={"Authorization": header} if header else {})
@@ -263,3 +263,47 @@ def test_core_never_imports_fastapi() -> None:
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == []
+
+
+@pytest.mark.parametrize("order", ["decorator-above-route", "decorator-below-route"])
+def test_require_scopes_as_a_plain_decorator_fails_at_import(propagator: Propagator, order: str) -> None:
+    """Issue 17 item 1 for FastAPI: @require_scopes("Order") on the endpoint left the route unchecked
+    (above @app.get) — the call returned an un-awaited coroutine and nothing ran."""
+    app = FastAPI()
+    Propagation(app, propagator=propagator)
+
+    async def orders() -> dict[str, Any]:
+        return {"orders": []}
+
+    with pytest.raises(TypeError) as info:
+        if order == "decorator-above-route":
+            require_scopes("Order")(app.get("/orders")(orders))
+        else:
+            app.get("/orders")(require_scopes("Order")(orders))
+    assert str(info.value).startswith(
+        "require_scopes('Order') is a FastAPI dependency, not a decorator: declare it on the route as "
+        "@app.get(..., dependencies=[Depends(require_scopes('Order'))])")
+
+
+# -- MissingUserTokenError in a route (issue 20 item 2) ------------------------------------------------
+@pytest.mark.parametrize("option, status", [pytest.param({}, 401, id="default-401"),
+                                            pytest.param({"missing_user_401": False}, 500, id="opt-out")])
+def test_missing_user_token_in_a_route_is_401(xsuaa: jwtkit.Xsuaa, option: dict[str, Any], status: int) -> None:
+    destinations = json.dumps([{"name": "S4", "url": "https://s4.example.com", "Authentication": "OAuth2JWTBearer",
+                                "tokenServiceURL": "https://idp.example.com/oauth/token", "clientId": "c",
+                                "clientSecret": "s-VALUE"}])
+    engine = Propagator(bindings=make_bindings(xsuaa), environ={"destinations": destinations})
+    app = FastAPI()
+    Propagation(app, propagator=engine, public_paths=["/public"], **option)
+
+    @app.get("/public")
+    async def public() -> dict[str, str]:
+        return await engine.async_headers("S4")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/public")
+    assert response.status_code == status
+    if status == 401:
+        assert response.json() == {"error": "invalid_token", "error_description": "A signed-in user is required for "
+                                   "this resource: send a Bearer token of a user."}
+        assert response.headers["www-authenticate"].startswith('Bearer error="invalid_token", error_description="A')

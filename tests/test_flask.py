@@ -185,3 +185,32 @@ def test_concurrent_requests_keep_their_users(propagator: Propagator, xsuaa: jwt
         t.join(timeout=20)
     assert results == {"alice": {"before": "alice@example.com", "after": "alice@example.com"},
                        "bob": {"before": "bob@example.com", "after": "bob@example.com"}}
+
+
+# -- MissingUserTokenError in a view (issue 20 item 2) -------------------------------------------------
+USER_DESTINATION = json.dumps([{"name": "S4", "url": "https://s4.example.com", "Authentication": "OAuth2JWTBearer",
+                                "tokenServiceURL": "https://idp.example.com/oauth/token", "clientId": "c",
+                                "clientSecret": "s-VALUE"}])
+MISSING_USER_BODY = {"error": "invalid_token",
+                     "error_description": "A signed-in user is required for this resource: send a Bearer token of a user."}
+
+
+@pytest.mark.parametrize("config, status", [pytest.param({}, 401, id="default-401"),
+                                            pytest.param({"PROPAGATION_MISSING_USER_401": False}, 500, id="opt-out")])
+def test_missing_user_token_in_a_view_is_401(xsuaa: jwtkit.Xsuaa, config: dict[str, Any], status: int) -> None:
+    from conftest import make_bindings
+
+    engine = Propagator(bindings=make_bindings(xsuaa), environ={"destinations": USER_DESTINATION})
+    app = Flask(__name__)
+    app.config.update(config)
+    Propagation(app, propagator=engine, public_paths=["/public"])
+    app.get("/public")(lambda: engine.headers("S4"))  # a public route calling a user destination
+    response = app.test_client().get("/public")
+    assert response.status_code == status
+    if status == 401:
+        assert response.json == MISSING_USER_BODY
+        assert response.headers["WWW-Authenticate"] == (
+            'Bearer error="invalid_token", error_description="A signed-in user is required for this resource: send a '
+            'Bearer token of a user."')
+        assert response.headers["Cache-Control"] == "no-store"
+        assert "S4" not in response.get_data(as_text=True)

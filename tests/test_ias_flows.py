@@ -360,7 +360,7 @@ def test_public_client_forged(bindings: Bindings, ias: jwtkit.Ias, idp_keys: res
 
 def test_public_client_expired_token(bindings: Bindings, ias: jwtkit.Ias, idp_keys: respx.MockRouter,
                                      rsps: responses.RequestsMock) -> None:
-    raw = public_token(ias, ttl=-5)
+    raw = public_token(ias, ttl=-120)
     client = build_app(engine(bindings), public_clients=[SPA]).test_client()
     assert_401(client.get("/me", headers=bearer(raw)), "Token expired.", raw)
     assert len(rsps.calls) == 0

@@ -13,7 +13,7 @@ from flask import Flask
 import jwtkit
 from propagation.bindings import Bindings
 from propagation.engine import Propagator
-from propagation.errors import InvalidTokenError
+from propagation.errors import ConfigurationError, InvalidTokenError
 from propagation.flask import Propagation, require_scopes
 from propagation.inbound.responses import forbidden
 from propagation.inbound.scopes import InsufficientScopeError, ScopeCheck, scope_names
@@ -146,3 +146,96 @@ def test_flask_ias_user_scopes_come_from_the_exchanged_xsuaa_token(
     response = client.get("/admin", headers={"Authorization": f"Bearer {ias.token(aud=[ias.clientid, TRUST])}"})
     assert response.status_code == status
     assert len(rsps.calls) == 1
+
+
+# -- decorator order and misuse (issue 17 item 1, issue 20 item 3) -------------------------------------
+def wrong_order_app(propagator: Propagator, *, testing: bool) -> Flask:
+    app = Flask(__name__)
+    app.testing = testing
+    Propagation(app, propagator=propagator)
+
+    @require_scopes("Order")  # above the route decorator: the route registered the bare view
+    @app.get("/orders")
+    def orders() -> Any:
+        return {"orders": []}
+
+    @app.get("/fine")
+    @require_scopes("Read")
+    def fine() -> Any:
+        return {"fine": True}
+
+    return app
+
+
+def test_flask_require_scopes_above_the_route_is_refused_before_the_view_runs(
+    propagator: Propagator, xsuaa: jwtkit.Xsuaa, idp_keys: respx.MockRouter
+) -> None:
+    """Without the check the user without the scope got 200 from /orders."""
+    token = {"Authorization": f"Bearer {xsuaa.token(scopes=())}"}
+    with pytest.raises(ConfigurationError) as info:
+        wrong_order_app(propagator, testing=True).test_client().get("/orders", headers=token)
+    assert str(info.value) == (
+        "View 'orders' (endpoint 'orders') is registered without its require_scopes('Order') check: "
+        "@require_scopes is above the route decorator, so the route calls the undecorated view and no scope would be "
+        "checked. Put it below the route decorator: @app.get(...) first, then @require_scopes('Order'), "
+        "then def orders(...).")
+    # Served (not testing): every request fails, the unprotected view never answers.
+    client = wrong_order_app(propagator, testing=False).test_client()
+    for path in ("/orders", "/fine", "/orders"):
+        response = client.get(path, headers=token)
+        assert response.status_code == 500 and b"orders" not in response.data
+
+
+def test_flask_routes_declared_before_init_app_are_checked_at_init_app(propagator: Propagator) -> None:
+    app = Flask(__name__)
+
+    @require_scopes("Read")
+    @app.route("/a", endpoint="a_endpoint")
+    def a() -> Any:
+        return "a"
+
+    with pytest.raises(ConfigurationError, match=r"View 'a' \(endpoint 'a_endpoint'\) is registered without"):
+        Propagation(app, propagator=propagator)
+
+
+def test_flask_stacked_decorators_in_the_right_order_pass(propagator: Propagator, xsuaa: jwtkit.Xsuaa,
+                                                          idp_keys: respx.MockRouter) -> None:
+    import functools
+
+    def logged(view: Any) -> Any:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return view(*args, **kwargs)
+        return wrapper
+
+    app = Flask(__name__)
+    Propagation(app, propagator=propagator)
+
+    @app.get("/x")
+    @logged
+    @require_scopes("Read")
+    @require_scopes("Admin")
+    def x() -> Any:
+        return "x"
+
+    client = app.test_client()
+    assert client.get("/x", headers={"Authorization": f"Bearer {xsuaa.token(scopes=('app!t123.Admin',))}"}).status_code == 200
+    assert client.get("/x", headers={"Authorization": f"Bearer {xsuaa.token()}"}).status_code == 403
+
+
+@pytest.mark.parametrize("names, message", [
+    pytest.param(("app!t1.Read",), "Scope 'app!t1.Read' is fully qualified: require_scopes takes the local scope "
+                 "name ('Read')", id="qualified"),
+    pytest.param(("$XSAPPNAME.Read",), "Scope '$XSAPPNAME.Read' is fully qualified", id="xsappname-placeholder"),
+    pytest.param((lambda: None,), "require_scopes was applied to '<lambda>' without scope names: write "
+                 '@require_scopes("Read")', id="no-parentheses"),
+])
+def test_scope_declarations_refused_when_the_route_is_declared(names: tuple[Any, ...], message: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        require_scopes(*names)
+    assert str(info.value).startswith(message)
+
+
+def test_dotted_local_scope_names_are_local() -> None:
+    assert scope_names(("Order.Read",)) == ("Order.Read",)
+    assert ScopeCheck("app!t1").qualify("Order.Read") == "app!t1.Order.Read"

@@ -646,7 +646,7 @@ def test_wrong_client_secret_is_invalid_client(btp_landscape: Landscape) -> None
 
 def test_expired_user_token_is_401_at_the_middleware(btp_landscape: Landscape) -> None:
     btp_landscape.destination("S4 OnPremise PrincipalPropagation")
-    response = get(_app().test_client(), "/call/S4", btp_landscape.user_token("alice", ttl=-30))
+    response = get(_app().test_client(), "/call/S4", btp_landscape.user_token("alice", ttl=-120))  # past the 60 s leeway
     assert response.status_code == 401 and response.json["error"] == "invalid_token"
     assert btp_landscape.traffic == []  # refused before any key fetch, exchange or call
 

@@ -121,7 +121,7 @@ BAD_HEADERS = [
     pytest.param(lambda x, i: bearer(jwtkit.unsigned(jwt.decode(x.token(), options={"verify_signature": False}))),
                  "Token algorithm 'none' is not accepted", id="alg-none"),
     pytest.param(lambda x, i: bearer(hs256(x)), "Token algorithm 'HS256' is not accepted", id="hs256"),
-    pytest.param(lambda x, i: bearer(x.token(ttl=-60)), "Token expired.", id="expired"),
+    pytest.param(lambda x, i: bearer(x.token(ttl=-120)), "Token expired.", id="expired"),
     pytest.param(lambda x, i: bearer(x.token(key=jwtkit.rsa_key("attacker"))), "Token signature verification failed.",
                  id="xsuaa-forged"),
     pytest.param(lambda x, i: bearer(i.token(key=jwtkit.rsa_key("attacker"))), "Token signature verification failed.",
@@ -308,7 +308,7 @@ def test_public_path_runs_without_a_leftover_user(app: PropagationMiddleware, se
 def test_require_token_false(seen: Seen, propagator: Propagator, xsuaa: jwtkit.Xsuaa, idp_keys: respx.MockRouter,
                              authorization: str | None, status: str, user: str | None) -> None:
     app = PropagationMiddleware(seen.app, propagator=propagator, require_token=False)
-    header = {"valid": bearer(xsuaa.token()), "expired": bearer(xsuaa.token(ttl=-1))}.get(authorization or "", authorization)
+    header = {"valid": bearer(xsuaa.token()), "expired": bearer(xsuaa.token(ttl=-120))}.get(authorization or "", authorization)
     result = call(app, "/api", header)
     assert result.status == status
     if status == "200 OK":
@@ -348,7 +348,7 @@ def test_logs_carry_fingerprints_never_tokens(app: PropagationMiddleware, xsuaa:
                                               idp_keys: respx.MockRouter, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     good, ias_good = xsuaa.token(), ias.token()
-    forged, expired = xsuaa.token(key=jwtkit.rsa_key("attacker")), ias.token(ttl=-5)
+    forged, expired = xsuaa.token(key=jwtkit.rsa_key("attacker")), ias.token(ttl=-120)
     for raw in (good, ias_good, forged, expired, good):
         call(app, "/api", bearer(raw))
     text = caplog.text

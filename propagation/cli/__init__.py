@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.add_argument("--service", action="store_true",
                         help="also list and check the Destination service's (cockpit) destinations: calls the service")
+    doctor.add_argument("--app", metavar="MODULE:ATTR", help="import this Flask/FastAPI app and check its require_scopes against the bindings")
 
     exchange = sub.add_parser(
         "exchange",

@@ -5,19 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any, Iterable, Mapping
-from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
-from .common import (
-    EXIT_OK,
-    EXIT_PROBLEMS,
-    PROG,
-    _Io,
-    _OAUTH_CLIENT_AUTHENTICATIONS,
-    is_secret,
-    _SERVICE_ONLY_AUTHENTICATIONS,
-    _host,
-)
+from .common import EXIT_OK, EXIT_PROBLEMS, _Io, _UsageError, _host, is_secret
 
 
 # -- doctor -------------------------------------------------------------------------------------------
@@ -44,106 +34,25 @@ def _secret_values(value: Any, key: str = "") -> Iterable[str]:
         yield value
 
 
-def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io, service: bool = False) -> dict[str, Any]:
-    from ..bindings import Bindings
-    from ..outbound.connectivity import MODE_ENV, ConnectivityConfig, normalize_mode
-    from ..destinations.env import destination_from_binding, destinations_from_env, unknown_keys
-    from ..destinations.service import TTL_ENV, DestinationServiceConfig
+def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io, service: bool = False,
+            app: Any = None) -> dict[str, Any]:
+    """The report: the problems are :func:`propagation.checks.find_problems`' — the lines an
+    integration refuses to start with — plus the tables and the cockpit's destinations; with
+    ``app`` (``--app``) also whether the bindings fit its ``require_scopes`` checks."""
+    from ..checks import find_problems
 
-    problems: list[str] = []
-    notes: list[str] = []
-    unreadable: str | None = None
-    try:
-        bindings = Bindings.from_env(environ, cwd=cwd)
-    except ConfigurationError as exc:
-        problems.append(f"Service bindings cannot be read: {exc}")
-        unreadable = str(exc)
-        bindings = Bindings()
+    found = find_problems(environ, cwd)
+    bindings = found.bindings
     for binding in bindings:
         io_.secrets.update(_secret_values(binding.credentials))
-
     binding_rows = [
         {"name": b.name, "label": b.label, "plan": b.plan, "source": b.source,
          "credential_keys": _credential_keys(b.credentials)}
         for b in bindings
     ]
-
-    # Inbound validation.
-    xsuaa, ias = bindings.find(label="xsuaa"), bindings.find(label="identity")
-    if xsuaa is None and ias is None:
-        problems.append(
-            "No 'xsuaa' or 'identity' service binding: inbound tokens cannot be validated "
-            "(PropagationMiddleware fails at start-up). Bind an XSUAA or Cloud Identity Services instance."
-        )
-    if xsuaa is not None:
-        missing = [k for k in ("clientid", "xsappname") if not xsuaa.credentials.get(k)]
-        if not (xsuaa.credentials.get("uaadomain") or xsuaa.credentials.get("url")):
-            missing.append("uaadomain")
-        if missing:
-            problems.append(
-                f"XSUAA binding '{xsuaa.name}' lacks {', '.join(missing)}: inbound XSUAA tokens cannot be validated."
-            )
-    if ias is not None:
-        missing = [] if ias.credentials.get("clientid") else ["clientid"]
-        if not (ias.credentials.get("domains") or ias.credentials.get("domain")):
-            missing.append("domains")
-        if missing:
-            problems.append(
-                f"Identity binding '{ias.name}' lacks {', '.join(missing)}: inbound IAS tokens cannot be validated."
-            )
-
-    # Connectivity and Destination service bindings.
     connectivity = bindings.find(label="connectivity")
-    proxy_url: str | None = None
-    if connectivity is not None:
-        try:
-            proxy_url = ConnectivityConfig.from_binding(connectivity).proxy_url
-        except ConfigurationError as exc:
-            problems.append(str(exc))
-    destination_binding = bindings.find(label="destination")
-    if destination_binding is not None:
-        try:
-            DestinationServiceConfig.from_binding(destination_binding)
-        except ConfigurationError as exc:
-            problems.append(str(exc))
-        notes.append(
-            f"A 'destination' binding ('{destination_binding.name}') is present: destinations configured in the BTP "
-            f"cockpit are resolved at call time and are not listed here; try one with `{PROG} exchange NAME --token -`."
-        )
-    mode = environ.get(MODE_ENV)
-    if mode:
-        try:
-            normalize_mode(mode, MODE_ENV)
-        except ConfigurationError as exc:
-            problems.append(str(exc))
-    ttl = environ.get(TTL_ENV)
-    if ttl:
-        try:
-            float(ttl)
-        except ValueError:
-            problems.append(f"{TTL_ENV} must be a number of seconds.")
-
-    # Destinations: the environment variable first, then bindings that describe a target.
-    destinations = []
-    try:
-        env_destinations = destinations_from_env(environ, bindings, cwd=cwd)
-    except ConfigurationError as exc:
-        problems.append(f"Destinations cannot be read: {exc}")
-        env_destinations = {}
-    try:
-        warnings = unknown_keys(environ, cwd=cwd)
-    except ConfigurationError:
-        warnings = []  # the same source's error is a problem above
-    destinations.extend(env_destinations.values())
-    for binding in bindings:
-        if binding.name in env_destinations:
-            continue
-        found = destination_from_binding(binding)
-        if found is not None:
-            destinations.append(found)
-
     destination_rows = []
-    for d in destinations:
+    for d in found.destinations:
         if d.client is not None and d.client.client_secret:
             io_.secrets.add(d.client.client_secret)
         if d.client is not None and d.client.key:
@@ -151,9 +60,8 @@ def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io, service: bool
         password = d.properties.get("Password")
         if isinstance(password, str):
             io_.secrets.add(password)
-        where = f"Destination '{d.name}' ({d.source})"
         if d.on_premise:
-            proxy = proxy_url or ("connectivity binding invalid" if connectivity is not None else "MISSING")
+            proxy = found.proxy_url or ("connectivity binding invalid" if connectivity is not None else "MISSING")
         elif d.proxy_host:
             proxy = f"{d.proxy_host}:{d.proxy_port}" if d.proxy_port else d.proxy_host
         else:
@@ -163,35 +71,27 @@ def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io, service: bool
              "proxy_type": d.proxy_type, "proxy": proxy, "url_host": _host(d.url),
              "token_url_host": _host(d.token_service_url)}
         )
-        if d.on_premise and connectivity is None:
-            problems.append(f"{where} has ProxyType OnPremise but no 'connectivity' service binding is bound.")
-        if d.on_premise and urlsplit(d.url).scheme.lower() == "https":
-            problems.append(
-                f"{where} has ProxyType OnPremise and an https:// URL: use the Cloud Connector's http:// virtual host."
-            )
-        if d.authentication == "PrincipalPropagation" and not d.on_premise:
-            problems.append(f"{where} uses PrincipalPropagation with ProxyType {d.proxy_type}: it needs OnPremise.")
-        if d.authentication in _OAUTH_CLIENT_AUTHENTICATIONS:
-            lacking = [n for n, ok in (("clientId", d.client is not None), ("tokenServiceURL", d.token_service_url))
-                       if not ok]
-            if lacking:
-                problems.append(f"{where} uses {d.authentication} but has no {' and no '.join(lacking)}.")
-        if d.authentication in ("BasicAuthentication", "OAuth2Password"):
-            lacking = [n for n in ("User", "Password") if d.properties.get(n) in (None, "")]
-            if lacking:
-                problems.append(f"{where} uses {d.authentication} but has no {' and no '.join(lacking)}.")
-        if d.authentication in _SERVICE_ONLY_AUTHENTICATIONS and d.service is None:
-            problems.append(f"{where} uses {d.authentication}, which only the Destination service can serve.")
+    problems = found.problems
+    if app is not None:
+        from ..checks import scope_fit, scopes_in_use
+        from ..inbound.options import ENV_IAS_TO_XSUAA, _flag
 
-    cockpit_rows = _cockpit(environ, cwd, bindings, problems) if service and unreadable is None else []
+        try:
+            hybrid = _flag(environ.get(ENV_IAS_TO_XSUAA, ""), ENV_IAS_TO_XSUAA)
+        except Exception:  # noqa: BLE001 - a bad flag is not this check's problem
+            hybrid = False
+        scope_problems, scope_warnings = scope_fit(scopes_in_use(app), bindings, ias_to_xsuaa=hybrid)
+        problems.extend(scope_problems)
+        found.warnings.extend(scope_warnings)
+    cockpit_rows = _cockpit(environ, cwd, bindings, problems) if service and found.unreadable is None else []
     return {
         "cockpit": cockpit_rows,
-        "warnings": warnings,
+        "warnings": found.warnings,
         "sources": list(bindings.sources),
-        "bindings_unreadable": unreadable is not None,
+        "bindings_unreadable": found.unreadable is not None,
         "bindings": binding_rows,
         "destinations": destination_rows,
-        "notes": notes,
+        "notes": found.notes,
         "problems": problems,
         "ok": not problems,
     }
@@ -221,8 +121,50 @@ def _cockpit(environ: Mapping[str, str], cwd: str | None, bindings: Any, problem
              "needs_user": d.needs_user, "proxy_type": d.proxy_type, "problem": d.problem} for d in found]
 
 
+def _import_app(spec: str, directory: str | None) -> Any:
+    """``MODULE:ATTR`` (``app:app``, ``myproject.web:create_app()``) imported from the working
+    directory (or ``--dir``); a factory call ``()`` is made without arguments."""
+    import importlib
+    import os
+    import sys
+
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "app"
+    if not module_name:
+        raise _UsageError("--app takes MODULE:ATTR, e.g. --app app:app")
+    where = os.path.abspath(directory or os.getcwd())
+    sys.path.insert(0, where)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise _UsageError(f"--app {spec}: no module {module_name!r} (looked in {where}).") from None
+    finally:
+        sys.path.remove(where)
+    target: Any = module
+    for part in attr.removesuffix("()").split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise _UsageError(f"--app {spec}: {module_name} has no attribute {attr!r}.")
+    return target() if attr.endswith("()") else target
+
+
 def _cmd_doctor(args: argparse.Namespace, io_: _Io, environ: Mapping[str, str]) -> int:
-    report = _doctor(environ, args.dir, io_, service=getattr(args, "service", False))
+    app, app_problem = None, None
+    if getattr(args, "app", None):
+        try:
+            app = _import_app(args.app, args.dir)
+        except ConfigurationError as exc:  # e.g. the app's own start-up check
+            app_problem = f"--app {args.app} refused to start: {exc}"
+        except _UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the app's own import error; its text may hold anything
+            app_problem = f"--app {args.app} could not be imported ({type(exc).__name__})."
+    report = _doctor(environ, args.dir, io_, service=getattr(args, "service", False), app=app)
+    if app_problem is not None:
+        report["problems"].append(app_problem)
+        report["ok"] = False
     if args.json:
         io_.out(json.dumps(report, indent=2, sort_keys=True))
         return EXIT_OK if report["ok"] else EXIT_PROBLEMS

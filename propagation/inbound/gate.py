@@ -14,6 +14,7 @@ from .ias_flows import IasFlows
 from .public_paths import PublicPaths
 from .result import Authenticated
 from .scopes import ScopeCheck
+from .timestamps import leeway_seconds
 from .x5t import check_x5t
 
 __all__ = ["InboundGate", "GateEngine", "bearer_token"]
@@ -67,7 +68,9 @@ class InboundGate:
     give the :class:`Authenticated` caller, :meth:`check_certificate` binds it to the
     request's client certificate (``validate_x5t``); everything that must be answered 401
     raises :class:`InvalidTokenError`. ``scope_check`` is the app's ``require_scopes`` check.
-    A technical token (no user) passes only with ``allow_technical``.
+    A technical token (no user) passes only with ``allow_technical``. ``clock_skew_leeway``
+    (seconds past ``exp`` / before ``nbf``) sets the engine validator's leeway when given.
+    ``cors_preflight`` (default ``True``) lets CORS pre-flight requests through without a token.
 
     ``ias_to_xsuaa``, ``xsuaa_trust_client_id`` and ``public_clients`` switch on the IAS
     flows (:class:`IasFlows`); ``None`` takes the propagator's setting, which defaults to
@@ -85,14 +88,20 @@ class InboundGate:
         public_clients: Iterable[str] | str | None = None,
         allow_technical: bool = False,
         validate_x5t: bool = False,
+        clock_skew_leeway: float | str | None = None,
+        cors_preflight: bool = True,
     ) -> None:
         self.propagator = propagator
+        self.cors_preflight = bool(cors_preflight)
         self.public_paths = PublicPaths(public_paths)
         self.require_token = require_token
         self.allow_technical = bool(allow_technical)
         self.validate_x5t = bool(validate_x5t)
         # Build the validator now: a missing binding fails at startup, not on the first request.
         self.validator = propagator.validator
+        if clock_skew_leeway is not None and hasattr(self.validator, "leeway"):
+            # The engine's validator (shared by its gates): the option sets it for the app.
+            self.validator.leeway = leeway_seconds(clock_skew_leeway)
         flows = getattr(propagator, "ias_flows", None)
         self.flows: IasFlows | None = (
             flows(ias_to_xsuaa=ias_to_xsuaa, xsuaa_trust_client_id=xsuaa_trust_client_id, public_clients=public_clients)
@@ -126,6 +135,12 @@ class InboundGate:
 
     def is_public(self, path: str) -> bool:
         return path in self.public_paths
+
+    def is_preflight(self, method: str | None, origin: str | None, request_method: str | None) -> bool:
+        """A CORS pre-flight (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``):
+        browsers never send credentials with it, so it passes without a token (anonymous, as a
+        public path) to the app's CORS handler — unless ``cors_preflight=False``."""
+        return self.cors_preflight and method == "OPTIONS" and origin is not None and request_method is not None
 
     def raw_token(self, authorization: str | None) -> str | None:
         """The bearer token to validate, or ``None`` for a permitted anonymous request."""

@@ -10,10 +10,11 @@ from urllib.parse import urlsplit
 
 from .._log import logger
 from ..errors import ConfigurationError, InvalidTokenError
+from ..rotation import Derived
 from ..tokens import UserToken
 from .options import IasFlowOptions
 from .result import Authenticated
-from .validator import TokenValidator, _ValidatedTokens, _xssec_verify
+from .validator import TokenValidator, _ValidatedTokens
 
 if TYPE_CHECKING:
     from ..bindings import Bindings
@@ -107,13 +108,18 @@ class IasFlows:
         ias: Mapping[str, Any] | None = None,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
+        bindings: "Bindings | None" = None,
     ) -> None:
         self.validator = validator
         self.oauth = oauth
         self.cache = cache
         self.options = options
-        self.xsuaa = dict(xsuaa) if xsuaa is not None else None
-        self.ias = dict(ias) if ias is not None else None
+        self._fixed = (dict(xsuaa) if xsuaa is not None else None, dict(ias) if ias is not None else None)
+        # With ``bindings``: the clients follow a rotated binding (a new clientsecret or
+        # certificate is used for the next exchange, as the outbound clients do).
+        self._derived: Derived[tuple[dict[str, Any] | None, dict[str, Any] | None]] | None = (
+            Derived(bindings, _flow_credentials) if bindings is not None else None
+        )
         self._clock = clock
         self._results = _ValidatedTokens(cache_size)
         self._public = _ValidatedTokens(cache_size)
@@ -121,16 +127,26 @@ class IasFlows:
 
     @classmethod
     def from_propagator(cls, propagator: FlowsEngine, options: IasFlowOptions) -> "IasFlows":
-        xsuaa = propagator.bindings.find(label="xsuaa")
-        ias = propagator.bindings.find(label="identity")
+        xsuaa, ias = _flow_credentials(propagator.bindings)
         return cls(
             validator=propagator.validator,
             oauth=propagator.oauth,
             cache=propagator.cache,
             options=options,
-            xsuaa=xsuaa.credentials if xsuaa is not None else None,
-            ias=ias.credentials if ias is not None else None,
+            xsuaa=xsuaa,
+            ias=ias,
+            bindings=propagator.bindings,
         )
+
+    @property
+    def xsuaa(self) -> dict[str, Any] | None:
+        """The ``xsuaa`` binding credentials of the current bindings generation."""
+        return (self._derived.get() if self._derived is not None else self._fixed)[0]
+
+    @property
+    def ias(self) -> dict[str, Any] | None:
+        """The ``identity`` binding credentials of the current bindings generation."""
+        return (self._derived.get() if self._derived is not None else self._fixed)[1]
 
     def _check(self) -> None:
         if self.ias is None:
@@ -151,9 +167,7 @@ class IasFlows:
     @property
     def xsuaa_token_url(self) -> str:
         assert self.xsuaa is not None
-        client = _client(self.xsuaa)
-        base = self.xsuaa.get("certurl") if client.uses_mtls and self.xsuaa.get("certurl") else self.xsuaa["url"]
-        return _join(str(base), "/oauth/token")
+        return _xsuaa_token_url(self.xsuaa)
 
     @property
     def ias_token_url(self) -> str:
@@ -231,7 +245,7 @@ class IasFlows:
     def _verify_public(self, token: UserToken, client: str) -> UserToken:
         now = self._clock()
         TokenValidator._check_algorithm(token)
-        expires_at = TokenValidator._check_expiry(token, now)
+        expires_at = self.validator.check_lifetime(token, now)
         hit = self._public.get(token.raw, now)
         if hit is not None:
             return hit
@@ -244,8 +258,7 @@ class IasFlows:
         # sap-xssec checks issuer (domains), expiry and signature (the tenant's JWKS); its
         # audience check is pointed at the public client, the audience such a token has.
         credentials = {**self.ias, "clientid": client}
-        verify = getattr(self.validator, "verify", None)  # the validator's key-fetch limit applies
-        verify(token, "ias", credentials) if callable(verify) else _xssec_verify(token, "ias", credentials)
+        self.validator.verify(token, "ias", credentials)  # with the validator's key-fetch limit and leeway
         self._public.put(token.raw, token, expires_at)
         logger.debug("inbound public-client token %s verified (client %s)", token.fingerprint, _safe(client))
         return token
@@ -256,11 +269,12 @@ class IasFlows:
         from ..errors import TokenExchangeError
         from ..oauth import GRANT_JWT_BEARER
 
-        url = self.ias_token_url
-        key = CacheKey("inbound:ias-public-client", GRANT_JWT_BEARER, str(self.ias["clientid"]), public.tenant,
+        ias = self.ias  # one generation of the binding for the whole exchange
+        url = _join(str(ias["url"]), "/oauth2/token")
+        key = CacheKey("inbound:ias-public-client", GRANT_JWT_BEARER, str(ias["clientid"]), public.tenant,
                        public.fingerprint, url)
         try:
-            response, _ = self.cache.get_or_fetch(key, lambda: self._fetch(url, _client(self.ias or {}), public))
+            response, _ = self.cache.get_or_fetch(key, lambda: self._fetch(url, _client(ias), public))
         except TokenExchangeError as exc:
             code = _safe(exc.error or (f"HTTP {exc.status}" if exc.status else "no answer"))
             logger.info("inbound public-client token %s: IAS refused the exchange (%s)", public.fingerprint, code)
@@ -272,7 +286,7 @@ class IasFlows:
 
     # -- IAS → XSUAA -----------------------------------------------------------------------
     def _to_xsuaa(self, user: UserToken) -> UserToken:
-        assert self.ias is not None and self.xsuaa is not None
+        assert self.ias is not None
         from ..cache import CacheKey
         from ..errors import TokenExchangeError
         from ..oauth import GRANT_JWT_BEARER
@@ -283,11 +297,14 @@ class IasFlows:
             raise InvalidTokenError(_MISSING_TRUST_AUD.format(which=f" ({_safe(trust)})", answer=""))
         if trust is None and not any(a != ours for a in user.audiences):
             raise InvalidTokenError(_MISSING_TRUST_AUD.format(which="", answer=""))
-        url = self.xsuaa_token_url
-        key = CacheKey("inbound:ias-to-xsuaa", GRANT_JWT_BEARER, str(self.xsuaa["clientid"]), user.tenant,
+        xsuaa = self.xsuaa  # one generation of the binding for the whole exchange (rotation: the newest)
+        if xsuaa is None:
+            raise InvalidTokenError("The IAS token cannot be exchanged for an XSUAA token: no 'xsuaa' binding is bound.")
+        url = _xsuaa_token_url(xsuaa)
+        key = CacheKey("inbound:ias-to-xsuaa", GRANT_JWT_BEARER, str(xsuaa["clientid"]), user.tenant,
                        user.fingerprint, url)
         try:
-            response, _ = self.cache.get_or_fetch(key, lambda: self._fetch(url, _client(self.xsuaa or {}), user))
+            response, _ = self.cache.get_or_fetch(key, lambda: self._fetch(url, _client(xsuaa), user))
         except TokenExchangeError as exc:
             code = _safe(exc.error or (f"HTTP {exc.status}" if exc.status else "no answer"))
             logger.info("inbound IAS token %s: XSUAA refused the exchange (%s)", user.fingerprint, code)
@@ -319,6 +336,17 @@ class IasFlows:
         except InvalidTokenError as exc:
             self.cache.invalidate(key)
             raise InvalidTokenError(f"The token {what} is not valid for this application: {exc.error_description}") from None
+
+
+def _xsuaa_token_url(xsuaa: Mapping[str, Any]) -> str:
+    """``{url}/oauth/token``, or ``{certurl}/oauth/token`` for an X.509 client."""
+    base = xsuaa.get("certurl") if _client(xsuaa).uses_mtls and xsuaa.get("certurl") else xsuaa["url"]
+    return _join(str(base), "/oauth/token")
+
+
+def _flow_credentials(bindings: "Bindings") -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    xsuaa, ias = bindings.find(label="xsuaa"), bindings.find(label="identity")
+    return (dict(xsuaa.credentials) if xsuaa is not None else None, dict(ias.credentials) if ias is not None else None)
 
 
 def _safe(text: str) -> str:

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 
-from ..errors import InvalidTokenError
+from .._log import logger
+from ..errors import InvalidTokenError, MissingUserTokenError
 from .scopes import InsufficientScopeError
 
-__all__ = ["unauthorized", "forbidden", "refusal"]
+__all__ = ["unauthorized", "forbidden", "refusal", "missing_user", "MISSING_USER_DESCRIPTION"]
+
+#: What a caller without a user token is told when a view called a destination that needs a
+#: user (``MissingUserTokenError``); the destination and its type go to the log, not to the caller.
+MISSING_USER_DESCRIPTION = "A signed-in user is required for this resource: send a Bearer token of a user."
 
 _MAX_DESCRIPTION = 300
 
@@ -57,3 +62,12 @@ def refusal(exc: "InvalidTokenError | InsufficientScopeError") -> tuple[int, byt
     if isinstance(exc, InsufficientScopeError):
         return (403, *forbidden(exc))
     return (401, *unauthorized(exc))
+
+
+def missing_user(exc: MissingUserTokenError, where: str = "") -> tuple[int, bytes, list[tuple[str, str]]]:
+    """The answer to a view that called a destination needing a user without one (a public
+    path, ``require_token=False``, a technical caller): 401 with the body and challenge of the
+    other refusals — the caller can fix it by sending a user's token; a 500 would say the app
+    is broken. Logged at info with the destination, never sent to the caller."""
+    logger.info("inbound request %s answered 401: %s", "".join(ch if ch.isprintable() else "?" for ch in where[:200]), exc)
+    return (401, *unauthorized(InvalidTokenError(MISSING_USER_DESCRIPTION)))

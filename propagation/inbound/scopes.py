@@ -14,16 +14,22 @@ the answer with :func:`propagation.inbound.responses.forbidden`.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from .._log import logger
-from ..errors import InvalidTokenError, PropagationError
+from ..errors import ConfigurationError, InvalidTokenError, PropagationError
 from ..tokens import UserToken
 
-__all__ = ["InsufficientScopeError", "ScopeCheck", "scope_names"]
+__all__ = ["InsufficientScopeError", "ScopeCheck", "scope_names", "mark_guard", "unguarded_views"]
 
 #: RFC 6749 §3.3 scope-token characters (no space, no quote, no backslash).
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
+
+#: Attribute of a view ``require_scopes`` wrapped (the undecorated function): its scope names.
+GUARDED_BY = "__propagation_guarded_by__"
+#: Attribute of the wrapper ``require_scopes`` returned (copied by ``functools.wraps`` onto
+#: any decorator stacked above it): its scope names.
+GUARD = "__propagation_scopes__"
 
 
 class InsufficientScopeError(PropagationError, PermissionError):
@@ -41,16 +47,58 @@ class InsufficientScopeError(PropagationError, PermissionError):
         super().__init__(description)
 
 
-def scope_names(scopes: Iterable[str]) -> tuple[str, ...]:
+def scope_names(scopes: Iterable[Any]) -> tuple[str, ...]:
     """Validate the local scope names a route declares (at decoration time, so a typo such
-    as ``"Read Write"`` fails when the module is imported, not on a request)."""
+    as ``"Read Write"`` fails when the module is imported, not on a request).
+
+    A fully qualified scope (``"app!t1.Read"``, ``"$XSAPPNAME.Read"``) is refused here: the
+    check qualifies the name with the binding's ``xsappname`` itself, and the ``xsappname``
+    is not known when the module is imported, so a qualified name could only fail later, at
+    request time, as "Missing scope app!t1.app!t1.Read". ``@require_scopes`` without
+    parentheses is refused with the right spelling."""
     names = tuple(scopes)
+    if len(names) == 1 and callable(names[0]) and not isinstance(names[0], str):
+        what = getattr(names[0], "__name__", "the view")
+        raise ConfigurationError(
+            f"require_scopes was applied to {what!r} without scope names: write @require_scopes(\"Read\") "
+            "(with the parentheses and the local scope names)."
+        )
     if not names:
-        raise ValueError("require_scopes() needs at least one scope name.")
+        raise ConfigurationError("require_scopes() needs at least one scope name.")
     for name in names:
         if not isinstance(name, str) or _SCOPE_TOKEN.fullmatch(name) is None:
-            raise ValueError(f"Scope name {name!r} is not a single OAuth scope token (no spaces or quotes).")
+            raise ConfigurationError(f"Scope name {name!r} is not a single OAuth scope token (no spaces or quotes).")
+        qualified = name.startswith("$XSAPPNAME") or "!" in name.partition(".")[0]
+        if qualified and "." in name:
+            local = name.partition(".")[2]
+            raise ConfigurationError(
+                f"Scope {name!r} is fully qualified: require_scopes takes the local scope name ({local!r}) and "
+                "prefixes the XSUAA binding's xsappname itself, as sap-xssec's check_local_scope does."
+            )
     return names
+
+
+def mark_guard(guard: Callable[..., Any], view: Callable[..., Any], names: tuple[str, ...]) -> None:
+    """Mark ``guard`` as ``view`` wrapped by ``require_scopes(*names)`` and ``view`` as wrapped,
+    so :func:`unguarded_views` can tell a route that calls ``view`` itself (the decorators in
+    the wrong order: the route registered the undecorated function) from one that calls the
+    guard."""
+    setattr(guard, GUARD, names)
+    try:
+        setattr(view, GUARDED_BY, names)
+    except (AttributeError, TypeError):  # a builtin or a bound method: nothing to compare against
+        pass
+
+
+def unguarded_views(routes: Mapping[str, Any]) -> list[tuple[str, Any, tuple[str, ...]]]:
+    """``(endpoint, view, scope names)`` of every route whose view was wrapped by
+    ``require_scopes`` but is registered undecorated — the check would never run for it."""
+    found = []
+    for endpoint, view in routes.items():
+        names = getattr(view, GUARDED_BY, None)
+        if names and getattr(view, GUARD, None) is None:
+            found.append((str(endpoint), view, tuple(names)))
+    return found
 
 
 class ScopeCheck:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from urllib.parse import urlsplit
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import httpx
@@ -23,6 +24,7 @@ from ..errors import ConfigurationError, InvalidTokenError
 from ..tokens import TokenKind, UserToken
 from .key_fetch import KeyFetchLimiter
 from .result import Authenticated
+from .timestamps import check_lifetime, leeway_seconds, xssec_time_checks_done
 
 if TYPE_CHECKING:
     from ..bindings import Bindings
@@ -111,6 +113,11 @@ class TokenValidator:
     ``xsuaa`` / ``ias`` are the binding credentials (passed to sap-xssec unchanged); a
     token of a kind with no binding is refused with a description naming the missing
     binding. ``clock`` drives the expiry check and the cache (tests inject it).
+
+    ``leeway``: seconds a token is still accepted past ``exp`` and before ``nbf`` (clock skew
+    between the IdP and this host; default 60 as SAP's Java library, ``0`` for none; env
+    ``PROPAGATION_CLOCK_SKEW_LEEWAY`` through the engine). The time checks are this
+    validator's (:mod:`.timestamps`); signature, issuer and audience stay sap-xssec's.
     """
 
     def __init__(
@@ -121,12 +128,17 @@ class TokenValidator:
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
         key_fetches: KeyFetchLimiter | None = None,
+        leeway: float | str | None = None,
+        bindings: "Bindings | None" = None,
     ) -> None:
-        self._credentials: dict[TokenKind, dict[str, Any] | None] = {
+        self.leeway = leeway_seconds(leeway)
+        self._fixed: dict[TokenKind, dict[str, Any] | None] = {
             "xsuaa": dict(xsuaa) if xsuaa is not None else None,
             "ias": dict(ias) if ias is not None else None,
         }
-        self._check_credentials()
+        _check_credentials(self._fixed)
+        # With ``bindings`` (from_bindings): the credentials follow a rotated binding.
+        self._rotation = _Rotation(bindings, self._fixed) if bindings is not None else None
         self._clock = clock
         self._cache = _ValidatedTokens(cache_size)
         self.key_fetches = key_fetches if key_fetches is not None else KeyFetchLimiter()
@@ -146,28 +158,22 @@ class TokenValidator:
         return cls(
             xsuaa=xsuaa.credentials if xsuaa is not None else None,
             ias=ias.credentials if ias is not None else None,
+            bindings=bindings,
             **kwargs,
         )
 
-    def _check_credentials(self) -> None:
-        """Fail at construction on credentials sap-xssec would reject on every request."""
-        xsuaa, ias = self._credentials["xsuaa"], self._credentials["ias"]
-        if xsuaa is not None:
-            missing = [k for k in ("clientid", "xsappname") if not xsuaa.get(k)]
-            if not (xsuaa.get("uaadomain") or xsuaa.get("url")):
-                missing.append("uaadomain")
-            if missing:
-                raise ConfigurationError(
-                    f"The 'xsuaa' binding credentials lack {', '.join(missing)}: inbound XSUAA tokens cannot be validated."
-                )
-        if ias is not None:
-            missing = [] if ias.get("clientid") else ["clientid"]
-            if not (ias.get("domains") or ias.get("domain")):
-                missing.append("domains")
-            if missing:
-                raise ConfigurationError(
-                    f"The 'identity' binding credentials lack {', '.join(missing)}: inbound IAS tokens cannot be validated."
-                )
+    @property
+    def _credentials(self) -> dict[TokenKind, dict[str, Any] | None]:
+        """The binding credentials in force: those of the current bindings generation (a
+        rotation swaps them and drops the validated tokens), else the fixed ones."""
+        rotation = self._rotation
+        if rotation is None:
+            return self._fixed
+        credentials = rotation.current()
+        if credentials is not rotation.cleared_for:
+            rotation.cleared_for = credentials
+            self._cache.clear()
+        return credentials
 
     # -- public -----------------------------------------------------------------------
     def validate(self, raw: str) -> UserToken:
@@ -177,13 +183,15 @@ class TokenValidator:
         """
         if not isinstance(raw, str):
             raise InvalidTokenError("Token is not a string.")
+        if self._rotation is not None:
+            self._credentials  # noqa: B018 - a rotation drops what was validated before it
         now = self._clock()
         hit = self._cache.get(raw, now)
         if hit is not None:
             return hit.token
         token = UserToken.parse(raw)
         self._check_algorithm(token)
-        expires_at = self._check_expiry(token, now)
+        expires_at = self.check_lifetime(token, now)
         kind = token.kind
         credentials = self._credentials[kind]
         if credentials is None:
@@ -210,6 +218,8 @@ class TokenValidator:
 
     def cached_result(self, raw: str) -> "Authenticated | None":
         """:meth:`cached` as the middlewares want it (no I/O, never raises, expiry checked)."""
+        if self._rotation is not None:
+            self._credentials  # noqa: B018 - a rotation drops what was validated before it
         return self._cache.get(raw, self._clock()) if isinstance(raw, str) else None
 
     def clear_cache(self) -> None:
@@ -238,14 +248,10 @@ class TokenValidator:
                 f"asymmetric key ({', '.join(sorted(ALLOWED_ALGORITHMS))})."
             )
 
-    @staticmethod
-    def _check_expiry(token: UserToken, now: float) -> float:
-        expires_at = token.expires_at
-        if expires_at is None:
-            raise InvalidTokenError("Token has no 'exp' claim: tokens without an expiry are not accepted.")
-        if now >= expires_at:
-            raise InvalidTokenError("Token expired.")
-        return expires_at
+    def check_lifetime(self, token: UserToken, now: float | None = None) -> float:
+        """Refuse a token past ``exp`` or before ``nbf`` by more than the leeway; the instant
+        until which it is accepted (``exp`` + leeway: how long a result may be cached)."""
+        return check_lifetime(token, self._clock() if now is None else now, self.leeway)
 
     def _verify(self, token: UserToken, kind: TokenKind, credentials: Mapping[str, Any]) -> None:
         self.verify(token, kind, credentials)
@@ -253,6 +259,7 @@ class TokenValidator:
     def verify(self, token: UserToken, kind: TokenKind, credentials: Mapping[str, Any]) -> None:
         """sap-xssec's check of ``token`` against ``credentials``, with key fetches for
         unknown keys rate-limited (:class:`KeyFetchLimiter`): while limited, 401 without a fetch."""
+        self.check_lifetime(token)  # sap-xssec's own time checks are off during the call below
         slot = _key_slot(token, kind)
         limiter = self.key_fetches
         if limiter.known(slot):
@@ -272,6 +279,65 @@ class TokenValidator:
             limiter.done(slot, valid)
 
 
+def _check_credentials(credentials: Mapping[TokenKind, Mapping[str, Any] | None]) -> None:
+    """Fail on credentials sap-xssec would reject on every request (at construction, and for
+    rotated bindings, which are then not taken)."""
+    xsuaa, ias = credentials["xsuaa"], credentials["ias"]
+    if xsuaa is not None:
+        missing = [k for k in ("clientid", "xsappname") if not xsuaa.get(k)]
+        if not (xsuaa.get("uaadomain") or xsuaa.get("url")):
+            missing.append("uaadomain")
+        if missing:
+            raise ConfigurationError(
+                f"The 'xsuaa' binding credentials lack {', '.join(missing)}: inbound XSUAA tokens cannot be validated."
+            )
+    if ias is not None:
+        missing = [] if ias.get("clientid") else ["clientid"]
+        if not (ias.get("domains") or ias.get("domain")):
+            missing.append("domains")
+        if missing:
+            raise ConfigurationError(
+                f"The 'identity' binding credentials lack {', '.join(missing)}: inbound IAS tokens cannot be validated."
+            )
+
+
+class _Rotation:
+    """The ``xsuaa`` / ``identity`` credentials of the bindings' current generation, so a
+    binding rotated under ``SERVICE_BINDING_ROOT`` (new secret, certificate or key) is used
+    without a restart, as the outbound side does (:class:`propagation.rotation.Derived`).
+    Rotated credentials that could not validate anything are not taken (logged; the
+    previous ones stay), like a malformed rotated binding file."""
+
+    __slots__ = ("_derived", "_last", "cleared_for")
+
+    def __init__(self, bindings: "Bindings", initial: dict[TokenKind, dict[str, Any] | None]) -> None:
+        from ..rotation import Derived
+
+        self._last = initial
+        self.cleared_for: Any = initial
+        self._derived = Derived(bindings, self._read)
+
+    def _read(self, snapshot: "Bindings") -> dict[TokenKind, dict[str, Any] | None]:
+        xsuaa, ias = snapshot.find(label="xsuaa"), snapshot.find(label="identity")
+        found: dict[TokenKind, dict[str, Any] | None] = {
+            "xsuaa": dict(xsuaa.credentials) if xsuaa is not None else None,
+            "ias": dict(ias.credentials) if ias is not None else None,
+        }
+        if found == self._last:
+            return self._last  # unchanged (another binding rotated): keep the validated tokens
+        try:
+            _check_credentials(found)
+        except ConfigurationError as exc:
+            logger.warning("rotated xsuaa/identity credentials not taken (keeping the previous ones): %s", exc)
+            return self._last
+        logger.info("inbound validation uses the rotated xsuaa/identity credentials (generation %d)", snapshot.generation)
+        self._last = found
+        return found
+
+    def current(self) -> dict[TokenKind, dict[str, Any] | None]:
+        return self._derived.get()
+
+
 def _key_slot(token: UserToken, kind: TokenKind) -> tuple[str, ...]:
     """What sap-xssec fetches keys per: XSUAA zone (``zid``) or IAS issuer and tenant, and the key id."""
     kid = token.header.get("kid")
@@ -287,14 +353,18 @@ def _xssec_verify(token: UserToken, kind: TokenKind, credentials: Mapping[str, A
     # Looked up on the module at call time so tests can spy on sap-xssec.
     create = sap.xssec.create_security_context_xsuaa if kind == "xsuaa" else sap.xssec.create_security_context_ias
     try:
-        create(token.raw, dict(credentials))
+        with xssec_time_checks_done():  # every caller checked exp/nbf with the leeway just before
+            create(token.raw, dict(credentials))
     except httpx.HTTPStatusError as exc:
         raise _keys_unavailable(token, exc.request.url.host, f"HTTP {exc.response.status_code}") from None
     except httpx.HTTPError as exc:
         host = exc.request.url.host if _has_request(exc) else "the identity provider"
         raise _keys_unavailable(token, host, type(exc).__name__) from None
     except Exception as exc:  # noqa: BLE001 - every sap-xssec failure is an invalid token
-        raise InvalidTokenError(_describe(exc, token.raw)) from None
+        description = _describe(exc, token.raw)
+        if description == _UNKNOWN_KID:
+            description = _unknown_kid(token, kind, credentials)
+        raise InvalidTokenError(description) from None
 
 
 def _keys_unavailable(token: UserToken, host: str, why: str) -> KeysUnavailableError:
@@ -312,13 +382,32 @@ def _has_request(exc: httpx.HTTPError) -> bool:
     return True
 
 
+_UNKNOWN_KID = "Token signing key (kid) is not published by the issuer."
+
+
+def _unknown_kid(token: UserToken, kind: TokenKind, credentials: Mapping[str, Any]) -> str:
+    """The unknown-key refusal with what an operator needs (within the 300 characters an
+    answer carries): the key id, the issuer, where the keys were read, and the usual cause —
+    a token of another landscape (another subaccount or identity tenant; a sandbox that was
+    restarted, whose keys and port are new)."""
+    def shown(value: Any, limit: int) -> str:
+        return "".join(ch if ch.isprintable() else "?" for ch in str(value))[:limit]
+
+    keys = credentials.get("uaadomain") if kind == "xsuaa" else urlsplit(str(token.issuer or "")).netloc
+    return (
+        f"Token signing key '{shown(token.header.get('kid'), 40)}' is not published by issuer "
+        f"'{shown(token.claims.get('iss'), 90)}' (keys read from {shown(keys or '?', 60)}): likely a token of another "
+        "landscape (another subaccount or identity tenant, or a restarted sandbox)."
+    )
+
+
 _KNOWN_FAILURES: tuple[tuple[str, str], ...] = (
     ("Audience Validation Failed", "Token audience does not match this application's OAuth client."),
     ("Signature verification failed", "Token signature verification failed."),
     ("Token has expired", "Token expired."),
     ("Signature has expired", "Token expired."),
     ("Failed to decode provided token", "Malformed JWT."),
-    ("Could not find key with kid", "Token signing key (kid) is not published by the issuer."),
+    ("Could not find key with kid", _UNKNOWN_KID),
 )
 
 

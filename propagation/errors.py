@@ -17,6 +17,7 @@ __all__ = [
     "DestinationNotFoundError",
     "ConfigurationError",
     "PathOutsideDestinationError",
+    "InvalidArgumentError",
 ]
 
 
@@ -101,3 +102,10 @@ class PathOutsideDestinationError(PropagationError, ValueError):
             f"Path {self.path!r} climbs above the destination's path {base_path!r} with dot segments; "
             f"nothing was sent."
         )
+
+
+class InvalidArgumentError(ConfigurationError):
+    """An argument of a call (``fragment=``, ``chain_vars=``, a ``name@level``, a destination
+    property that becomes a header) cannot be sent as it is: refused before any request, so it
+    never counts as a failure of the Destination service or an IdP (no breaker opens). The
+    message names the argument, never a secret value."""

@@ -80,7 +80,7 @@ class DestinationServiceConfig:
         provider = _Tenant(self.tenant_id or self.identityzone or "provider", self.token_url, False)
         if user is None or user.kind != "xsuaa":
             return provider
-        tenant, subdomain = user.tenant, user.subdomain
+        tenant, subdomain = user.tenant, user.tenant_subdomain  # a host label, else InvalidTokenError
         if not tenant or not subdomain or tenant == self.tenant_id:
             return provider
         if self.tenant_id is None and subdomain == self.identityzone:

@@ -29,7 +29,7 @@ from typing import Any
 from .._log import logger
 from ..bindings import Binding, Bindings
 from ..cache import CacheKey, TokenCache
-from ..connectivity_config import connectivity_config
+from ..connectivity_config import connectivity_config, with_xsuaa_defaults
 from ..destinations.model import Destination
 from ..errors import ConfigurationError
 from ..flow import Cached, Flow
@@ -76,6 +76,8 @@ class ConnectivityConfig:
     proxy_port: int
     uaadomain: str | None = None
     binding_name: str = ""
+    provider_zone: str | None = None
+    provider_subdomain: str | None = None
 
     @property
     def proxy_url(self) -> str:
@@ -87,12 +89,26 @@ class ConnectivityConfig:
         :func:`propagation.connectivity_config.connectivity_config`)."""
         parsed = connectivity_config(binding, kubernetes=kubernetes)
         return cls(parsed.client, parsed.token_url, parsed.proxy_host, parsed.proxy_port, parsed.uaadomain,
-                   parsed.binding_name)
+                   parsed.binding_name, parsed.provider_zone, parsed.provider_subdomain)
 
     def token_endpoint_for(self, user: UserToken | None) -> tuple[str, dict[str, str]]:
         """The token URL (and ``X-zid`` header) of the user's tenant, so the proxy token belongs
-        to that tenant and reaches its Cloud Connector: see :mod:`propagation.tenant_urls`."""
-        return tenant_token_endpoint(self.token_url, self.uaadomain, user)
+        to that tenant and reaches its Cloud Connector: see :mod:`propagation.tenant_urls`.
+        Fails closed (:class:`ConfigurationError`, nothing sent) where no URL of that tenant
+        can be formed: the provider's endpoint would carry a subscriber's user through the
+        provider's Cloud Connector."""
+        found = tenant_token_endpoint(self.token_url, self.uaadomain, user, provider_zone=self.provider_zone,
+                                      provider_subdomain=self.provider_subdomain)
+        if found is None:
+            raise ConfigurationError(
+                f"Connectivity binding '{self.binding_name}': the token endpoint of the calling user's tenant "
+                f"(zone {user.tenant if user is not None else None!r}) cannot be formed — the user token names no "
+                f"subaccount subdomain and the binding has no 'uaadomain' (or 'token_service_domain') for an X-zid "
+                f"request. Add 'uaadomain'/'token_service_domain' to the binding (or 'tenantid' if this is the "
+                f"provider's own user). Nothing was sent: the provider's proxy token is never used for another "
+                f"tenant's user."
+            )
+        return found
 
     def __repr__(self) -> str:
         return f"ConnectivityConfig(binding={self.binding_name!r}, client={self.client!r}, proxy={self.proxy_url!r})"
@@ -100,7 +116,9 @@ class ConnectivityConfig:
 
 def _parse(bindings: Bindings) -> ConnectivityConfig | None:
     binding = bindings.find(label="connectivity")
-    return ConnectivityConfig.from_binding(binding) if binding is not None else None
+    if binding is None:
+        return None
+    return ConnectivityConfig.from_binding(with_xsuaa_defaults(binding, bindings.find(label="xsuaa")))
 
 
 @dataclass

@@ -183,8 +183,9 @@ def connectivity_config(binding: Binding, *, kubernetes: bool | None = None) -> 
             if credential_type == "x509_attested":
                 raise ConfigurationError(
                     f"{where} has credential-type 'x509_attested': its client certificate comes from the Zero Trust "
-                    f"Identity Service (the SPIRE agent's workload API), which this library does not read; put the "
-                    f"workload's 'certificate' and 'key' (PEM) into the binding, or use credential-type 'x509'."
+                    f"Identity Service (SPIRE-attested workload credentials from the SPIRE agent's workload API), "
+                    f"which this library does not read; put the workload's 'certificate' and 'key' (PEM) into the "
+                    f"binding, or bind the instance with credential-type 'x509' or 'binding-secret'."
                 )
             raise ConfigurationError(f"{where} has credential-type {credential_type!r} and needs 'certificate' and 'key'.")
         mtls = True

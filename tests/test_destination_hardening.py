@@ -74,7 +74,7 @@ def test_a_header_property_a_transport_would_refuse_is_named_not_quoted(web: Web
     web.on("POST", "https://idp.example.com/", lambda r: (200, {}, {"access_token": "t", "expires_in": 60}))
     web.on("GET", TARGET + "/", lambda r: (200, {}, {}))
     e = engine(environ={"destinations": json.dumps(destinations)})
-    with pytest.raises(InvalidArgumentError, match=f"property '{prop}'") as info:
+    with pytest.raises(ConfigurationError, match=f"property '{prop}'") as info:  # found when the entries are read
         call(transport, e, "ENV")
     assert "API-KEY-VALUE" not in str(info.value)
     assert web.seen == []  # no token request, no call
@@ -172,3 +172,24 @@ def test_configuration_error_is_still_the_base(web: Web) -> None:
     StandIn(web).install()
     with pytest.raises(ConfigurationError):
         engine().destination("S4", fragment="eu\n")
+
+
+def test_a_header_property_of_an_env_entry_is_refused_at_start_up() -> None:
+    from propagation.destinations.env import destinations_from_env
+
+    entry = {"name": "ENV", "url": TARGET, "URL.headers.X-Api-Key": "API-KEY-VALUE\r\nX: y"}
+    with pytest.raises(ConfigurationError, match=r"destinations\[0\] \('ENV'\).*property 'URL.headers.X-Api-Key'") as info:
+        destinations_from_env({"destinations": json.dumps([entry])}, Bindings([]))
+    assert "API-KEY-VALUE" not in str(info.value)
+
+
+def test_an_x509_attested_destination_binding_without_key_says_what_it_is(web: Web) -> None:
+    from propagation.bindings import Binding
+
+    attested = Binding(name="dest", label="destination", source="SERVICE_BINDING_ROOT (/b/dest)", credentials={
+        "clientid": "dest-client", "credential-type": "x509_attested", "url": "https://provider.auth.example.com",
+        "uri": DEST_URI})
+    e = Propagator(environ={}, bindings=Bindings([attested]), cache=MemoryTokenCache(), oauth=OAuthClient(retries=0))
+    with pytest.raises(ConfigurationError, match="x509_attested.*SPIRE.*does not read.*'certificate' and 'key'"):
+        e.destination("S4")
+    assert web.seen == []

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 from ..bindings import Binding, Bindings, _json_type, default_env_path, load_default_env, parse_json
 from ..errors import ConfigurationError
 from ..oauth import ClientCredentials
-from .model import _CANONICAL_AUTH, PROXY_TYPES, Destination, Properties, canonical_authentication
+from .model import _CANONICAL_AUTH, PROXY_TYPES, Destination, Properties, canonical_authentication, header_problem
 from .vocabulary import check_keys, without_sdk_aliases
 
 __all__ = ["destinations_from_env", "destination_from_binding", "unknown_keys", "ENV_VARIABLE"]
@@ -370,6 +370,11 @@ def _from_entry(entry: Any, index: int, where: str, source: str, bindings: Bindi
     service_binding = e.string("serviceBinding")
     service_binding = service_binding.strip() if service_binding else None
 
+    for prefix in ("URL.headers.", "tokenServiceURL.headers."):  # at start-up, not at the first call
+        for header, value in props.prefixed(prefix).items():
+            problem = header_problem(header, value)
+            if problem is not None:
+                raise e.fail(f"property '{prefix}{header[:60]}' {problem}; it cannot be sent as a header")
     kind = e.string("Type")
     if kind is not None and kind.strip().upper() != "HTTP":
         raise e.fail(f"Type {_shown(kind.strip())}: only HTTP destinations can be called")

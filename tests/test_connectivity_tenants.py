@@ -90,6 +90,11 @@ SDK_PROVIDER_USER = jwtkit.Xsuaa(subdomain="provider", uaadomain="example.com", 
                  None, "exchange",
                  ("https://provider.authentication.eu10.hana.ondemand.com/oauth/token", JWT_BEARER, "sb-conn!b1", None),
                  id="ias-provider-user-keeps-the-binding-url"),
+    pytest.param(lambda: jwtkit.Xsuaa(subdomain="provider", zid="provider-zone").token(),
+                 {**HAND_WRITTEN, "token_service_url": "https://conn.example.com"},
+                 {"url": "https://provider.example.com", "tenantid": "provider-zone", "identityzone": "provider"},
+                 "exchange", ("https://conn.example.com/oauth/token", JWT_BEARER, "sb-conn!b1", None),
+                 id="provider-user-known-by-the-xsuaa-bindings-zone"),
 ])
 def test_the_token_comes_from_the_users_tenant(rsps, user, conn, xsuaa, mode, expected):
     rsps.post(expected[0], json={"access_token": "px-1", "expires_in": 3600})

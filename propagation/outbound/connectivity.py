@@ -91,6 +91,15 @@ class ConnectivityConfig:
         return cls(parsed.client, parsed.token_url, parsed.proxy_host, parsed.proxy_port, parsed.uaadomain,
                    parsed.binding_name, parsed.provider_zone, parsed.provider_subdomain)
 
+    @classmethod
+    def from_bindings(cls, bindings: Bindings) -> "ConnectivityConfig | None":
+        """The ``connectivity`` binding's configuration, completed from the ``xsuaa`` binding
+        (:func:`~propagation.connectivity_config.with_xsuaa_defaults`); ``None`` when none is bound."""
+        binding = bindings.find(label="connectivity")
+        if binding is None:
+            return None
+        return cls.from_binding(with_xsuaa_defaults(binding, bindings.find(label="xsuaa")))
+
     def token_endpoint_for(self, user: UserToken | None) -> tuple[str, dict[str, str]]:
         """The token URL (and ``X-zid`` header) of the user's tenant, so the proxy token belongs
         to that tenant and reaches its Cloud Connector: see :mod:`propagation.tenant_urls`.
@@ -115,10 +124,7 @@ class ConnectivityConfig:
 
 
 def _parse(bindings: Bindings) -> ConnectivityConfig | None:
-    binding = bindings.find(label="connectivity")
-    if binding is None:
-        return None
-    return ConnectivityConfig.from_binding(with_xsuaa_defaults(binding, bindings.find(label="xsuaa")))
+    return ConnectivityConfig.from_bindings(bindings)
 
 
 @dataclass

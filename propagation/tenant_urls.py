@@ -12,6 +12,7 @@ subdomain").
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,6 +32,14 @@ def _with_host(url: str, host: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def tenant_token_endpoint(
     token_url: str, uaadomain: str | None, user: UserToken | None, *, provider_zone: str | None = None,
     provider_subdomain: str | None = None,
@@ -47,6 +56,8 @@ def tenant_token_endpoint(
       ``authentication.cert``), else the first label replaced, as for the Destination service.
     * Otherwise (IAS users, XSUAA tokens without subdomain) the zone id goes to
       ``https://{uaadomain}`` with ``X-zid`` — only when ``uaadomain`` is known.
+    * A token URL whose host is an IP address (loopback tests): that URL, with ``X-zid`` for
+      any zone but the provider's.
 
     ``uaadomain``: the XSUAA domain the provider's ``token_url`` lives under (binding
     ``uaadomain``/``token_service_domain``; for a destination's ``Common`` token URL, the host
@@ -61,6 +72,10 @@ def tenant_token_endpoint(
     domain = (uaadomain or "").lower().strip(".")
     under_domain = bool(domain) and host.endswith("." + domain)
     subdomain = user.tenant_subdomain if user.kind == "xsuaa" else None
+    if _is_ip(host):
+        # An address has no subdomain to replace (a loopback test server, a private XSUAA): the
+        # tenant is named by its zone in X-zid — never left out, so never the provider's by default.
+        return token_url, ({ZONE_HEADER: zone} if zone and zone != provider_zone else {})
     if (provider_zone is not None and zone == provider_zone) or (
             provider_subdomain is not None and subdomain is not None and subdomain.lower() == provider_subdomain.lower()):
         return token_url, {}

@@ -95,6 +95,9 @@ SDK_PROVIDER_USER = jwtkit.Xsuaa(subdomain="provider", uaadomain="example.com", 
                  {"url": "https://provider.example.com", "tenantid": "provider-zone", "identityzone": "provider"},
                  "exchange", ("https://conn.example.com/oauth/token", JWT_BEARER, "sb-conn!b1", None),
                  id="provider-user-known-by-the-xsuaa-bindings-zone"),
+    pytest.param(_subscriber_xsuaa, {**HAND_WRITTEN, "token_service_url": "http://127.0.0.1:8080"}, None, "exchange",
+                 ("http://127.0.0.1:8080/oauth/token", JWT_BEARER, "sb-conn!b1", "subscriber-zid"),
+                 id="ip-address-host-names-the-tenant-in-x-zid"),
 ])
 def test_the_token_comes_from_the_users_tenant(rsps, user, conn, xsuaa, mode, expected):
     rsps.post(expected[0], json={"access_token": "px-1", "expires_in": 3600})

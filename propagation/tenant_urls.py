@@ -56,8 +56,8 @@ def tenant_token_endpoint(
       ``authentication.cert``), else the first label replaced, as for the Destination service.
     * Otherwise (IAS users, XSUAA tokens without subdomain) the zone id goes to
       ``https://{uaadomain}`` with ``X-zid`` — only when ``uaadomain`` is known.
-    * A token URL whose host is an IP address (loopback tests): that URL, with ``X-zid`` for
-      any zone but the provider's.
+    * A token URL whose host is an IP address or a single label (loopback tests): that URL,
+      with ``X-zid`` for any zone but the provider's.
 
     ``uaadomain``: the XSUAA domain the provider's ``token_url`` lives under (binding
     ``uaadomain``/``token_service_domain``; for a destination's ``Common`` token URL, the host
@@ -72,8 +72,8 @@ def tenant_token_endpoint(
     domain = (uaadomain or "").lower().strip(".")
     under_domain = bool(domain) and host.endswith("." + domain)
     subdomain = user.tenant_subdomain if user.kind == "xsuaa" else None
-    if _is_ip(host):
-        # An address has no subdomain to replace (a loopback test server, a private XSUAA): the
+    if _is_ip(host) or "." not in host:
+        # An address or a single-label host ("localhost") has no subdomain to replace: the
         # tenant is named by its zone in X-zid — never left out, so never the provider's by default.
         return token_url, ({ZONE_HEADER: zone} if zone and zone != provider_zone else {})
     if (provider_zone is not None and zone == provider_zone) or (
@@ -83,8 +83,6 @@ def tenant_token_endpoint(
         if under_domain:
             labels = host[: -len(domain) - 1].split(".")  # "<subdomain>" or "<subdomain>.authentication.cert"
             return _with_host(token_url, ".".join([subdomain, *labels[1:], domain])), {}
-        if "." not in host:
-            return None
         return _with_host(token_url, subdomain + "." + host.split(".", 1)[1]), {}
     if not zone:
         return token_url, {}  # a token that names no tenant at all is nobody's subscriber (as for the Destination service)

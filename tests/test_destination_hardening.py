@@ -193,3 +193,18 @@ def test_an_x509_attested_destination_binding_without_key_says_what_it_is(web: W
     with pytest.raises(ConfigurationError, match="x509_attested.*SPIRE.*does not read.*'certificate' and 'key'"):
         e.destination("S4")
     assert web.seen == []
+
+
+def test_a_common_token_url_never_takes_a_subdomain_that_is_no_host_label(web: Web) -> None:
+    import base64
+
+    entry = {"name": "ENV", "url": TARGET, "Authentication": "OAuth2JWTBearer", "clientId": "c", "clientSecret": "s",
+             "tokenServiceURL": "https://provider.auth.example.com/oauth/token", "tokenServiceURLType": "Common"}
+    claims = {"user_name": "mallory", "zid": "sub1-zid", "ext_attr": {"zdn": "attacker.example#", "enhancer": "XSUAA"},
+              "grant_type": "password", "exp": 4102444800}
+    token = "e30." + base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode() + ".sig"
+    e = Propagator(environ={"destinations": json.dumps([entry])}, bindings=Bindings([]), cache=MemoryTokenCache(),
+                   oauth=OAuthClient(retries=0))
+    with pytest.raises(InvalidTokenError, match="RFC 1123"):
+        e.session("ENV", user_token=token).get("/Items")
+    assert web.seen == []

@@ -14,7 +14,13 @@ Connector of the right location, ``SAP-Connectivity-SCC-Location_ID``. The calli
   ``SAP-Connectivity-Authentication: Bearer <user JWT>``.
 
 Other Authentication types over OnPremise keep their own ``Authorization`` and get the
-client_credentials proxy token (no user headers). The mode comes from the destination
+client_credentials proxy token (no user headers).
+
+Every proxy token belongs to the calling user's tenant — it picks that tenant's Cloud
+Connector: its token URL is formed as for the Destination service (:mod:`propagation.tenant_urls`:
+the user's subdomain as first host label, or ``X-zid`` at ``token_service_domain``/``uaadomain``);
+where none can be formed the call fails closed with a :class:`ConfigurationError` before any
+request — never the provider's token for a subscriber's user. The mode comes from the destination
 property ``connectivityMode``, else ``Propagator(connectivity_mode=…)``, else the env var
 ``PROPAGATION_CONNECTIVITY_MODE``, else ``exchange``.
 """

@@ -24,6 +24,18 @@ Shapes this parser reads:
   SPIFFE certificate comes from the SPIRE agent, which this library does not read — a
   binding that carries ``certificate``/``key`` anyway is used, else a ConfigurationError says so.
 
+* **Subscriber tenants**: the token of a subscriber's user comes from that tenant's endpoint
+  (:mod:`propagation.tenant_urls`): the subdomain replaces the first host label of the token
+  URL (under ``uaadomain``/``token_service_domain`` when given), an IAS user's zone goes in
+  ``X-zid`` to ``https://{uaadomain}``. ``provider_zone`` (``tenantid``/``identityzoneid``/
+  ``subaccount_id``/``zoneid``) and ``subaccount_subdomain``/``identityzone`` name the
+  provider's own tenant, whose users keep the binding's token URL. Where no URL of the user's
+  tenant can be formed, the call fails closed — never the provider's proxy token for a
+  subscriber's user.
+* **No token URL at all** (the SAP Cloud SDK's test binding, hand-written bindings): as the
+  Cloud SDK does, the subaccount's ``xsuaa`` binding lends ``url``, ``uaadomain`` and its zone
+  (:func:`with_xsuaa_defaults`).
+
 Errors never contain a secret or key (they name the binding and the missing keys).
 """
 
@@ -40,6 +52,7 @@ from .oauth import ClientCredentials
 __all__ = [
     "ConnectivityBinding",
     "connectivity_config",
+    "with_xsuaa_defaults",
     "KYMA_PROXY_HOST",
     "KYMA_PROXY_PORT",
     "X509_TYPES",
@@ -69,6 +82,8 @@ class ConnectivityBinding:
     binding_name: str = ""
     credential_type: str = "binding-secret"
     proxy_from_binding: bool = True  # False: the Kyma cluster default
+    provider_zone: str | None = None  # the provider's zone id: its users keep token_url
+    provider_subdomain: str | None = None  # the provider's subdomain: likewise
 
     @property
     def proxy_url(self) -> str:
@@ -113,6 +128,32 @@ def _cert_host(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+#: Keys that name a token endpoint; a binding with none of them borrows the xsuaa binding's.
+_TOKEN_URL_KEYS = ("certurl", "token_service_url", "url", "token_service_domain", "uaadomain")
+#: Zone id keys, in the order they are read.
+_ZONE_KEYS = ("tenantid", "identityzoneid", "zoneid", "subaccount_id", "subaccountid")
+
+
+def with_xsuaa_defaults(binding: Binding, xsuaa: Binding | None) -> Binding:
+    """``binding`` completed from the app's ``xsuaa`` binding (the provider's subaccount, the
+    same one the connectivity instance lives in): its zone (``tenantid``…), ``identityzone``
+    and ``uaadomain`` when the binding lacks them, and its ``url`` when the binding names no
+    token endpoint at all (what the SAP Cloud SDK does: the subaccount's XSUAA issues the
+    connectivity client's tokens). The binding's own keys always win."""
+    if xsuaa is None:
+        return binding
+    creds = binding.credentials
+    keys = ["uaadomain", "identityzone", *_ZONE_KEYS]
+    if not any(_text(creds, key) for key in _TOKEN_URL_KEYS):
+        keys.append("url")
+    lent = {key: xsuaa.credentials[key] for key in keys if _text(xsuaa.credentials, key) and not _text(creds, key)}
+    if not lent:
+        return binding
+    if any(_text(creds, key) for key in _ZONE_KEYS):  # one zone, the binding's own
+        lent = {k: v for k, v in lent.items() if k not in _ZONE_KEYS}
+    return Binding(binding.name, binding.label, {**lent, **creds}, binding.plan, binding.tags, binding.source)
+
+
 def connectivity_config(binding: Binding, *, kubernetes: bool | None = None) -> ConnectivityBinding:
     """Parse a ``connectivity`` binding (CF or Kyma shape); :class:`ConfigurationError` naming
     the binding and the missing keys when it cannot be used.
@@ -142,8 +183,9 @@ def connectivity_config(binding: Binding, *, kubernetes: bool | None = None) -> 
             if credential_type == "x509_attested":
                 raise ConfigurationError(
                     f"{where} has credential-type 'x509_attested': its client certificate comes from the Zero Trust "
-                    f"Identity Service (the SPIRE agent's workload API), which this library does not read; put the "
-                    f"workload's 'certificate' and 'key' (PEM) into the binding, or use credential-type 'x509'."
+                    f"Identity Service (SPIRE-attested workload credentials from the SPIRE agent's workload API), "
+                    f"which this library does not read; put the workload's 'certificate' and 'key' (PEM) into the "
+                    f"binding, or bind the instance with credential-type 'x509' or 'binding-secret'."
                 )
             raise ConfigurationError(f"{where} has credential-type {credential_type!r} and needs 'certificate' and 'key'.")
         mtls = True
@@ -201,4 +243,6 @@ def connectivity_config(binding: Binding, *, kubernetes: bool | None = None) -> 
         binding_name=binding.name,
         credential_type=credential_type or ("x509" if mtls else "binding-secret"),
         proxy_from_binding=from_binding,
+        provider_zone=next((z for z in (_text(creds, k) for k in _ZONE_KEYS) if z), None),
+        provider_subdomain=subdomain,
     )

@@ -17,6 +17,7 @@ __all__ = [
     "DestinationNotFoundError",
     "ConfigurationError",
     "PathOutsideDestinationError",
+    "InvalidArgumentError",
 ]
 
 
@@ -112,3 +113,10 @@ class PeerAnswerError(PropagationError, ValueError):
 class BlockingCallError(PropagationError, RuntimeError):
     """A blocking call (``session()``, ``client()``, ``headers()``) was made on a running event
     loop while ``PROPAGATION_BLOCKING_CALLS=raise``: it would stall every request of the worker."""
+
+
+class InvalidArgumentError(ConfigurationError):
+    """An argument of a call (``fragment=``, ``chain_vars=``, a ``name@level``, a destination
+    property that becomes a header) cannot be sent as it is: refused before any request, so it
+    never counts as a failure of the Destination service or an IdP (no breaker opens). The
+    message names the argument, never a secret value."""

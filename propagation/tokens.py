@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -19,12 +20,21 @@ from urllib.parse import urlsplit
 
 from .errors import InvalidTokenError
 
-__all__ = ["UserToken", "TokenKind", "fingerprint"]
+__all__ = ["UserToken", "TokenKind", "fingerprint", "is_host_label"]
 
 TokenKind = Literal["xsuaa", "ias"]
 
 #: Longest raw token accepted; real BTP tokens are a few kB.
 MAX_TOKEN_LENGTH = 16 * 1024
+
+
+#: One DNS label (RFC 1123 §2.1): letters, digits and inner hyphens, 1-63 characters.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def is_host_label(value: object) -> bool:
+    """True when ``value`` is one RFC 1123 host label: safe to put in front of a domain."""
+    return isinstance(value, str) and value.isascii() and _HOST_LABEL.fullmatch(value) is not None
 
 
 def fingerprint(raw: str) -> str:
@@ -115,6 +125,20 @@ class UserToken:
             label = host.split(".", 1)[0]
             return label or None
         return None
+
+    @property
+    def tenant_subdomain(self) -> str | None:
+        """:attr:`subdomain`, checked to be one RFC 1123 host label before anything builds a URL
+        or a header with it: a token given to ``use_token``/``user_token=`` is not validated,
+        and a ``zdn`` like ``attacker.example#`` would send client secrets and the user's JWT
+        to another host. Raises :class:`InvalidTokenError` (the value is not echoed)."""
+        subdomain = self.subdomain
+        if subdomain is not None and not is_host_label(subdomain):
+            raise InvalidTokenError(
+                "The token's tenant subdomain (ext_attr.zdn, else the issuer's first host label) is not a DNS host "
+                "label (RFC 1123: letters, digits, inner hyphens, at most 63 characters); refused before any request."
+            )
+        return subdomain
 
     @property
     def user(self) -> str | None:

@@ -307,3 +307,37 @@ def test_basic_auth_tokens_unchanged(land: Landscape) -> None:
     token = _get(land, "v2/destinations/BASIC").json()["authTokens"][0]
     user, _, _ = base64.b64decode(token["value"]).decode().partition(":")
     assert token["type"] == "Basic" and user == land.destinations["BASIC"].properties["User"]
+
+
+# ====================================================================== 9. the list APIs
+@pytest.mark.parametrize("path, tenant, expected", [
+    pytest.param("v1/subaccountDestinations", "provider",
+                 {"BASIC", "CC", "JWT", "PROVONLY", "REFRESH", "S4", "SHARED"}, id="provider-subaccount"),
+    pytest.param("v1/subaccountDestinations", "acme", {"BASIC", "CC", "JWT", "REFRESH", "S4", "SHARED"},
+                 id="subscriber-subaccount-no-provider-only"),
+    pytest.param("v1/instanceDestinations", "acme", {"SHARED"}, id="subscriber-instance"),
+    pytest.param("v1/instanceDestinations", "globex", set(), id="empty-array-not-404"),
+])
+def test_list_apis(land: Landscape, path: str, tenant: str, expected: set[str]) -> None:
+    answer = _get(land, path, tenant=tenant)
+    assert answer.status == 200
+    body = answer.json()
+    assert isinstance(body, list) and {d["Name"] for d in body} == expected
+    assert all({"Name", "Type", "URL", "Authentication", "ProxyType"} <= set(d) for d in body)
+    assert land.calls.values("tenant") == [tenant]
+    assert land.exchanges.values("via") == ["app"]  # the service token only: a list runs no token flow
+
+
+def test_list_api_shows_the_tenants_own_copy(land: Landscape) -> None:
+    (shared,) = [d for d in _get(land, "v1/subaccountDestinations", tenant="acme").json() if d["Name"] == "SHARED"]
+    assert shared["URL"].endswith("/acme-subaccount")
+
+
+@pytest.mark.parametrize("method, authorization, status", [
+    pytest.param("POST", True, 405, id="post-not-allowed"),
+    pytest.param("GET", False, 401, id="no-service-token"),
+])
+def test_list_api_refusals(land: Landscape, method: str, authorization: bool, status: int) -> None:
+    headers = {"Authorization": f"Bearer {_service_token(land)}"} if authorization else {}
+    url = f"{land.origins.destination}/destination-configuration/v1/subaccountDestinations"
+    assert land.handle(Request(method, url, headers)).status == status

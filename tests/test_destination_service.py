@@ -434,7 +434,7 @@ def test_principal_propagation_from_service_goes_through_connectivity(rsps, xsua
     svc = service(rsps, cfg("PrincipalPropagation", URL=onprem, ProxyType="OnPremise", CloudConnectorLocationId="loc1"))
     conn = Binding(name="my-connectivity", label="connectivity", credentials={
         "clientid": "sb-conn!b1", "clientsecret": "conn-secret-VALUE", "token_service_url": "https://conn.example.com",
-        "onpremise_proxy_host": "proxy.internal", "onpremise_proxy_http_port": "20003"})
+        "onpremise_proxy_host": "proxy.internal", "onpremise_proxy_http_port": "20003", "tenantid": xsuaa.zid})
     conn_token = rsps.post("https://conn.example.com/oauth/token", json={"access_token": "px-1", "expires_in": 3600})
     rsps.get(f"{onprem}/Items", json={})
     user = xsuaa.token()

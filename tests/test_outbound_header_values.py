@@ -45,7 +45,7 @@ def test_a_header_value_that_clients_refuse_is_a_configuration_error_before_anyt
     with responses.RequestsMock(assert_all_requests_are_fired=False):  # any request would fail as unmatched
         with pytest.raises(ConfigurationError, match=named.replace(".", r"\.")) as caught:
             transport.call(transport.make(e, "S4", user_token=user("alice")), "GET", "Items")
-    assert SECRET not in str(caught.value) and "nothing was sent" in str(caught.value)
+    assert SECRET not in str(caught.value) and "nothing was sent" in str(caught.value).lower()
     assert e.oauth.breakers.open_keys() == []
 
 
@@ -59,6 +59,6 @@ def test_surrounding_blanks_of_a_header_value_are_dropped_not_refused() -> None:
 
 def test_an_invalid_header_name_is_refused_naming_it() -> None:
     e = engine({"URL.headers.X Api:Key": SECRET}, authentication="NoAuthentication")
-    with pytest.raises(ConfigurationError, match="not a valid HTTP header name") as caught:
+    with pytest.raises(ConfigurationError, match="not an HTTP header name") as caught:
         e.headers("S4")
     assert SECRET not in str(caught.value)

@@ -9,6 +9,14 @@ library. Keys are case-insensitive. Every entry key is kept verbatim in
 A key that is a near miss of a known one (``Authentification``) is refused rather than
 ignored (:mod:`.vocabulary`); other unknown keys are listed by :func:`unknown_keys`.
 
+The SAP Cloud SDK's form of an entry is read too (``{"name", "url", "username", "password"}``,
+``authentication``, ``tokenServiceUrl``, ``clientId``, ``clientSecret``, ``type``,
+``proxyType``, ``sapClient``, ``isTrustingAllCertificates``, ``headers``/``queryParameters``
+objects…): each SDK key is stored under the Destination-service property it stands for
+(:data:`~.vocabulary.SDK_ALIASES`), and giving both is an error. As the SDK does, an entry
+without ``Authentication`` but with ``User`` and ``Password`` (either spelling) is
+``BasicAuthentication`` — never sent without the credentials it carries.
+
 OAuth client of an entry: ``clientId`` with ``clientSecret``, or ``clientId`` with
 ``clientCertificate`` and ``clientKey`` (PEM strings) for mTLS client authentication at the
 token endpoint. ``serviceBinding: "<instance name>"`` takes the URL (unless the entry has
@@ -30,8 +38,8 @@ from urllib.parse import urlsplit
 from ..bindings import Binding, Bindings, _json_type, default_env_path, load_default_env, parse_json
 from ..errors import ConfigurationError
 from ..oauth import ClientCredentials
-from .model import _CANONICAL_AUTH, PROXY_TYPES, Destination, Properties, canonical_authentication
-from .vocabulary import check_keys
+from .model import _CANONICAL_AUTH, PROXY_TYPES, Destination, Properties, canonical_authentication, header_problem
+from .vocabulary import check_keys, without_sdk_aliases
 
 __all__ = ["destinations_from_env", "destination_from_binding", "unknown_keys", "ENV_VARIABLE"]
 
@@ -351,7 +359,7 @@ def _from_entry(entry: Any, index: int, where: str, source: str, bindings: Bindi
             f"{_entry_label(entry, index)} in {where}: unknown key {_short(key)!r}; did you mean {meant!r}? "
             f"(a misspelt key would be ignored, and the destination called without it)"
         )
-    props = Properties(entry)
+    props = Properties(without_sdk_aliases(entry, f"{_entry_label(entry, index)} in {where}"))
     name = props.get("name")
     if not isinstance(name, str) or not name.strip():
         problem = "has no 'name'" if name is None or name == "" else "has a 'name' that is not a non-empty string"
@@ -362,9 +370,19 @@ def _from_entry(entry: Any, index: int, where: str, source: str, bindings: Bindi
     service_binding = e.string("serviceBinding")
     service_binding = service_binding.strip() if service_binding else None
 
+    for prefix in ("URL.headers.", "tokenServiceURL.headers."):  # at start-up, not at the first call
+        for header, value in props.prefixed(prefix).items():
+            problem = header_problem(header, value)
+            if problem is not None:
+                raise e.fail(f"property '{prefix}{header[:60]}' {problem}; it cannot be sent as a header. Nothing was sent.")
+    kind = e.string("Type")
+    if kind is not None and kind.strip().upper() != "HTTP":
+        raise e.fail(f"Type {_shown(kind.strip())}: only HTTP destinations can be called")
     raw_auth = e.string("Authentication")
+    inferred = False
     if raw_auth is None:
         authentication = _SERVICE_BINDING_AUTHENTICATION if service_binding else "NoAuthentication"
+        inferred = True
     else:
         canonical = canonical_authentication(raw_auth)
         if canonical is None:
@@ -417,6 +435,8 @@ def _from_entry(entry: Any, index: int, where: str, source: str, bindings: Bindi
             )
     if url is None:
         raise e.fail("'url' is missing")
+    if inferred and service_binding is None:
+        authentication = _inferred_authentication(e)
 
     return Destination(
         name=name,
@@ -432,7 +452,17 @@ def _from_entry(entry: Any, index: int, where: str, source: str, bindings: Bindi
         strict_ssl=strict_ssl,
         client=client,
         token_service_url=token_service_url,
+        authentication_inferred=inferred,
     )
+
+
+def _inferred_authentication(e: _Entry) -> str:
+    """No ``Authentication``: ``BasicAuthentication`` when ``User`` and ``Password`` are both
+    given (the SAP Cloud SDK's rule: the entry is never called without the credentials it
+    carries), else ``NoAuthentication``."""
+    if e.string("User") is not None and e.string("Password") is not None:
+        return "BasicAuthentication"
+    return "NoAuthentication"
 
 
 def _entry_client(e: _Entry) -> ClientCredentials | None:

@@ -145,17 +145,25 @@ def service_listing_flow(service: "DestinationService", user: "UserToken | None"
     """The destinations the service holds for ``user``'s lookups, as a flow (one GET per
     tenant and level, with that tenant's service token; never cached). A name found earlier
     (user's tenant before provider, instance before subaccount) hides later ones."""
-    from .service_http import call
+    from ..errors import TokenExchangeError
+    from .service_http import NotFound, call
 
     out: list[DestinationInfo] = []
     seen: set[str] = set()
     for tenant in service.tenants(user):
         for level, path in LIST_PATHS:
-            answer = yield from call(service, service.config.uri + path, tenant, {}, user=user,
-                                     what=f"the list of {level} destinations")
+            try:
+                answer = yield from call(service, service.config.uri + path, tenant, {}, user=user,
+                                         what=f"the list of {level} destinations")
+            except NotFound:
+                # The real service answers every list with an array (empty when there is none):
+                # a 404 means the binding's 'uri' is not a Destination service.
+                raise TokenExchangeError(
+                    f"{service.source}: the list of {level} destinations ({path}) answered 404 for tenant "
+                    f"'{tenant.id}': check that the binding's 'uri' is the Destination service's API URL.",
+                    status=404,
+                ) from None
             if not isinstance(answer, list):
-                from ..errors import TokenExchangeError
-
                 raise TokenExchangeError(f"{service.source}: the list of {level} destinations is not a JSON array.")
             for entry in answer:
                 described = _service_info(entry, service.source, tenant.id, level) if isinstance(entry, Mapping) else None

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, InvalidArgumentError
 
 __all__ = [
     "LookupOptions",
@@ -56,6 +56,12 @@ LEVELS = ("instance", "subaccount", "provider_instance", "provider_subaccount")
 OPTION_NAMES = ("selection", "fragment", "fragment_optional", "refresh_token", "saml_assertion", "chain", "chain_vars")
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header-name token
+#: What a per-call value may hold to travel in a header: printable ASCII (no CR/LF, no "eu€").
+_HEADER_TEXT = re.compile(r"[\x20-\x7e]+")
+
+
+def _header_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip()) and _HEADER_TEXT.fullmatch(value) is not None
 
 
 def canonical_selection(value: str, where: str) -> str:
@@ -77,7 +83,7 @@ def split_level(name: str) -> tuple[str, str | None]:
     if not sep:
         return name, None
     if level not in LEVELS or not base:
-        raise ConfigurationError(
+        raise InvalidArgumentError(
             f"Destination '{name}': '@{level[:40]}' is not a level of the Destination service; "
             f"use name@{' | name@'.join(LEVELS)}."
         )
@@ -111,29 +117,44 @@ class LookupOptions:
             raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}; lookup options are {', '.join(OPTION_NAMES)}")
         if all(options.get(k) in (None, False, {}, ()) for k in OPTION_NAMES):
             return None
+        # Every value below travels in a header of a Destination-service lookup: checked here,
+        # before any request, so a bad argument never reaches a transport (whose error would
+        # quote it) nor counts as a failure of the service (InvalidArgumentError, no breaker).
         where = "Destination lookup option"
         selection = options.get("selection")
         if selection is not None:
-            selection = canonical_selection(selection, f"{where} selection=")
+            try:
+                selection = canonical_selection(selection, f"{where} selection=")
+            except ConfigurationError as exc:
+                raise InvalidArgumentError(str(exc)) from None
         fragment = options.get("fragment")
-        if fragment is not None and (not isinstance(fragment, str) or not fragment.strip()):
-            raise ConfigurationError(f"{where} fragment= must be a non-empty fragment name.")
+        if fragment is not None and not _header_text(fragment):
+            raise InvalidArgumentError(
+                f"{where} fragment= must be a fragment name of printable ASCII characters (it is sent in the "
+                f"X-fragment-name header): no line break, control or non-ASCII character. Nothing was sent.")
         if options.get("fragment_optional") and fragment is None:
-            raise ConfigurationError(f"{where} fragment_optional=True needs fragment=.")
+            raise InvalidArgumentError(f"{where} fragment_optional=True needs fragment=.")
         for secret in ("refresh_token", "saml_assertion"):
             value = options.get(secret)
-            if value is not None and (not isinstance(value, str) or not value.strip() or "\n" in value or "\r" in value):
-                raise ConfigurationError(f"{where} {secret}= must be a non-empty single-line string.")
+            if value is not None and not _header_text(value):
+                raise InvalidArgumentError(f"{where} {secret}= must be a non-empty single-line string of printable ASCII "
+                                           f"characters (it is sent in a header). Nothing was sent.")
         chain = options.get("chain")
         if chain is not None and (not isinstance(chain, str) or not _TOKEN.match(chain)):
-            raise ConfigurationError(f"{where} chain= must be a predefined chain's name.")
+            raise InvalidArgumentError(f"{where} chain= must be a predefined chain's name.")
         raw_vars = options.get("chain_vars") or {}
         if raw_vars and chain is None:
-            raise ConfigurationError(f"{where} chain_vars= needs chain= (the service ignores them otherwise).")
+            raise InvalidArgumentError(f"{where} chain_vars= needs chain= (the service ignores them otherwise).")
+        if not isinstance(raw_vars, Mapping):
+            raise InvalidArgumentError(f"{where} chain_vars= must be a mapping of variable names to strings.")
         chain_vars: list[tuple[str, str]] = []
         for key, value in dict(raw_vars).items():
-            if not isinstance(key, str) or not _TOKEN.match(key) or not isinstance(value, str) or "\n" in value or "\r" in value:
-                raise ConfigurationError(f"{where} chain_vars: {str(key)[:40]!r} needs a header-safe name and a single-line string value.")
+            if not isinstance(key, str) or not _TOKEN.match(key):
+                raise InvalidArgumentError(f"{where} chain_vars: a variable name must be an HTTP header token "
+                                           f"(letters, digits, -_.).")
+            if not _header_text(value):
+                raise InvalidArgumentError(f"{where} chain_vars: {key[:40]!r} needs a single-line string value of "
+                                           f"printable ASCII characters (it is sent in a header). Nothing was sent.")
             chain_vars.append((key, value))
         return cls(
             selection=selection,

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterator, Mapping
+from urllib.parse import urlsplit, urlunsplit
 
+from ..http_headers import header_problem
 from ..oauth import ClientCredentials
 
-__all__ = ["Destination", "Properties", "AUTHENTICATIONS", "USER_AUTHENTICATIONS", "SERVICE_TOKEN_AUTHENTICATIONS", "authentication_needs_user", "canonical_authentication"]
+__all__ = ["Destination", "Properties", "header_problem", "without_userinfo", "secret_values", "AUTHENTICATIONS", "USER_AUTHENTICATIONS", "SERVICE_TOKEN_AUTHENTICATIONS", "authentication_needs_user", "canonical_authentication"]
 
 #: Types whose headers the Destination service delivers as ``authTokens`` (no exchange by us).
 SERVICE_TOKEN_AUTHENTICATIONS = frozenset(
@@ -69,6 +71,48 @@ def authentication_needs_user(
     if authentication == "OAuth2SAMLBearerAssertion" and (system_user or client_provided_assertion):
         return False
     return authentication in USER_AUTHENTICATIONS
+
+
+#: An HTTP header name (RFC 9110 token) and a value both transports send as is: printable
+#: ASCII and tabs — no line break (header splitting), nothing requests/httpx refuse to encode.
+
+
+#: Property names (lower-case) whose values are credentials; prefixes whose values may be.
+_SECRET_WORDS = ("password", "secret", "token", "clientkey", "assertion")
+_SECRET_PREFIXES = ("url.headers.", "url.queries.", "tokenserviceurl.headers.", "tokenserviceurl.queries.",
+                    "tokenservice.body.")
+
+
+def secret_values(properties: Mapping[str, Any]) -> tuple[str, ...]:
+    """Every value of ``properties`` that is or may be a credential (``Password``,
+    ``clientSecret``, ``tokenServicePassword``, ``KeyStorePassword``, ``refreshToken``,
+    ``URL.headers.*`` …) and the password of a URL's user info: what a peer's error text must
+    never echo into an exception (:func:`propagation.redaction.sanitize` removes them)."""
+    found: list[str] = []
+    for key, value in properties.items():
+        low = str(key).lower()
+        if isinstance(value, str) and value and (
+                any(word in low for word in _SECRET_WORDS) or low.startswith(_SECRET_PREFIXES)):
+            found.append(value)
+        if low == "url" and isinstance(value, str) and "@" in value:
+            try:
+                password = urlsplit(value).password
+            except ValueError:
+                password = None
+            if password:
+                found.append(password)
+    return tuple(found)
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without ``user:password@`` (for reprs and messages): a Destination-service URL may carry it."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit((parts.scheme, "***@" + parts.netloc.rpartition("@")[2], parts.path, parts.query, parts.fragment))
 
 
 def canonical_authentication(value: str) -> str | None:
@@ -151,6 +195,9 @@ class Destination:
     #: (A :class:`~propagation.destinations.service.ServiceLink`; typed loosely so that the model
     #: does not import the service client that builds it.)
     service: Any = field(default=None, compare=False)
+    #: True when no ``Authentication`` was given and the type was inferred (``BasicAuthentication``
+    #: from ``User``/``Password``, as the SAP Cloud SDK does; else ``NoAuthentication``).
+    authentication_inferred: bool = field(default=False, compare=False)
 
     @cached_property
     def needs_user(self) -> bool:
@@ -177,6 +224,6 @@ class Destination:
 
     def __repr__(self) -> str:
         return (
-            f"Destination(name={self.name!r}, url={self.url!r}, authentication={self.authentication!r}, "
+            f"Destination(name={self.name!r}, url={without_userinfo(self.url)!r}, authentication={self.authentication!r}, "
             f"proxy_type={self.proxy_type!r}, source={self.source!r})"
         )

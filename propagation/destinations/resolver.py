@@ -3,12 +3,13 @@ variable, then a service binding of that instance name, then the Destination ser
 
 from __future__ import annotations
 
+import difflib
 import os
 import threading
 from typing import TYPE_CHECKING, Mapping
 
 from ..bindings import Bindings
-from ..errors import ConfigurationError, DestinationNotFoundError
+from ..errors import ConfigurationError, DestinationNotFoundError, InvalidArgumentError
 from ..rotation import Derived
 from ..tokens import UserToken
 from .model import Destination
@@ -96,6 +97,8 @@ class DestinationResolver:
         aside) shape its lookups only."""
         from .env import destination_from_binding
 
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise InvalidArgumentError("A destination name must be a non-empty string of at most 200 characters.")
         found = self.env_destinations().get(name)
         if found is not None:
             return found
@@ -118,7 +121,30 @@ class DestinationResolver:
         searched.append(
             service.searched(name, user, options or _NO_OPTIONS()) if service is not None else "the Destination service (no 'destination' binding)"
         )
-        raise DestinationNotFoundError(name, searched)
+        error = DestinationNotFoundError(name, searched)
+        meant = self.did_you_mean(name)
+        if meant:
+            # The hint ends the message (DestinationNotFoundError's own text stays as it is).
+            error.did_you_mean = meant  # type: ignore[attr-defined]
+            error.args = (f"{error.args[0]} Did you mean {' or '.join(repr(m) for m in meant)}? "
+                          f"(destination names are case-sensitive)",)
+        raise error
+
+    def did_you_mean(self, name: str) -> tuple[str, ...]:
+        """Known names (``destinations`` entries and target bindings) that ``name`` most likely
+        means: the same name in another case first, then close spellings."""
+        from .env import destination_from_binding
+
+        try:
+            known = list(self.env_destinations())
+        except ConfigurationError:
+            known = []
+        known += [b.name for b in self.bindings.snapshot() if b.name not in known and destination_from_binding(b)]
+        same = tuple(k for k in known if k.lower() == name.lower() and k != name)
+        if same:
+            return same
+        lowered = {k.lower(): k for k in known}
+        return tuple(lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=2, cutoff=0.8))
 
 
 def _NO_OPTIONS() -> "LookupOptions":

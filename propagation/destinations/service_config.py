@@ -55,6 +55,14 @@ class DestinationServiceConfig:
         secret = _text(creds, "clientsecret")
         certificate, key = _text(creds, "certificate"), _text(creds, "key")
         mtls = bool(certificate and key)
+        credential_type = (_text(creds, "credential-type") or _text(creds, "credential_type") or "").lower()
+        if credential_type == "x509_attested" and not mtls:
+            raise ConfigurationError(
+                f"{where} has credential-type 'x509_attested': its client certificate comes from the Zero Trust "
+                f"Identity Service (SPIRE-attested workload credentials from the SPIRE agent's workload API), which "
+                f"this library does not read; put the workload's 'certificate' and 'key' (PEM) into the binding, or "
+                f"bind the instance with credential-type 'x509' or 'binding-secret'."
+            )
         if not client_id or not (secret or mtls):
             raise ConfigurationError(f"{where} needs 'clientid' with 'clientsecret' (or 'certificate' and 'key').")
         base = (_text(creds, "certurl") if mtls else None) or _text(creds, "url")
@@ -80,7 +88,7 @@ class DestinationServiceConfig:
         provider = _Tenant(self.tenant_id or self.identityzone or "provider", self.token_url, False)
         if user is None or user.kind != "xsuaa":
             return provider
-        tenant, subdomain = user.tenant, user.subdomain
+        tenant, subdomain = user.tenant, user.tenant_subdomain  # a host label, else InvalidTokenError
         if not tenant or not subdomain or tenant == self.tenant_id:
             return provider
         if self.tenant_id is None and subdomain == self.identityzone:

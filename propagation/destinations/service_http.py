@@ -17,6 +17,7 @@ from ..redaction import sanitize as _sanitize
 from ..resilience import resilient_flow
 from ..tokens import UserToken
 from .lookup import LookupOptions, digest
+from .model import header_problem, secret_values
 from .service_config import _Tenant
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ def technical_lookup_headers(destination: "Destination", user: UserToken | None,
     where = f"Destination '{destination.name}' ({source}, {authentication})"
     if authentication == "OAuth2ClientCredentials" and (props.text("tokenServiceURLType") or "").lower() == "common":
         # Never an IAS issuer's host label (DESIGN §5): only XSUAA's zdn, else the binding's zone.
-        subdomain = (user.subdomain if user is not None and user.kind == "xsuaa" else None) or identityzone
+        subdomain = (user.tenant_subdomain if user is not None and user.kind == "xsuaa" else None) or identityzone
         if not subdomain:
             raise ConfigurationError(
                 f"{where}: tokenServiceURLType Common needs the tenant's subdomain (X-tenant): call as an XSUAA "
@@ -214,7 +215,9 @@ def auth_headers(where: str, answer: Mapping[str, Any], user: UserToken | None, 
     tokens = answer.get("authTokens")
     if not isinstance(tokens, list) or not tokens:
         raise TokenExchangeError(f"{where}: the Destination service returned no authTokens; nothing was sent.")
-    secrets = tuple(s for s in (user.raw if user else None,) if s) + extra_secrets
+    configuration = answer.get("destinationConfiguration")
+    held = secret_values(configuration) if isinstance(configuration, Mapping) else ()  # Password, clientSecret…
+    secrets = tuple(s for s in (user.raw if user else None,) if s) + extra_secrets + held
     headers: dict[str, str] = {}
     for index, token in enumerate(tokens):
         if not isinstance(token, Mapping):
@@ -227,9 +230,13 @@ def auth_headers(where: str, answer: Mapping[str, Any], user: UserToken | None, 
                                      error=text)
         header = token.get("http_header")
         if isinstance(header, Mapping) and isinstance(header.get("key"), str) and isinstance(header.get("value"), str):
-            headers[header["key"]] = header["value"]
+            key, value = header["key"], header["value"]
         elif isinstance(token.get("type"), str) and isinstance(token.get("value"), str):
-            headers["Authorization"] = f"{token['type']} {token['value']}"
+            key, value = "Authorization", f"{token['type']} {token['value']}"
         else:
             raise TokenExchangeError(f"{where}: authTokens[{index}] has no http_header; nothing was sent.")
+        problem = header_problem(key, value)
+        if problem is not None:  # a transport would quote the token in its error
+            raise TokenExchangeError(f"{where}: authTokens[{index}] header {problem}; nothing was sent.")
+        headers[key] = value
     return headers

@@ -8,7 +8,8 @@ matched) is a :class:`~propagation.errors.ConfigurationError` naming the key and
 most likely meant; any other unknown key is kept and reported as a warning (``doctor``).
 
 The vocabulary is the approuter's (``name``, ``url``, ``forwardAuthToken``, …), the
-Destination service's (SAP's names: an entry exported from the BTP cockpit must pass), and
+Destination service's (SAP's names: an entry exported from the BTP cockpit must pass), the SAP
+Cloud SDK's camelCase form (``username``, ``password``, ``sapClient``, ``headers``…), and
 this library's own (``serviceBinding``, ``clientCertificate``, ``connectivityMode``, …).
 Keys under a known prefix (``URL.headers.<h>``, ``tokenService.body.<p>``, ``HTML5.…``) are
 known whatever their suffix. Only entries of the ``destinations`` variable and of
@@ -20,9 +21,12 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
-__all__ = ["KNOWN_KEYS", "KNOWN_PREFIXES", "KeyCheck", "check_keys"]
+from ..bindings import _json_type
+from ..errors import ConfigurationError
+
+__all__ = ["KNOWN_KEYS", "KNOWN_PREFIXES", "SDK_ALIASES", "KeyCheck", "check_keys", "without_sdk_aliases"]
 
 #: The approuter's ``destinations`` variable.
 _APPROUTER = (
@@ -88,6 +92,34 @@ _DESTINATION_SERVICE = (
     "clientAssertion.type",
 )
 
+#: The SAP Cloud SDK's own form of an entry (its ``Destination`` interface, camelCase): read
+#: as the Destination-service property each one stands for (:data:`SDK_ALIASES`).
+_CLOUD_SDK = (
+    "username",
+    "password",
+    "sapClient",
+    "isTrustingAllCertificates",
+    "keyStoreName",
+    "jwks",
+    "jwksUri",
+    "headers",
+    "queryParameters",
+)
+
+#: Cloud SDK key (lower-case) → the Destination-service property it stands for. ``headers`` and
+#: ``queryParameters`` are objects, read as ``URL.headers.<h>`` / ``URL.queries.<q>``.
+SDK_ALIASES: dict[str, str] = {
+    "username": "User",
+    "password": "Password",
+    "sapclient": "sap-client",
+    "istrustingallcertificates": "TrustAll",
+    "keystorename": "KeyStoreLocation",
+    "jwks": "x_user_token.jwks",
+    "jwksuri": "x_user_token.jwks_uri",
+    "headers": "URL.headers.",
+    "queryparameters": "URL.queries.",
+}
+
 #: This library's own keys.
 _LIBRARY = (
     "serviceBinding",
@@ -96,9 +128,9 @@ _LIBRARY = (
     "connectivityMode",
 )
 
-KNOWN_KEYS: frozenset[str] = frozenset(k.lower() for k in _APPROUTER + _DESTINATION_SERVICE + _LIBRARY)
+KNOWN_KEYS: frozenset[str] = frozenset(k.lower() for k in _APPROUTER + _DESTINATION_SERVICE + _CLOUD_SDK + _LIBRARY)
 _SPELLING: dict[str, str] = {}  # lower-case → spelling to suggest (the approuter's first: "name", "url")
-for _key in _APPROUTER + _DESTINATION_SERVICE + _LIBRARY:
+for _key in _APPROUTER + _DESTINATION_SERVICE + _CLOUD_SDK + _LIBRARY:
     _SPELLING.setdefault(_key.lower(), _key)
 
 #: Keys starting with one of these (case-insensitive) are known whatever follows.
@@ -183,3 +215,36 @@ def check_keys(keys: Iterable[str]) -> KeyCheck:
         else:
             unknown.append(key)
     return KeyCheck(tuple(typos), tuple(unknown))
+
+
+def without_sdk_aliases(entry: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """``entry`` with the SAP Cloud SDK's keys stored under the Destination-service names they
+    stand for (``username`` → ``User``, ``headers: {h: v}`` → ``URL.headers.h``…)."""
+    out: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # lower-case stored key → the key it came from
+
+    def put(key: str, value: Any, source: str) -> None:
+        low = key.lower()
+        if low in origin:
+            raise ConfigurationError(
+                f"{label} has both '{origin[low]}' and '{source}': they name the same property ('{key}'), "
+                f"once in the SAP Cloud SDK's spelling"
+            )
+        origin[low] = source
+        out[key] = value
+
+    for key, value in entry.items():
+        key = str(key)
+        alias = SDK_ALIASES.get(key.lower())
+        if alias is None:
+            put(key, value, key)
+        elif alias.endswith("."):  # headers / queryParameters: an object of names to values
+            if not isinstance(value, Mapping):
+                raise ConfigurationError(f"{label}: '{key}' must be an object of names to strings (found {_json_type(value)})")
+            for name, item in value.items():
+                if not isinstance(item, (str, int, float)) or isinstance(item, bool):
+                    raise ConfigurationError(f"{label}: '{key}.{str(name)[:60]}' must be a string")
+                put(f"{alias}{name}", str(item), f"{key}.{name}")
+        else:
+            put(alias, value, key)
+    return out

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 
 from .._log import logger
 from ..cache import CacheKey, TokenCache
-from ..destinations.model import SERVICE_TOKEN_AUTHENTICATIONS, Destination
-from ..errors import ConfigurationError, MissingUserTokenError
+from ..destinations.model import SERVICE_TOKEN_AUTHENTICATIONS, Destination, header_problem
+from ..errors import ConfigurationError, InvalidArgumentError, MissingUserTokenError
 from ..flow import Cached, Flow
 from ..oauth import (
     GRANT_CLIENT_CREDENTIALS,
@@ -30,7 +30,6 @@ from ..oauth import (
     TokenResponse,
     expand_token_type,
 )
-from ..http_headers import checked_header
 from ..tenant_urls import tenant_token_endpoint
 from ..tokens import UserToken
 
@@ -84,6 +83,26 @@ def _shape_digest(shape: tuple[Any, ...]) -> str:
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def _property_headers(destination: Destination, prefix: str) -> dict[str, str]:
+    """The ``<prefix><header>`` properties as headers, each checked to be sendable: requests
+    and httpx would raise with the value (often an API key) in their message, and after a
+    token request had been made. :class:`InvalidArgumentError` names the property only."""
+    memo_key = ("property-headers", prefix)
+    headers = destination.memo.get(memo_key)
+    if headers is None:
+        headers = destination.properties.prefixed(prefix)
+        for header, value in headers.items():
+            problem = header_problem(header, value)
+            if problem is not None:
+                raise InvalidArgumentError(
+                    f"Destination '{destination.name}' ({destination.source}): property '{prefix}{header[:60]}' "
+                    f"{problem}; it cannot be sent as a header. Nothing was sent."
+                )
+        headers = {header: value.strip(" \t") for header, value in headers.items()}  # as requests/httpx send them
+        destination.memo[memo_key] = headers
+    return dict(headers)
+
+
 def _user_and_password(destination: Destination) -> tuple[str, str]:
     """``User``/``Password`` of a Basic or OAuth2Password destination, or a clear error."""
     name = destination.properties.text("User")
@@ -120,7 +139,7 @@ class _TokenRequestShape:
         scope = props.text("scope")
         if scope:
             body.setdefault("scope", scope)
-        headers = {**props.prefixed("tokenServiceURL.headers."), **zone_headers}
+        headers = {**_property_headers(destination, "tokenServiceURL.headers."), **zone_headers}
         query = props.prefixed("tokenServiceURL.queries.")
         in_body = props.flag("tokenService.addClientCredentialsInBody", True)
         shape = (
@@ -198,14 +217,11 @@ class Authorizer:
                     f"https to the backend); the Connectivity proxy headers must never reach the target."
                 )
             self.connectivity.config(destination)  # no binding: fail before any token request
-        where = f"Destination '{destination.name}' ({destination.source}): URL.headers."
-        url_headers = {  # checked before any request (the token request included)
-            header: checked_header(header, value, where + header)
-            for header, value in destination.properties.prefixed("URL.headers.").items() if not _is_proxy_header(header)
-        }
+        extra_headers = _property_headers(destination, "URL.headers.")  # checked before any token request
         result = yield from strategy(destination, user)
-        for header, value in url_headers.items():
-            result.headers.setdefault(header, value)
+        for header, value in extra_headers.items():
+            if not _is_proxy_header(header):
+                result.headers.setdefault(header, value)
         if destination.on_premise:
             assert self.connectivity is not None
             proxy = yield from self.connectivity.authorize_flow(
@@ -336,6 +352,11 @@ class Authorizer:
         token_url = destination.token_service_url
         if user is not None and (destination.properties.text("tokenServiceURLType") or "").lower() == "common":
             host = urlsplit(token_url).hostname or ""
-            token_url, headers = tenant_token_endpoint(token_url, host.split(".", 1)[1] if "." in host else None, user)
-            return destination.client, token_url, headers
+            found = tenant_token_endpoint(token_url, host.split(".", 1)[1] if "." in host else None, user)
+            if found is None:
+                raise ConfigurationError(
+                    f"Destination '{destination.name}' ({destination.source}): tokenServiceURLType Common needs the "
+                    f"calling user's tenant (subdomain or zone id), and the user token names neither. Nothing was sent."
+                )
+            return destination.client, found[0], found[1]
         return destination.client, token_url, {}

@@ -14,7 +14,13 @@ Connector of the right location, ``SAP-Connectivity-SCC-Location_ID``. The calli
   ``SAP-Connectivity-Authentication: Bearer <user JWT>``.
 
 Other Authentication types over OnPremise keep their own ``Authorization`` and get the
-client_credentials proxy token (no user headers). The mode comes from the destination
+client_credentials proxy token (no user headers).
+
+Every proxy token belongs to the calling user's tenant — it picks that tenant's Cloud
+Connector: its token URL is formed as for the Destination service (:mod:`propagation.tenant_urls`:
+the user's subdomain as first host label, or ``X-zid`` at ``token_service_domain``/``uaadomain``);
+where none can be formed the call fails closed with a :class:`ConfigurationError` before any
+request — never the provider's token for a subscriber's user. The mode comes from the destination
 property ``connectivityMode``, else ``Propagator(connectivity_mode=…)``, else the env var
 ``PROPAGATION_CONNECTIVITY_MODE``, else ``exchange``.
 """
@@ -29,7 +35,7 @@ from typing import Any
 from .._log import logger
 from ..bindings import Binding, Bindings
 from ..cache import CacheKey, TokenCache
-from ..connectivity_config import connectivity_config
+from ..connectivity_config import connectivity_config, with_xsuaa_defaults
 from ..destinations.model import Destination
 from ..errors import ConfigurationError
 from ..flow import Cached, Flow
@@ -76,6 +82,8 @@ class ConnectivityConfig:
     proxy_port: int
     uaadomain: str | None = None
     binding_name: str = ""
+    provider_zone: str | None = None
+    provider_subdomain: str | None = None
 
     @property
     def proxy_url(self) -> str:
@@ -87,20 +95,42 @@ class ConnectivityConfig:
         :func:`propagation.connectivity_config.connectivity_config`)."""
         parsed = connectivity_config(binding, kubernetes=kubernetes)
         return cls(parsed.client, parsed.token_url, parsed.proxy_host, parsed.proxy_port, parsed.uaadomain,
-                   parsed.binding_name)
+                   parsed.binding_name, parsed.provider_zone, parsed.provider_subdomain)
+
+    @classmethod
+    def from_bindings(cls, bindings: Bindings) -> "ConnectivityConfig | None":
+        """The ``connectivity`` binding's configuration, completed from the ``xsuaa`` binding
+        (:func:`~propagation.connectivity_config.with_xsuaa_defaults`); ``None`` when none is bound."""
+        binding = bindings.find(label="connectivity")
+        if binding is None:
+            return None
+        return cls.from_binding(with_xsuaa_defaults(binding, bindings.find(label="xsuaa")))
 
     def token_endpoint_for(self, user: UserToken | None) -> tuple[str, dict[str, str]]:
         """The token URL (and ``X-zid`` header) of the user's tenant, so the proxy token belongs
-        to that tenant and reaches its Cloud Connector: see :mod:`propagation.tenant_urls`."""
-        return tenant_token_endpoint(self.token_url, self.uaadomain, user)
+        to that tenant and reaches its Cloud Connector: see :mod:`propagation.tenant_urls`.
+        Fails closed (:class:`ConfigurationError`, nothing sent) where no URL of that tenant
+        can be formed: the provider's endpoint would carry a subscriber's user through the
+        provider's Cloud Connector."""
+        found = tenant_token_endpoint(self.token_url, self.uaadomain, user, provider_zone=self.provider_zone,
+                                      provider_subdomain=self.provider_subdomain)
+        if found is None:
+            raise ConfigurationError(
+                f"Connectivity binding '{self.binding_name}': the token endpoint of the calling user's tenant "
+                f"(zone {user.tenant if user is not None else None!r}) cannot be formed — the user token names no "
+                f"subaccount subdomain and the binding has no 'uaadomain' (or 'token_service_domain') for an X-zid "
+                f"request. Add 'uaadomain'/'token_service_domain' to the binding (or 'tenantid' if this is the "
+                f"provider's own user). Nothing was sent: the provider's proxy token is never used for another "
+                f"tenant's user."
+            )
+        return found
 
     def __repr__(self) -> str:
         return f"ConnectivityConfig(binding={self.binding_name!r}, client={self.client!r}, proxy={self.proxy_url!r})"
 
 
 def _parse(bindings: Bindings) -> ConnectivityConfig | None:
-    binding = bindings.find(label="connectivity")
-    return ConnectivityConfig.from_binding(binding) if binding is not None else None
+    return ConnectivityConfig.from_bindings(bindings)
 
 
 @dataclass

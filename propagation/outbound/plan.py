@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..cache import TokenCache
 from ..destinations.lookup import LookupOptions
-from ..destinations.model import Destination
+from ..destinations.model import Destination, without_userinfo
 from ..destinations.resolver import DestinationResolver
 from ..errors import PathOutsideDestinationError
 from ..flow import Flow
@@ -127,7 +127,7 @@ class Plan:
 
     def __repr__(self) -> str:
         return (
-            f"Plan({self.method} destination={self.destination.name!r}, url={self.url.split('?', 1)[0]!r}, "
+            f"Plan({self.method} destination={self.destination.name!r}, url={without_userinfo(self.url.split('?', 1)[0])!r}, "
             f"headers={sorted(self.headers)!r}, proxy={self.proxy!r}, user={self.user_key!r})"
         )
 

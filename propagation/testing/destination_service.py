@@ -12,6 +12,11 @@ level, and the consumption APIs.
   from the destination's level and tenant; ``$skipTokenRetrieval=true`` returns the
   configuration without running any token flow; ``$skipCredentials=true`` leaves the
   credentials out of it.
+* ``GET /destination-configuration/v1/subaccountDestinations`` and ``…/instanceDestinations``
+  — the lists (what ``propagation.destinations()`` and ``doctor --service`` read): a JSON
+  array of the destination configurations at that level of the service token's tenant (its
+  own, and those declared for every tenant), empty when there is none — never 404; no token
+  flow runs. Only ``GET``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from .wire import _RESOURCE_PREFIX, Request, Response, _bearer, _json, _origin
 
 V1_PATH = "/destination-configuration/v1/destinations/"
 V2_PATH = "/destination-configuration/v2/destinations/"
+#: The list APIs (v1), by level.
+LIST_PATHS = {"/destination-configuration/v1/subaccountDestinations": "subaccount",
+              "/destination-configuration/v1/instanceDestinations": "instance"}
 LEVELS = ("instance", "subaccount", "provider_instance", "provider_subaccount")
 #: Types whose ``authTokens`` the service produces (the library's set, plus a type only the service handles).
 _TOKEN_TYPES = SERVICE_TOKEN_AUTHENTICATIONS | {"OAuth2RefreshToken"}
@@ -240,7 +248,46 @@ class _DestinationService(_DestinationTokens):
                     return dict(found)
         return None
 
+    def _service_caller(self, request: Request, call: dict[str, Any]) -> tuple[Any, str] | Response:
+        """The verified service token of a request (and its raw value), or the 401 answer."""
+        raw = _bearer(request.headers.get("Authorization"))
+        try:
+            if raw is None:
+                raise _Reject("Missing bearer token.")
+            verified = self._verify(raw)
+            if verified.kind != "xsuaa" or verified.claims.get("cid") != self.destination_client:
+                raise _Reject("The token was not issued to the Destination service instance's client.")
+        except _Reject as exc:
+            self._record(self.calls, Call(status=401, error=exc.description, token=fingerprint(raw) if raw else None, **call))
+            return _json(401, {"ErrorMessage": "Unauthorized"}, {"WWW-Authenticate": 'Bearer realm="destination"'})
+        return verified, raw
+
+    def _destination_list(self, request: Request, path: str, level: str) -> Response:
+        """A list API: the configurations at ``level`` of the caller's tenant (an array, maybe empty)."""
+        query = {k: v[0] for k, v in parse_qs(urlsplit(request.url).query, keep_blank_values=True).items()}
+        call = dict(service="destination", method=request.method, path=path, query=query)
+        if request.method != "GET":
+            self._record(self.calls, Call(status=405, error="method not allowed", **call))
+            return _json(405, {"ErrorMessage": "Method not allowed"})
+        caller = self._service_caller(request, call)
+        if isinstance(caller, Response):
+            return caller
+        verified, raw = caller
+        tenant = verified.tenant
+        assert tenant is not None
+        found: dict[str, EmulatedDestination] = {}
+        with self._lock:
+            for owner in (None, tenant.subdomain):  # the tenant's own copy wins over the shared one
+                for candidate in self._destinations.values():
+                    if (candidate.level, candidate.tenant, candidate.source) == (level, owner, "service"):
+                        found[candidate.name] = candidate
+        self._record(self.calls, Call(status=200, tenant=tenant.subdomain, client=self.destination_client,
+                                      carried_by="service-token", token=fingerprint(raw), **call))
+        return _json(200, [found[name].configuration() for name in sorted(found)])
+
     def _destination_find(self, request: Request, path: str) -> Response:
+        if path in LIST_PATHS:
+            return self._destination_list(request, path, LIST_PATHS[path])
         if path.startswith(V1_PATH) and len(path) > len(V1_PATH):
             version, rest = 1, unquote(path[len(V1_PATH):])
         elif path.startswith(V2_PATH) and len(path) > len(V2_PATH):
@@ -255,16 +302,10 @@ class _DestinationService(_DestinationTokens):
         if request.method != "GET":
             self._record(self.calls, Call(status=405, error="method not allowed", **call))
             return _json(405, {"ErrorMessage": "Method not allowed"})
-        raw = _bearer(request.headers.get("Authorization"))
-        try:
-            if raw is None:
-                raise _Reject("Missing bearer token.")
-            verified = self._verify(raw)
-            if verified.kind != "xsuaa" or verified.claims.get("cid") != self.destination_client:
-                raise _Reject("The token was not issued to the Destination service instance's client.")
-        except _Reject as exc:
-            self._record(self.calls, Call(status=401, error=exc.description, token=fingerprint(raw) if raw else None, **call))
-            return _json(401, {"ErrorMessage": "Unauthorized"}, {"WWW-Authenticate": 'Bearer realm="destination"'})
+        caller = self._service_caller(request, call)
+        if isinstance(caller, Response):
+            return caller
+        verified, raw = caller
         tenant = verified.tenant
         assert tenant is not None
         seen = dict(tenant=tenant.subdomain, client=self.destination_client, carried_by="service-token",

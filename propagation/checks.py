@@ -116,7 +116,7 @@ def _services(found: Findings, environ: Mapping[str, str]) -> None:
     connectivity = found.bindings.find(label="connectivity")
     if connectivity is not None:
         try:
-            found.proxy_url = ConnectivityConfig.from_binding(connectivity).proxy_url
+            found.proxy_url = ConnectivityConfig.from_bindings(found.bindings).proxy_url
         except ConfigurationError as exc:
             found.problems.append(str(exc))
     destination_binding = found.bindings.find(label="destination")

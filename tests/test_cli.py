@@ -263,7 +263,8 @@ def test_doctor_lists_binding_destinations(xsuaa: jwtkit.Xsuaa) -> None:
     assert cpi["credential_keys"] == ["oauth.clientid", "oauth.clientsecret", "oauth.tokenurl", "oauth.url"]
     [dest] = data["destinations"]
     assert dest == {"name": "my-cpi", "source": "service binding 'my-cpi' (VCAP_SERVICES)",
-                    "authentication": "OAuth2JWTBearer", "needs_user": True, "proxy_type": "Internet",
+                    "authentication": "OAuth2JWTBearer", "authentication_inferred": False, "needs_user": True,
+                    "proxy_type": "Internet",
                     "proxy": None, "url_host": "cpi.example.com", "token_url_host": "idp.example.com"}
     assert "cpi-SECRET" not in out
 
@@ -561,3 +562,19 @@ def test_doctor_service_lists_and_checks_cockpit_destinations() -> None:
     assert "needs user=yes  ProxyType=OnPremise" in out
     assert rc == 1 and "MAIL" in out  # a non-HTTP destination is a problem for this library
     assert "dest-SECRET" not in out and "svc" not in out.split()
+
+
+@pytest.mark.parametrize("entry, shown", [
+    pytest.param({"username": "u", "password": "pw-SECRET"}, "Authentication=BasicAuthentication (inferred from User/Password)",
+                 id="sdk-form-basic"),
+    pytest.param({"User": "u", "Password": "pw-SECRET", "Authentication": "BasicAuthentication"},
+                 "Authentication=BasicAuthentication  needs user", id="named"),
+    pytest.param({}, "Authentication=NoAuthentication (inferred)", id="nothing-given"),
+])
+def test_doctor_shows_an_inferred_authentication(xsuaa: jwtkit.Xsuaa, entry: dict[str, str], shown: str) -> None:
+    environ = {"VCAP_SERVICES": vcap_services(xsuaa, None),
+               "destinations": json.dumps([{"name": "S4", "url": "https://s4.example.com", **entry}])}
+    rc, out, _ = run(["doctor"], environ)
+    assert rc == 0, out
+    assert shown in out
+    assert "pw-SECRET" not in out

@@ -67,7 +67,8 @@ def _doctor(environ: Mapping[str, str], cwd: str | None, io_: _Io, service: bool
         else:
             proxy = None
         destination_rows.append(
-            {"name": d.name, "source": d.source, "authentication": d.authentication, "needs_user": d.needs_user,
+            {"name": d.name, "source": d.source, "authentication": d.authentication,
+             "authentication_inferred": d.authentication_inferred, "needs_user": d.needs_user,
              "proxy_type": d.proxy_type, "proxy": proxy, "url_host": _host(d.url),
              "token_url_host": _host(d.token_service_url)}
         )
@@ -150,6 +151,13 @@ def _import_app(spec: str, directory: str | None) -> Any:
     return target() if attr.endswith("()") else target
 
 
+def _inferred(row: Mapping[str, Any]) -> str:
+    """How doctor marks an Authentication the entry did not name (the Cloud SDK's inference)."""
+    if not row.get("authentication_inferred"):
+        return ""
+    return " (inferred from User/Password)" if row["authentication"] == "BasicAuthentication" else " (inferred)"
+
+
 def _cmd_doctor(args: argparse.Namespace, io_: _Io, environ: Mapping[str, str]) -> int:
     app, app_problem = None, None
     if getattr(args, "app", None):
@@ -180,7 +188,7 @@ def _cmd_doctor(args: argparse.Namespace, io_: _Io, environ: Mapping[str, str]) 
     for d in report["destinations"]:
         io_.out(f"  {d['name']}  source={d['source']}")
         io_.out(
-            f"      Authentication={d['authentication']}  needs user={'yes' if d['needs_user'] else 'no'}  "
+            f"      Authentication={d['authentication']}{_inferred(d)}  needs user={'yes' if d['needs_user'] else 'no'}  "
             f"ProxyType={d['proxy_type']}  proxy={d['proxy'] or '-'}  URL host={d['url_host'] or '-'}  "
             f"token URL host={d['token_url_host'] or '-'}"
         )

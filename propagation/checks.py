@@ -150,14 +150,17 @@ def _services(found: Findings, environ: Mapping[str, str]) -> None:
 
 def _destinations(found: Findings, environ: Mapping[str, str], cwd: str | os.PathLike[str] | None) -> None:
     """Every ``destinations`` entry (each bad one named), then the bindings that describe a target."""
-    from .destinations.env import destination_from_binding, destinations_from_env, unknown_keys
+    from .destinations.env import destination_from_binding, unknown_keys
+    from .destinations.env_entries import read_entries
 
     try:
-        env_destinations = destinations_from_env(environ, found.bindings, cwd=cwd)
-    except ConfigurationError as exc:
-        readable, errors = _entry_by_entry(environ, found.bindings, cwd)
-        found.problems.extend(f"Destinations cannot be read: {e}" for e in (errors or [str(exc)]))
-        env_destinations = readable
+        entries = read_entries(environ, found.bindings, cwd)
+    except ConfigurationError as exc:  # the list itself cannot be read
+        found.problems.append(f"Destinations cannot be read: {exc}")
+        env_destinations: dict[str, "Destination"] = {}
+    else:
+        found.problems.extend(f"Destinations cannot be read: {error}" for _, error in entries.errors)
+        env_destinations = entries.destinations
     try:
         found.warnings.extend(unknown_keys(environ, cwd=cwd))
     except ConfigurationError:
@@ -171,39 +174,6 @@ def _destinations(found: Findings, environ: Mapping[str, str], cwd: str | os.Pat
     connectivity = found.bindings.find(label="connectivity")
     for d in found.destinations:
         found.problems.extend(destination_problems(d, connectivity is not None))
-
-
-def _entry_by_entry(
-    environ: Mapping[str, str], bindings: "Bindings", cwd: str | os.PathLike[str] | None
-) -> tuple[dict[str, "Destination"], list[str]]:
-    """The readable entries and one error per unreadable entry (each naming its entry), so one
-    typo does not hide the next; ``({}, [])`` when the list itself cannot be read."""
-    from .destinations import env
-
-    raw_entries = getattr(env, "_raw_entries", None)
-    from_entry = getattr(env, "_from_entry", None)
-    if raw_entries is None or from_entry is None:
-        return {}, []
-    try:
-        raw = raw_entries(environ, cwd)
-    except ConfigurationError:
-        return {}, []  # the list itself: the whole-list error says it
-    if raw is None:
-        return {}, []
-    data, where, source = raw
-    readable: dict[str, Destination] = {}
-    errors: list[str] = []
-    for index, entry in enumerate(data):
-        try:
-            destination = from_entry(entry, index, where, source, bindings)
-        except ConfigurationError as exc:
-            errors.append(str(exc))
-            continue
-        if destination.name in readable:
-            errors.append(f"destinations[{index}] ('{destination.name}') in {where}: duplicate name")
-            continue
-        readable[destination.name] = destination
-    return readable, errors
 
 
 def destination_problems(d: "Destination", connectivity_bound: bool) -> list[str]:

@@ -175,7 +175,7 @@ def test_configuration_error_is_still_the_base(web: Web) -> None:
 
 
 def test_a_header_property_of_an_env_entry_is_refused_at_start_up() -> None:
-    from propagation.destinations.env import destinations_from_env
+    from propagation.destinations.env_entries import destinations_from_env
 
     entry = {"name": "ENV", "url": TARGET, "URL.headers.X-Api-Key": "API-KEY-VALUE\r\nX: y"}
     with pytest.raises(ConfigurationError, match=r"destinations\[0\] \('ENV'\).*property 'URL.headers.X-Api-Key'") as info:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from propagation.bindings import Bindings
-from propagation.destinations.env import destinations_from_env, unknown_keys
+from propagation.destinations.env import unknown_keys
+from propagation.destinations.env_entries import destinations_from_env
 from propagation.destinations.vocabulary import check_keys
 from propagation.errors import ConfigurationError
 

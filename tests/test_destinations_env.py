@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from propagation.bindings import Binding, Bindings
-from propagation.destinations.env import destination_from_binding, destinations_from_env
+from propagation.destinations.env import destination_from_binding
+from propagation.destinations.env_entries import destinations_from_env
 from propagation.errors import ConfigurationError
 from propagation.oauth import ClientCredentials
 

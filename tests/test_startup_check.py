@@ -183,3 +183,37 @@ def test_django_check_and_load_refuse(environ: dict[str, str]) -> None:
     with override_settings(PROPAGATION={"STRICT": False}):
         assert check_settings() == []
         WSGIHandler()
+
+
+# -- strict=False: a bad entry fails only its own name ---------------------------------------------
+def _engine(entries: list[Any]) -> Any:
+    from propagation import Propagator
+    from propagation.bindings import Bindings
+
+    return Propagator(environ={"destinations": json.dumps(entries)}, bindings=Bindings([]))
+
+
+@pytest.mark.parametrize("entries, broken, message", [
+    pytest.param([GOOD, TYPO], "TYPO", "did you mean 'Authentication'", id="misspelt-key"),
+    pytest.param([GOOD, NO_URL], "NO_URL", "NO_URL", id="no-url"),
+    pytest.param([GOOD, {"name": "TWICE", "url": "https://a.example.com"}, {"name": "TWICE", "url": "https://b.example.com"}],
+                 "TWICE", "duplicate name", id="duplicate-name-neither-used"),
+])
+def test_a_bad_entry_fails_its_own_name_and_the_others_keep_working(
+        entries: list[Any], broken: str, message: str) -> None:
+    import responses
+
+    engine = _engine(entries)
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, "https://good.example.com/ping", body="pong")
+        assert engine.session("GOOD").get("/ping").text == "pong"
+        with pytest.raises(ConfigurationError, match=message):
+            engine.session(broken).get("/ping")
+        assert len(rsps.calls) == 1  # nothing sent for the broken one
+
+
+def test_an_entry_without_a_readable_name_fails_every_name_the_readable_entries_do_not_answer() -> None:
+    engine = _engine([GOOD, {"url": "https://nameless.example.com"}])
+    assert engine.destination("GOOD").url == "https://good.example.com"
+    with pytest.raises(ConfigurationError, match="destinations\\[1\\]"):
+        engine.destination("ANYTHING")  # it may have been meant as that name: never a silent fallback

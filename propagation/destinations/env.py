@@ -41,7 +41,7 @@ from ..oauth import ClientCredentials
 from .model import _CANONICAL_AUTH, PROXY_TYPES, Destination, Properties, canonical_authentication, header_problem
 from .vocabulary import check_keys, without_sdk_aliases
 
-__all__ = ["destinations_from_env", "destination_from_binding", "unknown_keys", "ENV_VARIABLE"]
+__all__ = ["raw_entries", "from_entry", "destination_from_binding", "unknown_keys", "ENV_VARIABLE"]
 
 #: The approuter's environment variable.
 ENV_VARIABLE = "destinations"
@@ -57,45 +57,15 @@ _SERVICE_BINDING_AUTHENTICATION = "OAuth2JWTBearer"
 
 
 # -- public ----------------------------------------------------------------------------------
-def destinations_from_env(
-    environ: Mapping[str, str],
-    bindings: Bindings,
-    *,
-    cwd: str | os.PathLike[str] | None = None,
-) -> dict[str, Destination]:
-    """The destinations of ``environ['destinations']``, else of ``default-env.json``.
-
-    An unset or blank variable falls back to the file, and no file (or none with
-    ``destinations``) yields ``{}``. The whole list is validated at once so that a typo in
-    any entry surfaces at start-up, not at the first call to that destination.
-    """
-    raw = _raw_entries(environ, cwd)
-    if raw is None:
-        return {}
-    data, where, source = raw
-    result: dict[str, Destination] = {}
-    first_index: dict[str, int] = {}
-    for index, entry in enumerate(data):
-        destination = _from_entry(entry, index, where, source, bindings)
-        if destination.name in result:
-            raise ConfigurationError(
-                f"destinations[{index}] ('{destination.name}') in {where}: duplicate name "
-                f"(also destinations[{first_index[destination.name]}])"
-            )
-        result[destination.name] = destination
-        first_index[destination.name] = index
-    return result
-
-
 def unknown_keys(environ: Mapping[str, str], *, cwd: str | os.PathLike[str] | None = None) -> list[str]:
     """Warnings for the keys of ``destinations`` entries that no reader knows (``doctor``).
 
     They are ignored by the library: a custom key is harmless, but it may be a misspelling
     that :mod:`~propagation.destinations.vocabulary` does not recognise as one. Near misses of
-    known keys are not listed here: :func:`destinations_from_env` refuses them. Malformed
-    input raises the same :class:`ConfigurationError` as :func:`destinations_from_env`.
+    known keys are not listed here: :func:`~.env_entries.read_entries` refuses them. Malformed
+    input raises the same :class:`ConfigurationError` as :func:`~.env_entries.read_entries`.
     """
-    raw = _raw_entries(environ, cwd)
+    raw = raw_entries(environ, cwd)
     if raw is None:
         return []
     data, where, _ = raw
@@ -113,7 +83,7 @@ def unknown_keys(environ: Mapping[str, str], *, cwd: str | os.PathLike[str] | No
     return warnings
 
 
-def _raw_entries(
+def raw_entries(
     environ: Mapping[str, str], cwd: str | os.PathLike[str] | None
 ) -> tuple[list[Any], str, str] | None:
     """The parsed entry list, where it came from (for messages) and its ``Destination.source``."""
@@ -342,7 +312,7 @@ class _Entry:
         return port
 
 
-def _from_entry(entry: Any, index: int, where: str, source: str, bindings: Bindings) -> Destination:
+def from_entry(entry: Any, index: int, where: str, source: str, bindings: Bindings) -> Destination:
     if not isinstance(entry, dict):
         raise ConfigurationError(f"destinations[{index}] in {where} is not a JSON object (found {_json_type(entry)})")
     seen: dict[str, str] = {}

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urlsplit
 
 from ..bindings import Bindings
-from .env import destination_from_binding, destinations_from_env
+from .env import destination_from_binding
+from .env_entries import destinations_from_env
 from .model import PROXY_TYPES, Destination, Properties, authentication_needs_user, canonical_authentication
 
 if TYPE_CHECKING:

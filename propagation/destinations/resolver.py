@@ -15,6 +15,7 @@ from ..tokens import UserToken
 from .model import Destination
 
 if TYPE_CHECKING:
+    from .env_entries import EnvEntries
     from ..cache import TokenCache
     from ..flow import Flow
     from ..oauth import OAuthClient
@@ -43,7 +44,7 @@ class DestinationResolver:
         self.oauth = oauth
         self.cache = cache
         # Re-parsed when the binding files rotate (Kubernetes): never half-old, half-new.
-        self._env_destinations: Derived[dict[str, Destination]] = Derived(bindings, self._parse_env)
+        self._env_entries: "Derived[EnvEntries]" = Derived(bindings, self._parse_env)
         self._service: "Derived[DestinationService | None]" = Derived(bindings, self._build_service)
         self._lock = threading.Lock()
 
@@ -74,12 +75,12 @@ class DestinationResolver:
     def env_destinations(self) -> dict[str, Destination]:
         """Destinations of the ``destinations`` variable (or ``default-env.json``), parsed once
         (again when the bindings their ``serviceBinding`` entries name rotate)."""
-        return self._env_destinations.get()
+        return self._env_entries.get().destinations
 
-    def _parse_env(self, bindings: Bindings) -> dict[str, Destination]:
-        from .env import destinations_from_env
+    def _parse_env(self, bindings: Bindings) -> "EnvEntries":
+        from .env_entries import read_entries
 
-        return destinations_from_env(self.environ, bindings, cwd=self.cwd)
+        return read_entries(self.environ, bindings, cwd=self.cwd)
 
     def resolve(self, name: str, user: UserToken | None = None, options: "LookupOptions | None" = None) -> Destination:
         """:meth:`resolve_flow`, blocking."""
@@ -99,9 +100,13 @@ class DestinationResolver:
 
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise InvalidArgumentError("A destination name must be a non-empty string of at most 200 characters.")
-        found = self.env_destinations().get(name)
+        entries = self._env_entries.get()
+        found = entries.destinations.get(name)
         if found is not None:
             return found
+        unreadable = entries.error_for(name)  # that entry's own error; the other names still resolve
+        if unreadable is not None:
+            raise unreadable
         binding = self.bindings.find(name=name)
         if binding is not None:
             destination = destination_from_binding(binding)

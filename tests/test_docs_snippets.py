@@ -209,7 +209,27 @@ def check_outbound_fastapi(ns: dict[str, Any], landscape: Any) -> None:
         assert r.status_code == 200 and r.json()["seenBy"] == "alice"
 
 
+def check_migration_xssec(ns: dict[str, Any], landscape: Any) -> None:
+    client = ns["app"].test_client()
+    assert client.get("/orders").status_code == 401
+    assert client.get("/orders", headers=_bearer(landscape, ())).status_code == 403
+    r = client.get("/orders", headers=_bearer(landscape))
+    assert r.status_code == 200 and r.json["seenBy"] == "alice"
+    assert landscape.exchanges.where(grant="jwt-bearer").values("user") == ["alice"]
+
+
+def check_migration_js(ns: dict[str, Any], landscape: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    with TestClient(ns["app"]) as client:
+        assert client.get("/orders").status_code == 401
+        r = client.get("/orders", headers=_bearer(landscape))
+        assert r.status_code == 200 and r.json()["seenBy"] == "alice"
+
+
 CHECKS: dict[str, Callable[[dict[str, Any], Any], None]] = {
+    "migration-xssec": check_migration_xssec,
+    "migration-js": check_migration_js,
     "forum-app": check_forum_app,
     "flask-section": check_flask_section,
     "fastapi-section": check_fastapi_section,

@@ -285,8 +285,11 @@ def test_project_tests_pass(project: Project, pytester: pytest.Pytester) -> None
         target.write_text(code, encoding="utf-8")
     args = ("-p", "no:cacheprovider", "--strict-markers", "-q")
     if _uses_django(project):  # Django's settings are per process
+        # Only this package's plugin (the entry point's module): other installed plugins cost start-up time.
         env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-        out = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=pytester.path, env=env,
+        env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+        out = subprocess.run([sys.executable, "-m", "pytest", "-p", "propagation.testing.plugin", *args],
+                             cwd=pytester.path, env=env,
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
         assert re.search(r"\b\d+ passed\b", out.stdout) and " failed" not in out.stdout, out.stdout[-3000:]

@@ -58,3 +58,15 @@ def test_the_changelog_page_is_the_changelog(site: Path) -> None:
     html = (site / "changelog.html").read_text(encoding="utf-8")
     first_entry = re.search(r"^- (.{20})", (ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), re.M)
     assert first_entry and first_entry.group(1).split("`")[0] in html
+
+
+def test_the_readme_is_a_landing_page_whose_links_resolve() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 200
+    for command in ('python -m pip install -e ".[sandbox]" && python -m propagation.sandbox demo',
+                    'python -m pip install -e ".[test]" && python -m pytest -q'):
+        assert command in readme
+    assert 'python -m pip install -e ".[test]" && python -m pytest -q' in (ROOT / ".ci" / "run").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    assert len(links) >= 20
+    assert [link for link in links if not link.startswith("http") and not (ROOT / link).is_file()] == []

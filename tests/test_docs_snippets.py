@@ -14,7 +14,9 @@ The rule (docs/contributing.md says it for contributors):
   without a token, ...).
 * ``<!-- no-test: REASON -->`` on the line before the fence skips a block; the reason is required.
   Only for text that cannot run as written (another library's code, a deliberately broken
-  example). Blocks in other languages (``bash``, output) are not executed.
+  example). Blocks in other languages (``bash``, output) are not executed, but every
+  ``python -m propagation[.sandbox] ...`` command of a shell block must be accepted by that CLI's
+  argument parser.
 """
 
 from __future__ import annotations
@@ -323,3 +325,41 @@ def test_the_rule_finds_the_pages_snippets() -> None:
     assert {"docs/quickstart.md#Flask", "docs/quickstart.md#FastAPI", "docs/quickstart.md#Django"} <= ids
     assert {b.marker[1] for b in EXECUTED if b.marker} == set(CHECKS)
     assert len(EXECUTED) >= 10
+
+
+# ------------------------------------------------------------------------ shell commands
+_COMMAND = re.compile(r"python -m (propagation(?:\.sandbox)?)(?=\s|$)(.*)$")
+
+
+def cli_commands() -> list[tuple[str, str, list[str]]]:
+    """Every ``python -m propagation[.sandbox] ...`` of a shell block: (where, module, argv)."""
+    import shlex
+
+    found = []
+    for block in ALL_BLOCKS:
+        if block.lang not in ("bash", "sh", "shell", "console"):
+            continue
+        for offset, line in enumerate(block.code.splitlines()):
+            for match in _COMMAND.finditer(line):
+                lexer = shlex.shlex(match[2], posix=True, punctuation_chars=True)
+                lexer.whitespace_split = True
+                argv = []
+                for token in lexer:  # up to the end of the command: a pipe, ), <, &&, ;
+                    if token and set(token) <= set("|&;()<>"):
+                        break
+                    argv.append(token)
+                found.append((f"{block.page}:{block.line + offset}", match[1], argv))
+    return found
+
+
+@pytest.mark.parametrize(("where", "module", "argv"), [pytest.param(*c, id=c[0]) for c in cli_commands()])
+def test_shell_commands_parse(where: str, module: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A documented command line is accepted by the CLI's own parser (nothing is run)."""
+    if module == "propagation":
+        from propagation.cli import _parser as parser
+    else:
+        from propagation.sandbox.cli import build_parser as parser
+    try:
+        parser().parse_args(argv)
+    except SystemExit as exc:
+        pytest.fail(f"{where}: python -m {module} {' '.join(argv)} is refused: {capsys.readouterr().err.strip()}")

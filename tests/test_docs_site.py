@@ -47,6 +47,8 @@ def test_the_api_reference_is_generated_from_the_docstrings(site: Path) -> None:
         assert f'id="{name}"' in html, name
     errors = (site / "reference" / "errors.html").read_text(encoding="utf-8")
     assert 'id="propagation.errors.MissingUserTokenError"' in errors
+    # the docstrings' Sphinx roles are shown as code (docs/.hooks/sphinx_roles.py), not as ":func:"
+    assert "<code>client</code>" in html and not re.search(r":(func|class|meth|mod):<code>", html + errors)
 
 
 def test_the_site_loads_no_web_font(site: Path) -> None:

@@ -433,7 +433,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     try:
         gate = gate_from_settings()
     except ConfigurationError as exc:
-        return [checks.Error(str(exc), hint="See the 'Django' section of the propagation README.",
+        return [checks.Error(str(exc), hint="See the Django page of the propagation documentation (docs/inbound/django.md).",
                              id="propagation.E001")]
     problems, warnings = _scope_fit(gate)
     return ([checks.Error(text, id="propagation.E002") for text in unguarded_url_views()]

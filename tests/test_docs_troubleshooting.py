@@ -100,8 +100,12 @@ def refusal_texts() -> dict[str, str]:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
             if any(isinstance(t, ast.Name) and t.id in TEXT_TABLES for t in targets):
                 assert isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None
-                for pair in ast.literal_eval(node.value):
-                    texts.setdefault(_normal(pair[1]), where)
+                assert isinstance(node.value, ast.Tuple)
+                for pair in node.value.elts:  # (needle, text): the text a literal or a module constant
+                    assert isinstance(pair, ast.Tuple)
+                    text = _leading_text(pair.elts[1], constants)
+                    assert text, f"{where}: a {TEXT_TABLES} text the scan cannot read"
+                    texts.setdefault(text, where)
             if isinstance(node, ast.FunctionDef) and node.name == "_describe":
                 for ret in ast.walk(node):
                     if isinstance(ret, ast.Return) and ret.value is not None:

@@ -49,9 +49,9 @@ import jwtkit  # noqa: E402
 from servers import LoopbackServer, rate  # noqa: E402
 
 from propagation.bindings import Binding, Bindings  # noqa: E402
-from propagation.cache import CacheKey, MemoryTokenCache  # noqa: E402
+from propagation.caches.memory import CacheKey, MemoryTokenCache  # noqa: E402
 from propagation.engine import Propagator  # noqa: E402
-from propagation.oauth import OAuthClient, TokenResponse  # noqa: E402
+from propagation.exchange.oauth import OAuthClient, TokenResponse  # noqa: E402
 from propagation.tokens import fingerprint  # noqa: E402
 
 RESULTS: list[tuple[str, bool]] = []

@@ -202,12 +202,12 @@ def destination_problems(d: "Destination", connectivity_bound: bool) -> list[str
 def _cache(found: Findings, environ: Mapping[str, str]) -> None:
     """The token cache settings (``PROPAGATION_CACHE_*``, a ``redis-cache`` binding): built and
     closed again, which reads and checks them but connects to nothing."""
-    from .redis_cache import CACHE_URL_ENV, REDIS_LABEL
+    from .caches.redis import CACHE_URL_ENV, REDIS_LABEL
 
     if not (environ.get(CACHE_URL_ENV) or "").strip() and found.bindings.find(label=REDIS_LABEL) is None:
         return
     try:
-        from .redis_cache import RedisTokenCache
+        from .caches.redis import RedisTokenCache
 
         cache: Any = RedisTokenCache.from_env(environ, found.bindings)
     except ConfigurationError as exc:

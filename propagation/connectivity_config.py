@@ -25,7 +25,7 @@ Shapes this parser reads:
   binding that carries ``certificate``/``key`` anyway is used, else a ConfigurationError says so.
 
 * **Subscriber tenants**: the token of a subscriber's user comes from that tenant's endpoint
-  (:mod:`propagation.tenant_urls`): the subdomain replaces the first host label of the token
+  (:mod:`propagation.exchange.tenant_urls`): the subdomain replaces the first host label of the token
   URL (under ``uaadomain``/``token_service_domain`` when given), an IAS user's zone goes in
   ``X-zid`` to ``https://{uaadomain}``. ``provider_zone`` (``tenantid``/``identityzoneid``/
   ``subaccount_id``/``zoneid``) and ``subaccount_subdomain``/``identityzone`` name the
@@ -47,7 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .bindings import Binding
 from .errors import ConfigurationError
-from .oauth import ClientCredentials
+from .exchange.oauth import ClientCredentials
 
 __all__ = [
     "ConnectivityBinding",

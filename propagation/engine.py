@@ -10,13 +10,13 @@ import threading
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .bindings import Bindings
-from .cache import TokenCache
+from .caches.memory import TokenCache
 from .context import as_user_token, current_token
 from .destinations.lookup import LookupOptions
 from .destinations.model import Destination
 from .destinations.resolver import DestinationResolver
-from .flow import run_async, run_sync
-from .oauth import OAuthClient
+from .exchange.flow import run_async, run_sync
+from .exchange.oauth import OAuthClient
 from .outbound.auth import Authorizer, OutboundAuth
 from .outbound.connectivity import MODE_ENV, Connectivity
 from .errors import ConfigurationError
@@ -71,7 +71,7 @@ class Propagator:
         if cache is None:
             # Redis when PROPAGATION_CACHE_URL or a redis-cache binding says so (redis is
             # imported only then), else in memory.
-            from .redis_cache import cache_from_env
+            from .caches.redis import cache_from_env
 
             cache = cache_from_env(self.environ, self.bindings)
             # Waiters of a single flight give up at the same deadline as the request they wait for.

@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import jwtkit
 from propagation import Propagator
 from propagation.bindings import Binding, Bindings
-from propagation.cache import MemoryTokenCache
-from propagation.oauth import OAuthClient
+from propagation.caches.memory import MemoryTokenCache
+from propagation.exchange.oauth import OAuthClient
 from propagation.tokens import UserToken
 from test_outbound_core import Req, Web
 

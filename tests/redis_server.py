@@ -193,7 +193,7 @@ def exchange_worker(environ: dict[str, str], user_tokens: list[str], names: list
 
     from propagation.bindings import Bindings
     from propagation.engine import Propagator
-    from propagation.oauth import OAuthClient
+    from propagation.exchange.oauth import OAuthClient
 
     engine = Propagator(environ=environ, bindings=Bindings([]), oauth=OAuthClient(retries=0, sleep=lambda s: None))
     work = [(u, n) for _ in range(rounds) for u in user_tokens for n in names]

@@ -267,8 +267,8 @@ def test_a_rotated_connectivity_secret_is_used_by_the_next_on_premise_call(tmp_p
 
     import jwtkit
     from propagation import Propagator
-    from propagation.cache import MemoryTokenCache
-    from propagation.oauth import OAuthClient
+    from propagation.caches.memory import MemoryTokenCache
+    from propagation.exchange.oauth import OAuthClient
 
     files = lambda v: {"type": "connectivity", "clientid": "conn-client", "clientsecret": f"conn-secret-{v}",  # noqa: E731
                        "token_service_url": "https://provider.authentication.eu10.hana.ondemand.com",

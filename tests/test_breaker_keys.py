@@ -12,10 +12,10 @@ import responses
 
 from propagation import Propagator
 from propagation.bindings import Bindings
-from propagation.cache import MemoryTokenCache
+from propagation.caches.memory import MemoryTokenCache
 from propagation.errors import TokenExchangeError
-from propagation.oauth import GRANT_CLIENT_CREDENTIALS, ClientCredentials, OAuthClient
-from propagation.resilience import CircuitOpenError
+from propagation.exchange.oauth import GRANT_CLIENT_CREDENTIALS, ClientCredentials, OAuthClient
+from propagation.exchange.resilience import CircuitOpenError
 
 from loopback import user_of
 from test_outbound_core import user

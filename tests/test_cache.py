@@ -9,8 +9,8 @@ from typing import Any, Callable
 
 import pytest
 
-from propagation.cache import CacheKey, MemoryTokenCache, TokenCache
-from propagation.oauth import TokenResponse
+from propagation.caches.memory import CacheKey, MemoryTokenCache, TokenCache
+from propagation.exchange.oauth import TokenResponse
 from propagation.tokens import fingerprint
 
 T0 = 1_700_000_000.0

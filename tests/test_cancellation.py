@@ -12,10 +12,10 @@ import httpx
 import pytest
 import respx
 
-from propagation.cache import CacheKey, MemoryTokenCache
+from propagation.caches.memory import CacheKey, MemoryTokenCache
 from propagation.errors import TokenExchangeError
-from propagation.oauth import GRANT_CLIENT_CREDENTIALS, ClientCredentials, OAuthClient, TokenResponse
-from propagation.resilience import CircuitOpenError
+from propagation.exchange.oauth import GRANT_CLIENT_CREDENTIALS, ClientCredentials, OAuthClient, TokenResponse
+from propagation.exchange.resilience import CircuitOpenError
 
 TOKEN_URL = "https://idp.example.com/oauth/token"
 CLIENT = ClientCredentials("c", "s")
@@ -107,7 +107,7 @@ def test_a_sync_probe_whose_caller_goes_away_gives_its_slot_back() -> None:
 def test_a_cancelled_caller_that_is_not_the_probe_frees_no_slot() -> None:
     """Only the probe gives a slot back: a caller that passed while the breaker was closed and is
     cancelled later cannot let a second probe through."""
-    from propagation.resilience import Breakers
+    from propagation.exchange.resilience import Breakers
 
     clock = Clock()
     breakers = Breakers(threshold=1, cooldown=30.0, clock=clock)

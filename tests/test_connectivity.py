@@ -17,9 +17,9 @@ import responses
 import propagation
 from propagation import ConfigurationError, MissingUserTokenError, Propagator
 from propagation.bindings import Binding, Bindings
-from propagation.cache import MemoryTokenCache
+from propagation.caches.memory import MemoryTokenCache
 from propagation.outbound.connectivity import ConnectivityConfig
-from propagation.oauth import OAuthClient
+from propagation.exchange.oauth import OAuthClient
 from propagation.tokens import UserToken
 
 UAADOMAIN = "authentication.eu10.hana.ondemand.com"

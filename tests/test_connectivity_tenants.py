@@ -17,8 +17,8 @@ import responses
 
 from propagation import ConfigurationError, InvalidTokenError, Propagator
 from propagation.bindings import Binding, Bindings
-from propagation.cache import MemoryTokenCache
-from propagation.oauth import OAuthClient
+from propagation.caches.memory import MemoryTokenCache
+from propagation.exchange.oauth import OAuthClient
 
 import jwtkit
 

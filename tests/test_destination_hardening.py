@@ -14,9 +14,9 @@ import pytest
 
 from propagation import ConfigurationError, DestinationNotFoundError, InvalidTokenError, Propagator, TokenExchangeError
 from propagation.bindings import Bindings
-from propagation.cache import MemoryTokenCache
+from propagation.caches.memory import MemoryTokenCache
 from propagation.errors import InvalidArgumentError, PropagationError
-from propagation.oauth import OAuthClient
+from propagation.exchange.oauth import OAuthClient
 from test_outbound_core import TRANSPORTS, Transport, Web, web  # noqa: F401  (fixture)
 from dsv2 import DEST_URI, TARGET, StandIn, binding, cfg, xsuaa_user
 

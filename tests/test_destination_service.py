@@ -31,9 +31,9 @@ from propagation import (
     TokenExchangeError,
 )
 from propagation.bindings import Binding, Bindings
-from propagation.cache import MemoryTokenCache
+from propagation.caches.memory import MemoryTokenCache
 from propagation.destinations.service import FIND_PATH, DestinationService
-from propagation.oauth import OAuthClient
+from propagation.exchange.oauth import OAuthClient
 from propagation.tokens import UserToken
 
 UAADOMAIN = "authentication.eu10.hana.ondemand.com"
@@ -497,7 +497,7 @@ def test_client_certificate_is_used_for_the_call_only(rsps, store_name, content,
     assert seen["cert"] is None  # no key files per call: the pool's TLS context holds the certificate
     plan = e.plan("S4", "GET", "/Items")
     assert "BEGIN CERTIFICATE" in plan.client_cert[0] and "PRIVATE KEY" in plan.client_cert[1]
-    from propagation.flow import ssl_context
+    from propagation.exchange.flow import ssl_context
 
     contexts = [a.ssl_context for a, _ in e.pools._adapters._items.values() if hasattr(a, "ssl_context")]
     assert contexts == [ssl_context(plan.client_cert, plan.verify, plan.trust)]  # loaded once, shared

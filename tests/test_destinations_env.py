@@ -17,7 +17,7 @@ from propagation.bindings import Binding, Bindings
 from propagation.destinations.env import destination_from_binding
 from propagation.destinations.env_entries import destinations_from_env
 from propagation.errors import ConfigurationError
-from propagation.oauth import ClientCredentials
+from propagation.exchange.oauth import ClientCredentials
 
 SECRET = "s3cr3t-VALUE"
 PASSWORD = "pa55-VALUE"

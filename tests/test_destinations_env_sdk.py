@@ -17,10 +17,10 @@ import responses
 
 from propagation import ConfigurationError, Propagator
 from propagation.bindings import Bindings
-from propagation.cache import MemoryTokenCache
+from propagation.caches.memory import MemoryTokenCache
 from propagation.destinations.env import unknown_keys
 from propagation.destinations.env_entries import destinations_from_env
-from propagation.oauth import OAuthClient
+from propagation.exchange.oauth import OAuthClient
 
 import jwtkit
 

@@ -24,7 +24,7 @@ import responses
 
 import jwtkit
 import propagation
-from propagation.oauth import GRANT_JWT_BEARER, OAuthClient
+from propagation.exchange.oauth import GRANT_JWT_BEARER, OAuthClient
 from propagation.tokens import UserToken
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

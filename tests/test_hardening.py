@@ -14,8 +14,8 @@ import responses
 
 from propagation import Propagator, TokenExchangeError
 from propagation.bindings import Binding, Bindings
-from propagation.cache import MemoryTokenCache
-from propagation.oauth import ClientCredentials, OAuthClient, TokenResponse
+from propagation.caches.memory import MemoryTokenCache
+from propagation.exchange.oauth import ClientCredentials, OAuthClient, TokenResponse
 from propagation.tokens import UserToken
 
 import jwtkit
@@ -186,7 +186,7 @@ def test_waiters_of_a_single_flight_give_up_at_the_deadline() -> None:
 
     cache = MemoryTokenCache(wait_timeout=0.3)
     release = threading.Event()
-    key = __import__("propagation.cache", fromlist=["CacheKey"]).CacheKey("S4", "jwt-bearer", "c", user="fp")
+    key = __import__("propagation.caches.memory", fromlist=["CacheKey"]).CacheKey("S4", "jwt-bearer", "c", user="fp")
 
     def slow() -> TokenResponse:
         release.wait(5)

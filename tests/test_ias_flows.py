@@ -27,7 +27,7 @@ from propagation.engine import Propagator
 from propagation.errors import ConfigurationError
 from propagation.flask import Propagation
 from propagation.inbound import IasFlowOptions
-from propagation.oauth import GRANT_JWT_BEARER, OAuthClient
+from propagation.exchange.oauth import GRANT_JWT_BEARER, OAuthClient
 from propagation.tokens import UserToken
 
 TRUST = "xsuaa-trust-ias-client-id"

@@ -17,7 +17,7 @@ from flask import Flask
 import jwtkit
 from propagation.bindings import Bindings
 from propagation.engine import Propagator
-from propagation.oauth import GRANT_JWT_BEARER, OAuthClient
+from propagation.exchange.oauth import GRANT_JWT_BEARER, OAuthClient
 from propagation.wsgi import PropagationMiddleware
 from test_binding_rotation import Clock, SecretVolume
 

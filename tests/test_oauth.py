@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from propagation.errors import ConfigurationError, TokenExchangeError
-from propagation.oauth import (
+from propagation.exchange.oauth import (
     GRANT_CLIENT_CREDENTIALS,
     GRANT_JWT_BEARER,
     GRANT_PASSWORD,

@@ -17,8 +17,8 @@ import responses
 import propagation
 from propagation import MissingUserTokenError, Propagator, TokenExchangeError, ConfigurationError
 from propagation.bindings import Binding, Bindings
-from propagation.cache import MemoryTokenCache
-from propagation.oauth import OAuthClient
+from propagation.caches.memory import MemoryTokenCache
+from propagation.exchange.oauth import OAuthClient
 from propagation.tokens import UserToken
 
 

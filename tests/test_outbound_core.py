@@ -24,8 +24,8 @@ import respx
 import propagation
 from propagation import MissingUserTokenError, PathOutsideDestinationError, Propagator
 from propagation.bindings import Binding, Bindings
-from propagation.cache import MemoryTokenCache
-from propagation.oauth import OAuthClient
+from propagation.caches.memory import MemoryTokenCache
+from propagation.exchange.oauth import OAuthClient
 
 import jwtkit
 

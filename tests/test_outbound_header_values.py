@@ -13,9 +13,9 @@ import responses
 
 from propagation import Propagator
 from propagation.bindings import Bindings
-from propagation.cache import MemoryTokenCache
+from propagation.caches.memory import MemoryTokenCache
 from propagation.errors import ConfigurationError
-from propagation.oauth import OAuthClient
+from propagation.exchange.oauth import OAuthClient
 
 from test_outbound_core import TRANSPORTS, Transport, user
 

@@ -15,8 +15,8 @@ import pytest
 import propagation
 from propagation import Propagator
 from propagation.bindings import Binding, Bindings
-from propagation.cache import MemoryTokenCache
-from propagation.oauth import OAuthClient
+from propagation.caches.memory import MemoryTokenCache
+from propagation.exchange.oauth import OAuthClient
 from propagation.outbound.pools import PoolKey, Pools
 
 from loopback import Loopback, principal_of
@@ -251,7 +251,7 @@ def test_a_client_certificate_destination_presents_its_certificate_to_the_target
                 "uri": "https://destination.example.com", "tenantid": "provider-zid"})
             engine = Propagator(environ={}, bindings=Bindings([binding]), cache=MemoryTokenCache(), oauth=OAuthClient(retries=0))
             s4 = transport.make(engine, "S4")
-            from propagation import flow
+            from propagation.exchange import flow
 
             key_files: list[str] = []
             enter = flow.ClientCertFiles.__enter__

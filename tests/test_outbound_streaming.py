@@ -18,8 +18,8 @@ import requests
 
 from propagation import Propagator
 from propagation.bindings import Bindings
-from propagation.cache import MemoryTokenCache
-from propagation.oauth import OAuthClient
+from propagation.caches.memory import MemoryTokenCache
+from propagation.exchange.oauth import OAuthClient
 from propagation.outbound import deadline as deadline_module
 
 BODY = 4 * 1024 * 1024

@@ -10,8 +10,8 @@ import pytest
 import responses
 
 from propagation.errors import PeerAnswerError, PropagationError, TokenExchangeError
-from propagation.flow import Answer
-from propagation.oauth import GRANT_CLIENT_CREDENTIALS, ClientCredentials, OAuthClient
+from propagation.exchange.flow import Answer
+from propagation.exchange.oauth import GRANT_CLIENT_CREDENTIALS, ClientCredentials, OAuthClient
 
 TOKEN_URL = "https://idp.example.com/oauth/token"
 DEEP = b"[" * 100_000 + b"]" * 100_000

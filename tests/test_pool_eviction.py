@@ -17,8 +17,8 @@ import pytest
 import propagation
 from propagation import Propagator
 from propagation.bindings import Binding, Bindings
-from propagation.cache import MemoryTokenCache
-from propagation.oauth import OAuthClient
+from propagation.caches.memory import MemoryTokenCache
+from propagation.exchange.oauth import OAuthClient
 from propagation.outbound.pools import Pools
 
 from test_outbound_core import TRANSPORTS, Transport, user

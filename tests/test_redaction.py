@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import responses
 
-from propagation import redaction
+from propagation.exchange import redaction
 from propagation.errors import TokenExchangeError
-from propagation.oauth import GRANT_JWT_BEARER, ClientCredentials, OAuthClient
-from propagation.redaction import sanitize
+from propagation.exchange.oauth import GRANT_JWT_BEARER, ClientCredentials, OAuthClient
+from propagation.exchange.redaction import sanitize
 
 TOKEN_URL = "https://idp.example.com/oauth/token"
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlc2lnbmF0dXJl"

@@ -17,10 +17,10 @@ import pytest
 import redis
 
 from propagation.bindings import Binding, Bindings
-from propagation.cache import CacheKey, MemoryTokenCache
+from propagation.caches.memory import CacheKey, MemoryTokenCache
 from propagation.engine import Propagator
 from propagation.errors import ConfigurationError
-from propagation.oauth import TokenResponse
+from propagation.exchange.oauth import TokenResponse
 from propagation.redis_cache import RedisTokenCache, cache_from_env
 from redis_server import RedisServer, TokenEndpoint, destinations, ensure_redis_server, exchange_worker
 

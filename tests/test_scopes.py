@@ -17,7 +17,7 @@ from propagation.errors import ConfigurationError, InvalidTokenError
 from propagation.flask import Propagation, require_scopes
 from propagation.inbound.responses import forbidden
 from propagation.inbound.scopes import InsufficientScopeError, ScopeCheck, scope_names
-from propagation.oauth import OAuthClient
+from propagation.exchange.oauth import OAuthClient
 from propagation.tokens import UserToken
 
 TRUST = "xsuaa-trust-ias-client-id"

@@ -15,9 +15,9 @@ import respx
 
 from propagation import Propagator
 from propagation.bindings import Bindings
-from propagation.cache import MemoryTokenCache
+from propagation.caches.memory import MemoryTokenCache
 from propagation.errors import BlockingCallError, ConfigurationError
-from propagation.oauth import OAuthClient
+from propagation.exchange.oauth import OAuthClient
 from propagation.outbound.loopcheck import BlockingCallWarning
 
 URL = "https://s4.example.com/api"

@@ -18,7 +18,7 @@ from propagation.bindings import Bindings
 from propagation.engine import Propagator
 from propagation.errors import MissingUserTokenError
 from propagation.flask import Propagation
-from propagation.oauth import OAuthClient
+from propagation.exchange.oauth import OAuthClient
 from propagation.tokens import UserToken
 
 TRUST = "xsuaa-trust-ias-client-id"

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from ..bindings import Binding, Bindings, _json_type, default_env_path, load_default_env, parse_json
 from ..errors import ConfigurationError
-from ..oauth import ClientCredentials
+from ..exchange.oauth import ClientCredentials
 from .model import _CANONICAL_AUTH, PROXY_TYPES, Destination, Properties, canonical_authentication, header_problem
 from .vocabulary import check_keys, without_sdk_aliases
 

@@ -25,7 +25,7 @@ from .env_entries import destinations_from_env
 from .model import PROXY_TYPES, Destination, Properties, authentication_needs_user, canonical_authentication
 
 if TYPE_CHECKING:
-    from ..flow import Flow
+    from ..exchange.flow import Flow
     from ..tokens import UserToken
     from .service import DestinationService
 
@@ -177,7 +177,7 @@ def service_listing_flow(service: "DestinationService", user: "UserToken | None"
 def list_all(engine: Any, user: "UserToken | None", *, service: bool = True) -> list[DestinationInfo]:
     """:func:`list_destinations`, then the Destination service's destinations that those do
     not hide (``engine``: a :class:`~propagation.Propagator`)."""
-    from ..flow import run_sync
+    from ..exchange.flow import run_sync
 
     resolver = engine.resolver
     listed = list_destinations(resolver.environ, resolver.bindings, resolver.cwd)

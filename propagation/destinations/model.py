@@ -7,8 +7,8 @@ from functools import cached_property
 from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from ..http_headers import header_problem
-from ..oauth import ClientCredentials
+from ..exchange.http_headers import header_problem
+from ..exchange.oauth import ClientCredentials
 
 __all__ = ["Destination", "Properties", "header_problem", "without_userinfo", "secret_values", "AUTHENTICATIONS", "USER_AUTHENTICATIONS", "SERVICE_TOKEN_AUTHENTICATIONS", "authentication_needs_user", "canonical_authentication"]
 
@@ -87,7 +87,7 @@ def secret_values(properties: Mapping[str, Any]) -> tuple[str, ...]:
     """Every value of ``properties`` that is or may be a credential (``Password``,
     ``clientSecret``, ``tokenServicePassword``, ``KeyStorePassword``, ``refreshToken``,
     ``URL.headers.*`` …) and the password of a URL's user info: what a peer's error text must
-    never echo into an exception (:func:`propagation.redaction.sanitize` removes them)."""
+    never echo into an exception (:func:`propagation.exchange.redaction.sanitize` removes them)."""
     found: list[str] = []
     for key, value in properties.items():
         low = str(key).lower()

@@ -16,9 +16,9 @@ from .model import Destination
 
 if TYPE_CHECKING:
     from .env_entries import EnvEntries
-    from ..cache import TokenCache
-    from ..flow import Flow
-    from ..oauth import OAuthClient
+    from ..caches.memory import TokenCache
+    from ..exchange.flow import Flow
+    from ..exchange.oauth import OAuthClient
     from .lookup import LookupOptions
     from .service import DestinationService
 
@@ -54,8 +54,8 @@ class DestinationResolver:
         return self._service.get()
 
     def _build_service(self, bindings: Bindings) -> "DestinationService | None":
-        from ..cache import MemoryTokenCache
-        from ..oauth import OAuthClient
+        from ..caches.memory import MemoryTokenCache
+        from ..exchange.oauth import OAuthClient
         from .lookup import selection_from_env
         from .service import DEFAULT_CONFIG_TTL, TTL_ENV, DestinationService
 
@@ -84,7 +84,7 @@ class DestinationResolver:
 
     def resolve(self, name: str, user: UserToken | None = None, options: "LookupOptions | None" = None) -> Destination:
         """:meth:`resolve_flow`, blocking."""
-        from ..flow import run_sync
+        from ..exchange.flow import run_sync
 
         service = self.destination_service()
         io = service.oauth.io if service is not None else None

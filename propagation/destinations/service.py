@@ -46,7 +46,7 @@ with the user's subdomain (``ext_attr.zdn``) as first host label, and every cach
 carries the tenant whose destination was used. IAS user tokens use the binding's (provider)
 token URL.
 
-Answers live in the engine's :class:`~propagation.cache.TokenCache` (as a
+Answers live in the engine's :class:`~propagation.caches.memory.TokenCache` (as a
 :class:`TokenResponse` whose ``access_token`` is the answer's JSON, so a cache that
 encrypts tokens encrypts them too); :attr:`OutboundAuth.cache_key` is the answer's key, so
 the 401 handler drops a rejected answer and retries once.
@@ -62,10 +62,10 @@ from urllib.parse import quote, urlsplit
 
 from .._log import logger
 from ..bindings import Bindings
-from ..cache import CacheKey, TokenCache
+from ..caches.memory import CacheKey, TokenCache
 from ..errors import ConfigurationError, DestinationNotFoundError, TokenExchangeError
-from ..flow import Cached, Flow, Invalidate, run_sync
-from ..oauth import OAuthClient, TokenResponse, _expires_in
+from ..exchange.flow import Cached, Flow, Invalidate, run_sync
+from ..exchange.oauth import OAuthClient, TokenResponse, _expires_in
 from ..tokens import UserToken
 from . import keystores
 from .lookup import (

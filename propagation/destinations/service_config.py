@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..bindings import Binding
 from ..errors import ConfigurationError
-from ..oauth import ClientCredentials
+from ..exchange.oauth import ClientCredentials
 from ..tokens import UserToken
 
 __all__ = ["DestinationServiceConfig"]

@@ -9,20 +9,20 @@ from typing import TYPE_CHECKING, Any, Mapping, Protocol
 from urllib.parse import urlsplit
 
 from .._log import logger
-from ..cache import CacheKey
+from ..caches.memory import CacheKey
 from ..errors import ConfigurationError, TokenExchangeError
-from ..flow import Answer, Cached, Flow, HttpCall, Invalidate, TransportFailure
-from ..oauth import GRANT_CLIENT_CREDENTIALS, TokenResponse, _safe_url, expand_token_type
-from ..redaction import sanitize as _sanitize
-from ..resilience import resilient_flow
+from ..exchange.flow import Answer, Cached, Flow, HttpCall, Invalidate, TransportFailure
+from ..exchange.oauth import GRANT_CLIENT_CREDENTIALS, TokenResponse, _safe_url, expand_token_type
+from ..exchange.redaction import sanitize as _sanitize
+from ..exchange.resilience import resilient_flow
 from ..tokens import UserToken
 from .lookup import LookupOptions, digest
 from .model import header_problem, secret_values
 from .service_config import _Tenant
 
 if TYPE_CHECKING:
-    from ..cache import TokenCache
-    from ..oauth import OAuthClient
+    from ..caches.memory import TokenCache
+    from ..exchange.oauth import OAuthClient
     from .model import Destination
     from .service_config import DestinationServiceConfig
 
@@ -106,7 +106,7 @@ def call(
 
 def _get(svc: DestinationService, url: str, headers: dict[str, str], what: str, tenant: _Tenant,
          user: UserToken | None) -> Flow[Answer]:
-    """GET under the OAuth client's policy (:mod:`propagation.resilience`: timeout, total
+    """GET under the OAuth client's policy (:mod:`propagation.exchange.resilience`: timeout, total
     deadline, retries of 5xx and connection errors, breaker per host and tenant)."""
     safe = _safe_url(url)
     oauth = svc.oauth

@@ -18,8 +18,8 @@ from .validator import TokenValidator, _ValidatedTokens
 
 if TYPE_CHECKING:
     from ..bindings import Bindings
-    from ..cache import TokenCache
-    from ..oauth import ClientCredentials, OAuthClient, TokenResponse
+    from ..caches.memory import TokenCache
+    from ..exchange.oauth import ClientCredentials, OAuthClient, TokenResponse
 
 __all__ = ["IasFlows", "FlowsEngine"]
 
@@ -48,7 +48,7 @@ class FlowsEngine(Protocol):
 
 
 def _client(credentials: Mapping[str, Any]) -> "ClientCredentials":
-    from ..oauth import ClientCredentials
+    from ..exchange.oauth import ClientCredentials
 
     certificate, key = credentials.get("certificate"), credentials.get("key")
     mtls = isinstance(certificate, str) and isinstance(key, str) and bool(certificate and key)
@@ -265,9 +265,9 @@ class IasFlows:
 
     def _exchange_public(self, public: UserToken, client: str) -> UserToken:
         assert self.ias is not None
-        from ..cache import CacheKey
+        from ..caches.memory import CacheKey
         from ..errors import TokenExchangeError
-        from ..oauth import GRANT_JWT_BEARER
+        from ..exchange.oauth import GRANT_JWT_BEARER
 
         ias = self.ias  # one generation of the binding for the whole exchange
         url = _join(str(ias["url"]), "/oauth2/token")
@@ -287,9 +287,9 @@ class IasFlows:
     # -- IAS → XSUAA -----------------------------------------------------------------------
     def _to_xsuaa(self, user: UserToken) -> UserToken:
         assert self.ias is not None
-        from ..cache import CacheKey
+        from ..caches.memory import CacheKey
         from ..errors import TokenExchangeError
-        from ..oauth import GRANT_JWT_BEARER
+        from ..exchange.oauth import GRANT_JWT_BEARER
 
         trust = self.options.xsuaa_trust_client_id
         ours = self.ias["clientid"]

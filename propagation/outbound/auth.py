@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
 from .._log import logger
-from ..cache import CacheKey, TokenCache
+from ..caches.memory import CacheKey, TokenCache
 from ..destinations.model import SERVICE_TOKEN_AUTHENTICATIONS, Destination, header_problem
 from ..errors import ConfigurationError, InvalidArgumentError, MissingUserTokenError
-from ..flow import Cached, Flow
-from ..oauth import (
+from ..exchange.flow import Cached, Flow
+from ..exchange.oauth import (
     GRANT_CLIENT_CREDENTIALS,
     GRANT_JWT_BEARER,
     GRANT_PASSWORD,
@@ -30,7 +30,7 @@ from ..oauth import (
     TokenResponse,
     expand_token_type,
 )
-from ..tenant_urls import tenant_token_endpoint
+from ..exchange.tenant_urls import tenant_token_endpoint
 from ..tokens import UserToken
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ import httpx
 
 from .._log import logger
 from ..context import as_user_token, current_token
-from ..flow import Invalidate, run_async, run_sync
+from ..exchange.flow import Invalidate, run_async, run_sync
 from ..tokens import UserToken
 from .csrf import CSRF_HEADER, Fetch, Send, csrf_steps, service_root
 from ..destinations.lookup import LookupOptions

@@ -17,7 +17,7 @@ Other Authentication types over OnPremise keep their own ``Authorization`` and g
 client_credentials proxy token (no user headers).
 
 Every proxy token belongs to the calling user's tenant — it picks that tenant's Cloud
-Connector: its token URL is formed as for the Destination service (:mod:`propagation.tenant_urls`:
+Connector: its token URL is formed as for the Destination service (:mod:`propagation.exchange.tenant_urls`:
 the user's subdomain as first host label, or ``X-zid`` at ``token_service_domain``/``uaadomain``);
 where none can be formed the call fails closed with a :class:`ConfigurationError` before any
 request — never the provider's token for a subscriber's user. The mode comes from the destination
@@ -34,14 +34,14 @@ from typing import Any
 
 from .._log import logger
 from ..bindings import Binding, Bindings
-from ..cache import CacheKey, TokenCache
+from ..caches.memory import CacheKey, TokenCache
 from ..connectivity_config import connectivity_config, with_xsuaa_defaults
 from ..destinations.model import Destination
 from ..errors import ConfigurationError
-from ..flow import Cached, Flow
+from ..exchange.flow import Cached, Flow
 from ..rotation import Derived
-from ..tenant_urls import tenant_token_endpoint
-from ..oauth import GRANT_CLIENT_CREDENTIALS, GRANT_JWT_BEARER, ClientCredentials, OAuthClient, TokenResponse
+from ..exchange.tenant_urls import tenant_token_endpoint
+from ..exchange.oauth import GRANT_CLIENT_CREDENTIALS, GRANT_JWT_BEARER, ClientCredentials, OAuthClient, TokenResponse
 from ..tokens import UserToken
 
 __all__ = [
@@ -108,7 +108,7 @@ class ConnectivityConfig:
 
     def token_endpoint_for(self, user: UserToken | None) -> tuple[str, dict[str, str]]:
         """The token URL (and ``X-zid`` header) of the user's tenant, so the proxy token belongs
-        to that tenant and reaches its Cloud Connector: see :mod:`propagation.tenant_urls`.
+        to that tenant and reaches its Cloud Connector: see :mod:`propagation.exchange.tenant_urls`.
         Fails closed (:class:`ConfigurationError`, nothing sent) where no URL of that tenant
         can be formed: the provider's endpoint would carry a subscriber's user through the
         provider's Cloud Connector."""

@@ -19,14 +19,14 @@ from functools import lru_cache
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ..cache import TokenCache
+from ..caches.memory import TokenCache
 from ..destinations.lookup import LookupOptions
 from ..destinations.model import Destination, without_userinfo
 from ..destinations.resolver import DestinationResolver
 from ..errors import PathOutsideDestinationError
-from ..flow import Flow
+from ..exchange.flow import Flow
 from ..tokens import UserToken
-from ..oauth import OAuthClient
+from ..exchange.oauth import OAuthClient
 from .auth import Authorizer, OutboundAuth
 from .csrf import MODIFYING_METHODS, CookieJars, CsrfStore
 

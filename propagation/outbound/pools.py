@@ -30,7 +30,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 from .._log import logger
-from ..flow import ssl_context
+from ..exchange.flow import ssl_context
 from .deadline import AsyncDeadlineBackend, DeadlineBackend, deadline_connection_classes
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ class Pools:
     # -- requests -------------------------------------------------------------------------
     def adapter(self, key: PoolKey | None, client_cert: Cert | None = None, trust: str | None = None) -> "HTTPAdapter":
         """The ``requests`` pool for ``key``; with ``client_cert`` one whose TLS context holds that
-        certificate (loaded once per certificate, shared with httpx: :func:`~propagation.flow.ssl_context`)."""
+        certificate (loaded once per certificate, shared with httpx: :func:`~propagation.exchange.flow.ssl_context`)."""
         make = _deadline_adapter
         if key is not None and client_cert is not None:
             context = ssl_context(client_cert, key.verify, trust)

@@ -23,7 +23,7 @@ from requests.utils import default_headers
 from .._log import logger
 from ..context import as_user_token, current_token
 from ..destinations.model import Destination
-from ..flow import run_sync
+from ..exchange.flow import run_sync
 from ..tokens import UserToken
 from .csrf import CSRF_HEADER, Fetch, Send, csrf_steps, has_header, service_root
 from ..destinations.lookup import LookupOptions

@@ -1,5 +1,5 @@
 """Bounded time and circuit breakers for calls to IdPs and the Destination service (DESIGN §6
-"Time"), written once as a flow (:mod:`propagation.flow`) that token requests and lookups share.
+"Time"), written once as a flow (:mod:`propagation.exchange.flow`) that token requests and lookups share.
 
 * **Deadline**: one operation — all its attempts and back-offs — ends by ``deadline`` seconds
   after it started, however slowly the peer drips its answer: every request carries the absolute
@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ._log import logger
-from .errors import TokenExchangeError
+from .._log import logger
+from ..errors import TokenExchangeError
 from .flow import Answer, Flow, HttpCall, Sleep, TransportFailure
 
 __all__ = ["Breakers", "CircuitOpenError", "resilient_flow"]

@@ -17,9 +17,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
 
-from ._log import logger
-from .errors import TokenExchangeError
-from .oauth import TokenResponse
+from .._log import logger
+from ..errors import TokenExchangeError
+from ..exchange.oauth import TokenResponse
 
 __all__ = ["CacheKey", "TokenCache", "MemoryTokenCache"]
 

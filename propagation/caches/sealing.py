@@ -9,9 +9,9 @@ import binascii
 import json
 import os
 
-from ._log import logger
-from .errors import ConfigurationError
-from .oauth import TokenResponse
+from .._log import logger
+from ..errors import ConfigurationError
+from ..exchange.oauth import TokenResponse
 
 __all__ = ["Sealer", "decode_key"]
 

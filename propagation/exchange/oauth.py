@@ -19,14 +19,14 @@ from urllib.parse import quote_plus, urlsplit, urlunsplit
 
 import requests
 
-from ._log import logger
-from .errors import ConfigurationError, TokenExchangeError
+from .._log import logger
+from ..errors import ConfigurationError, TokenExchangeError
 from .http_headers import checked_header as _checked
 from . import peer_json
 from .redaction import sanitize as _sanitize
 from .resilience import Breakers, resilient_flow
 from .flow import Answer, AsyncIO, Flow, HttpCall, SyncIO, TransportFailure, run_async, run_sync
-from .tokens import fingerprint
+from ..tokens import fingerprint
 
 __all__ = [
     "GRANT_CLIENT_CREDENTIALS",
@@ -98,7 +98,7 @@ class TokenResponse:
         return self.expires_at - (time.time() if now is None else now)
 
     def __repr__(self) -> str:
-        from .tokens import fingerprint
+        from ..tokens import fingerprint
 
         return f"TokenResponse(token_type={self.token_type!r}, expires_at={self.expires_at!r}, fingerprint={fingerprint(self.access_token)!r})"
 
@@ -184,7 +184,7 @@ class OAuthClient:
     """A token endpoint client, shared by the whole engine (it holds no per-user state).
 
     ``timeout`` goes to every request (``(connect, read)`` seconds) and ``deadline`` bounds the
-    whole operation (:mod:`propagation.resilience`: retries and back-offs included, however slowly
+    whole operation (:mod:`propagation.exchange.resilience`: retries and back-offs included, however slowly
     the IdP answers; a breaker per host and tenant fails fast after ``breaker_threshold``
     consecutive failures for ``breaker_cooldown`` seconds). A 5xx answer or a
     connection error/timeout is retried ``retries`` times after ``backoff * 2**attempt``
@@ -334,7 +334,7 @@ class OAuthClient:
         credentials_in_body: bool = True,
         tenant: str | None = None,
     ) -> Flow[TokenResponse]:
-        """One token request as a flow (:mod:`propagation.flow`): the request, its retries and
+        """One token request as a flow (:mod:`propagation.exchange.flow`): the request, its retries and
         the parsing of the answer, without I/O.
 
         The body is ``grant_type`` + ``form`` + the client's authentication fields (those

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import PeerAnswerError
+from ..errors import PeerAnswerError
 
 __all__ = ["loads", "MAX_BYTES", "MAX_DEPTH"]
 

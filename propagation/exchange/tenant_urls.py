@@ -16,8 +16,8 @@ import ipaddress
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import InvalidTokenError
-from .tokens import UserToken
+from ..errors import InvalidTokenError
+from ..tokens import UserToken
 
 __all__ = ["tenant_token_endpoint", "ZONE_HEADER"]
 

@@ -56,8 +56,8 @@ T = TypeVar("T")
 
 
 class Cache(Protocol):
-    """The part of :class:`propagation.cache.TokenCache` the executors use (keys are
-    :class:`propagation.cache.CacheKey`)."""
+    """The part of :class:`propagation.caches.memory.TokenCache` the executors use (keys are
+    :class:`propagation.caches.memory.CacheKey`)."""
 
     def get_or_fetch(self, key: Any, fetch: Callable[[], Any]) -> tuple[Any, bool]: ...
 
@@ -92,7 +92,7 @@ class Answer:
     content: bytes
 
     def json(self) -> Any:
-        """The body as JSON, parsed within bounds (size and depth, :mod:`propagation.peer_json`):
+        """The body as JSON, parsed within bounds (size and depth, :mod:`propagation.exchange.peer_json`):
         :class:`~propagation.errors.PeerAnswerError` (a ``ValueError``) when it is not usable."""
         return peer_json.loads(self.content, "answer")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["checked_header", "header_problem"]
 

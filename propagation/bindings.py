@@ -4,9 +4,7 @@ key; rotated in place, re-read without a restart), and ``default-env.json`` in t
 directory for local runs.
 
 Every malformed input raises :class:`~propagation.errors.ConfigurationError` naming the
-variable, file or JSON path at fault, never a credential value: a broken binding should be
-fixed in minutes, not debugged for hours, and the message may end up in a log.
-"""
+variable, file or JSON path at fault, never a credential value (it may end up in a log)."""
 
 from __future__ import annotations
 
@@ -353,13 +351,11 @@ class _Snapshot:
 class Bindings:
     """All service bindings the app can see, in source order (Cloud Foundry first, then Kubernetes).
 
-    Shared by one engine across threads. ``SERVICE_BINDING_ROOT`` bindings are rotated in
-    place (Kubernetes swaps the ``..data`` symlink): at most every ``refresh_interval`` seconds
-    a lookup checks that folder cheaply and, if it changed, re-reads it completely and swaps
-    the new snapshot in with one assignment: old or new credentials, never a mix.
-    :meth:`snapshot` pins one version for a unit of work; :attr:`generation` tells caches of
-    parsed configs that they are stale. ``VCAP_SERVICES`` cannot change and is read once.
-    """
+    Shared by one engine across threads. ``SERVICE_BINDING_ROOT`` bindings rotate in place
+    (Kubernetes swaps ``..data``): at most every ``refresh_interval`` s a lookup checks that
+    folder cheaply and, if changed, re-reads it and swaps the new snapshot in at once (old or new
+    credentials, never a mix). :meth:`snapshot` pins one version; :attr:`generation` tells parsed
+    configs they are stale. ``VCAP_SERVICES`` cannot change and is read once."""
 
     def __init__(self, bindings: Iterable[Binding] = (), sources: Iterable[str] = ()) -> None:
         self._state = _Snapshot(tuple(bindings), tuple(sources))
@@ -379,12 +375,10 @@ class Bindings:
         refresh_interval: float | None = DEFAULT_REFRESH_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> "Bindings":
-        """Read ``VCAP_SERVICES`` (else ``default-env.json``'s) and ``SERVICE_BINDING_ROOT``.
-
-        An empty ``VCAP_SERVICES`` counts as unset. Raises :class:`ConfigurationError` on any
-        malformed source: a half-read configuration would fail later and more obscurely.
-        ``refresh_interval=None``: no automatic rotation check (``refresh()`` only).
-        """
+        """Read ``VCAP_SERVICES`` (else ``default-env.json``'s) and ``SERVICE_BINDING_ROOT``. An
+        empty ``VCAP_SERVICES`` counts as unset. Raises :class:`ConfigurationError` on any malformed
+        source (a half-read configuration would fail later, more obscurely).
+        ``refresh_interval=None``: no automatic rotation check (``refresh()`` only)."""
         env = os.environ if environ is None else environ
         static: list[Binding] = []
         static_sources: list[str] = []
@@ -419,6 +413,12 @@ class Bindings:
                 self._static.sources + (f"SERVICE_BINDING_ROOT ({self._root})",))
 
     # -- rotation ------------------------------------------------------------------------------
+    @property
+    def rotates(self) -> bool:
+        """Whether these bindings can change (``SERVICE_BINDING_ROOT``): else nothing derived from
+        them needs a generation check on the hot path."""
+        return self._root is not None
+
     @property
     def generation(self) -> int:
         """Incremented each time rotated bindings were swapped in."""

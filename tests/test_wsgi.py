@@ -227,6 +227,30 @@ def test_streaming_response_sees_the_user_in_every_chunk(propagator: Propagator,
     assert current_token() is None
 
 
+def test_what_a_streaming_body_sets_in_context_variables_stays_with_the_body(
+        propagator: Propagator, xsuaa: jwtkit.Xsuaa, idp_keys: respx.MockRouter) -> None:
+    """Each chunk is produced in the request's own context: a body's context variables carry
+    from chunk to chunk and never reach the server's thread (which may serve other requests
+    between the chunks)."""
+    import contextvars
+
+    step: contextvars.ContextVar[int] = contextvars.ContextVar("step", default=0)
+
+    def streaming(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        for _ in range(3):
+            step.set(step.get() + 1)
+            yield str(step.get()).encode()
+
+    app = PropagationMiddleware(streaming, propagator=propagator)
+    environ = EnvironBuilder(path="/s", headers={"Authorization": bearer(xsuaa.token())}).get_environ()
+    chunks = []
+    for chunk in app(environ, lambda *a: None):
+        chunks.append(chunk)
+        assert step.get() == 0  # the server's context never sees the body's variables
+    assert chunks == [b"1", b"2", b"3"]
+
+
 def test_response_closed_early_still_runs_cleanup_as_the_user(propagator: Propagator, xsuaa: jwtkit.Xsuaa,
                                                               idp_keys: respx.MockRouter) -> None:
     at_close: list[Any] = []

@@ -138,7 +138,8 @@ class TokenValidator:
         }
         _check_credentials(self._fixed)
         # With ``bindings`` (from_bindings): the credentials follow a rotated binding.
-        self._rotation = _Rotation(bindings, self._fixed) if bindings is not None else None
+        rotates = bindings is not None and getattr(bindings, "rotates", True)
+        self._rotation = _Rotation(bindings, self._fixed) if rotates else None
         self._clock = clock
         self._cache = _ValidatedTokens(cache_size)
         self.key_fetches = key_fetches if key_fetches is not None else KeyFetchLimiter()

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from propagation.sandbox.ports import free_port
@@ -105,10 +105,12 @@ class TokenEndpoint:
     """``POST /oauth/token`` on loopback: issues ``at-<user>-<client>-<n>`` and counts
     requests per (user, client). ``delay`` seconds of latency make races likely."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, on_exchange: Callable[[int], None] | None = None) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.total = 0
         self.delay = delay
+        #: Called with the running count before the n-th exchange is answered (fault injection).
+        self.on_exchange = on_exchange
         self._lock = threading.Lock()
         endpoint = self
 
@@ -125,6 +127,8 @@ class TokenEndpoint:
                     endpoint.counts[(user, client)] += 1
                     endpoint.total += 1
                     n = endpoint.total
+                if endpoint.on_exchange is not None:
+                    endpoint.on_exchange(n)
                 if endpoint.delay:
                     time.sleep(endpoint.delay)
                 payload = json.dumps({"access_token": f"at-{user}-{client}-{n}", "token_type": "bearer",

@@ -1,0 +1,159 @@
+"""Test helper: a real Redis Cluster of ``masters`` ``redis-server`` processes on loopback
+(``cluster-enabled yes``), slots split evenly, built with ``redis-cli --cluster create`` —
+the shape a BTP ``redis-cache`` binding with ``cluster_mode: true`` points at.
+
+Like :mod:`redis_server`, ``redis-server`` (which ships ``redis-cli``) is installed from Debian's
+packages when missing, and the tests fail rather than skip when that is impossible.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+from redis_server import ensure_redis_server, free_port
+
+__all__ = ["RedisCluster", "start_cluster"]
+
+
+def _ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisCluster:
+    """``masters`` cluster nodes (no replicas), each in its own directory; ``url`` is the
+    first node with ``?cluster=true`` (any node works as a configuration endpoint)."""
+
+    def __init__(self, binary: str, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+        self.binary = binary
+        self.cli = os.path.join(os.path.dirname(binary), "redis-cli")
+        if not os.access(self.cli, os.X_OK):
+            self.cli = shutil.which("redis-cli") or "redis-cli"
+        self.ports = [free_port() for _ in range(masters)]
+        self.dir = tempfile.mkdtemp(prefix="propagation-redis-cluster-")
+        self.node_timeout_ms = node_timeout_ms
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}?cluster=true"
+
+    def _start_node(self, port: int) -> None:
+        home = os.path.join(self.dir, str(port))
+        os.makedirs(home, exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", home, "--save", "", "--appendonly", "no",
+             "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning", "--cluster-enabled", "yes",
+             "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(self.node_timeout_ms),
+             "--cluster-require-full-coverage", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def start(self) -> "RedisCluster":
+        for port in self.ports:
+            self._start_node(port)
+        deadline = time.monotonic() + 10
+        while not all(_ping(p) for p in self.ports):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs.values()):
+                self.close()
+                raise RuntimeError("cluster nodes did not answer PING within 10 s")
+            time.sleep(0.02)
+        created = subprocess.run([self.cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                                  "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=60)
+        if created.returncode != 0:
+            self.close()
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-800:]} {created.stderr[-800:]}")
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout: float = 20.0) -> None:
+        """Until every live node reports ``cluster_state:ok`` (gossip has converged)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [self.command(p, "CLUSTER", "INFO") for p in self.live_ports()]
+            if all("cluster_state:ok" in s for s in states):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("cluster did not reach cluster_state:ok")
+
+    def live_ports(self) -> list[int]:
+        return [p for p, proc in self.procs.items() if proc.poll() is None]
+
+    def command(self, port: int, *args: str) -> str:
+        done = subprocess.run([self.cli, "-p", str(port), *args], capture_output=True, text=True, timeout=10)
+        return done.stdout
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node (no shutdown, no goodbye to the cluster)."""
+        proc = self.procs[port]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        self.procs.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "RedisCluster":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def start_cluster(masters: int = 3) -> RedisCluster:
+    binary = ensure_redis_server()
+    if binary is None:
+        raise RuntimeError("redis-server is not installed and could not be installed: apt-get install -y redis-server")
+    return RedisCluster(binary, masters).start()
+
+
+def cluster_worker(environ: dict[str, str], users: list[tuple[str, str]], names: list[str], threads: int,
+                   rounds: int) -> dict[str, Any]:
+    """Run in a spawned process: ``threads`` threads resolve the ``Authorization`` header for
+    every (user, destination) ``rounds`` times through a ``Propagator`` built from ``environ``.
+    Counts calls that raised and answers carrying another user's token (the token endpoint
+    issues ``at-<user>-<client>-<n>``)."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    from propagation.bindings import Bindings
+    from propagation.engine import Propagator
+    from propagation.oauth import OAuthClient
+
+    engine = Propagator(environ=environ, bindings=Bindings([]), oauth=OAuthClient(retries=0, sleep=lambda s: None))
+    work = [(u, n) for _ in range(rounds) for u in users for n in names]
+    random.shuffle(work)
+    failed: list[str] = []
+    wrong: list[str] = []
+
+    def one(item: tuple[tuple[str, str], str]) -> str:
+        (user, raw), name = item
+        try:
+            header = engine.headers(name, user_token=raw)["Authorization"]
+        except Exception as exc:  # counted, not raised: the test asserts on the numbers
+            failed.append(type(exc).__name__)
+            return ""
+        if not header.startswith(f"Bearer at-{user}-client-{name}-"):
+            wrong.append(name)
+        return header
+
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(one, work))
+    cache = engine.cache
+    return {"cache": type(cache).__name__, "cluster": getattr(cache, "cluster", None), "calls": len(results),
+            "failed": failed, "wrong": len(wrong), "distinct": len(set(results) - {""})}

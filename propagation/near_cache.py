@@ -154,8 +154,9 @@ class InvalidationListener:
                 if attempt == 0:
                     logger.debug("near cache: invalidation channel lost (%s); near cache off until resubscribed",
                                  type(exc).__name__)
-            except Exception:  # pragma: no cover - never let the thread die silently
-                logger.exception("near cache: invalidation listener failed")
+            except Exception:  # never let the thread die silently (closing the client ends it quietly)
+                if not self._stop.is_set():
+                    logger.exception("near cache: invalidation listener failed")
             finally:
                 self.near.reset(live=False)
                 if pubsub is not None:

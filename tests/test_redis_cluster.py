@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 import multiprocessing
+import subprocess
 import threading
 import time
 import uuid
@@ -177,3 +178,59 @@ def test_cancelled_lock_holder_releases_the_lock_and_a_waiter_fetches_itself(clu
     assert raw.get(lock) is None
     cache.close()
     raw.close()
+
+
+def test_resharding_a_slot_range_while_calls_run(cluster, prefix, caplog):
+    """``redis-cli --cluster reshard`` moves 1,000 slots (keys and all, MIGRATE) from one master
+    to another while 8 threads keep calling for 200 users: the client follows MOVED and ASK,
+    nothing falls back to memory, and there is still one fetch per user."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = RedisTokenCache(cluster.url, key=KEY, prefix=prefix, near_maxsize=0)  # every call goes to Redis
+    raw = raw_client(cluster)
+    # CLUSTER NODES lines: "<id> 127.0.0.1:<port>@<cport> ..." → {port: id}
+    ids = {int(line.split()[1].split("@")[0].rsplit(":", 1)[1]): line.split()[0]
+           for line in cluster.command(cluster.ports[0], "CLUSTER", "NODES").splitlines()}
+    fetches: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def fetch_for(user: str):
+        def fetch() -> TokenResponse:
+            with lock:
+                fetches[user] = fetches.get(user, 0) + 1
+            return token(f"at-{user}")
+        return fetch
+
+    users = [f"fp-{i}" for i in range(200)]
+    for user in users[:100]:  # half of them already in Redis: their keys are migrated
+        cache.get_or_fetch(key(user), fetch_for(user))
+    done = threading.Event()
+    answers: list[bool] = []
+
+    def caller(offset: int) -> None:
+        while not done.is_set() or len(answers) < 4000:
+            user = users[(offset + len(answers)) % len(users)]
+            got, _ = cache.get_or_fetch(key(user), fetch_for(user))
+            answers.append(got.access_token == f"at-{user}")
+
+    source, target = cluster.ports[0], cluster.ports[1]
+    with ThreadPoolExecutor(8) as pool:
+        callers = [pool.submit(caller, i * 25) for i in range(8)]
+        resharded = subprocess.run([cluster.cli, "--cluster", "reshard", f"127.0.0.1:{source}", "--cluster-from",
+                                    ids[source], "--cluster-to", ids[target], "--cluster-slots", "1000",
+                                    "--cluster-yes", "--cluster-pipeline", "10"],
+                                   capture_output=True, text=True, timeout=120)
+        done.set()
+        for f in callers:
+            f.result()
+    assert resharded.returncode == 0, resharded.stdout[-1000:] + resharded.stderr[-1000:]
+    assert "Moving slot" in resharded.stdout
+    assert all(answers) and len(answers) >= 4000
+    assert cache.available and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert fetches == {user: 1 for user in users}
+    moved = [u for u in users[:100] if raw.get_node_from_key(cache._name(key(u).digest())).port == target]
+    cluster.wait_ok()
+    cache.close()
+    raw.close()
+    assert moved, "no stored key was in the moved slots"
+

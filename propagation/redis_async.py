@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from .cache import CacheKey
 from .oauth import TokenResponse
@@ -51,6 +51,23 @@ class AsyncRedisMixin:
     max_wait: float
     clock: Callable[[], float]
     events: Any
+    _sealer: Any
+
+    if TYPE_CHECKING:  # RedisTokenCache's methods this side uses
+        @property
+        def available(self) -> bool: ...
+        def _failed(self, exc: BaseException, doing: str) -> None: ...
+        def _name(self, digest: str) -> str: ...
+        def _lock_name(self, digest: str) -> str: ...
+        def _seal(self, name: str, token: TokenResponse, until: float) -> bytes: ...
+        def _keep(self, digest: str, opened: tuple[TokenResponse, float] | None, seq: int) -> TokenResponse | None: ...
+        def _near_get(self, key: CacheKey, digest: str) -> TokenResponse | None: ...
+        def _near_seq(self) -> int: ...
+        def _report(self, key: CacheKey, what: str, layer: str) -> None: ...
+        @staticmethod
+        def _checked(token: Any) -> TokenResponse: ...
+        def get_or_fetch(self, key: CacheKey, fetch: Callable[[], TokenResponse]) -> tuple[TokenResponse, bool]: ...
+        def invalidate(self, key: CacheKey) -> None: ...
 
     def _aredis(self) -> Any:
         """The ``redis.asyncio`` client of the running loop, or ``None`` when one cannot be
@@ -79,40 +96,40 @@ class AsyncRedisMixin:
         return client
 
     async def _acall(self, doing: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if not self.available:  # type: ignore[attr-defined]
+        if not self.available:
             raise _RedisDown()
         try:
             return await fn(*args, **kwargs)
         except self._redis_errors as exc:
-            self._failed(exc, doing)  # type: ignore[attr-defined]
+            self._failed(exc, doing)
             raise _RedisDown() from None
 
     async def _aread(self, client: Any, digest: str, seq: int) -> TokenResponse | None:
-        name = self._name(digest)  # type: ignore[attr-defined]
+        name = self._name(digest)
         value = await self._acall("get", client.get, name)
-        return self._keep(digest, self._sealer.open(name, value), seq)  # type: ignore[attr-defined,no-any-return]
+        return self._keep(digest, self._sealer.open(name, value), seq)
 
     async def aget_or_fetch(self, key: CacheKey, fetch: Callable[[], Awaitable[TokenResponse]]) -> tuple[TokenResponse, bool]:
         """:meth:`get_or_fetch` for coroutines, with ``redis.asyncio``: the same Redis lock, so
         one exchange per key across coroutines, threads and processes; nothing blocks the loop."""
         digest = key.digest()
-        near = self._near_get(key, digest)  # type: ignore[attr-defined]
+        near = self._near_get(key, digest)
         if near is not None:
             return near, True
         client = self._aredis()
         if client is None:  # a client object we cannot mirror: its blocking calls go to a thread
             loop = asyncio.get_running_loop()
             return await asyncio.to_thread(
-                self.get_or_fetch, key, lambda: asyncio.run_coroutine_threadsafe(fetch(), loop).result()  # type: ignore[attr-defined]
+                self.get_or_fetch, key, lambda: asyncio.run_coroutine_threadsafe(fetch(), loop).result()
             )
-        lock, mine = self._lock_name(digest), secrets.token_hex(16)  # type: ignore[attr-defined]
-        seq = self._near_seq()  # type: ignore[attr-defined]
+        lock, mine = self._lock_name(digest), secrets.token_hex(16)
+        seq = self._near_seq()
         report = self.events.enabled
         try:
             token = await self._aread(client, digest, seq)
             if token is not None:
                 if report:
-                    self._report(key, "hit", "redis")  # type: ignore[attr-defined]
+                    self._report(key, "hit", "redis")
                 return token, True
             deadline, delay = time.monotonic() + self.max_wait, 0.005
             while not await self._acall("lock", client.set, lock, mine, nx=True, px=self.lock_ms):
@@ -132,12 +149,12 @@ class AsyncRedisMixin:
         except _RedisDown:
             token, hit = await self.fallback.aget_or_fetch(key, fetch)
             if report:
-                self._report(key, "hit" if hit else "miss", "memory")  # type: ignore[attr-defined]
+                self._report(key, "hit" if hit else "miss", "memory")
             return token, hit
         if report:
-            self._report(key, "miss", "redis")  # type: ignore[attr-defined]
+            self._report(key, "miss", "redis")
         try:
-            token = self._checked(await fetch())  # type: ignore[attr-defined]
+            token = self._checked(await fetch())
             await self._astore(client, key, digest, token, seq)
             return token, False
         finally:
@@ -149,13 +166,13 @@ class AsyncRedisMixin:
         until = self.fallback.usable_until(token, now)
         if until <= now:
             return
-        name = self._name(digest)  # type: ignore[attr-defined]
+        name = self._name(digest)
         try:
-            await self._acall("set", client.set, name, self._seal(name, token, until), px=int((until - now) * 1000))  # type: ignore[attr-defined]
+            await self._acall("set", client.set, name, self._seal(name, token, until), px=int((until - now) * 1000))
         except _RedisDown:
             await self.fallback.aget_or_fetch(key, _returning(token))
         else:
-            self._keep(digest, (token, until), seq)  # type: ignore[attr-defined]
+            self._keep(digest, (token, until), seq)
 
     async def _aunlock(self, client: Any, lock: str, mine: str) -> None:
         try:
@@ -167,16 +184,16 @@ class AsyncRedisMixin:
         """:meth:`invalidate` without blocking the loop."""
         client = self._aredis()
         if client is None:
-            await asyncio.to_thread(self.invalidate, key)  # type: ignore[attr-defined]
+            await asyncio.to_thread(self.invalidate, key)
             return
         digest = key.digest()
         if self.near is not None:
             self.near.drop(digest)
         self.fallback.invalidate(key)
         if self.events.enabled:
-            self._report(key, "invalidate", "redis")  # type: ignore[attr-defined]
+            self._report(key, "invalidate", "redis")
         try:
-            await self._acall("delete", client.delete, self._name(digest))  # type: ignore[attr-defined]
+            await self._acall("delete", client.delete, self._name(digest))
             await self._acall("publish", client.publish, self.channel, digest)
         except _RedisDown:
             pass

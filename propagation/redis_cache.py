@@ -185,6 +185,8 @@ class RedisTokenCache(AsyncRedisMixin):
                     options.setdefault(option, kind(environ[name]))
                 except ValueError:
                     raise ConfigurationError(f"{name} must be a {'number of seconds' if kind is float else 'whole number'}.") from None
+        if options.get("near_maxsize", 0) < 0:
+            raise ConfigurationError(f"{CACHE_NEAR_SIZE_ENV} must be 0 (off) or a positive number of entries.")
         return cls(target.url, key=key, cluster=target.cluster, **options)
 
     # -- state ------------------------------------------------------------------------------

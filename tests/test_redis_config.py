@@ -147,3 +147,20 @@ def test_tls_binding_on_a_tls_only_server(pki, monkeypatch, caplog):
             c.close()
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize("environ, message", [
+    pytest.param({"PROPAGATION_CACHE_NEAR_SIZE": "-1"}, "PROPAGATION_CACHE_NEAR_SIZE must be 0", id="near-negative"),
+    pytest.param({"PROPAGATION_CACHE_NEAR_SIZE": "many"}, "PROPAGATION_CACHE_NEAR_SIZE must be a whole number", id="near-text"),
+    pytest.param({"PROPAGATION_CACHE_TIMEOUT": "soon"}, "PROPAGATION_CACHE_TIMEOUT must be a number of seconds", id="timeout"),
+])
+def test_bad_cache_settings_name_the_variable(environ, message):
+    with pytest.raises(ConfigurationError, match=message):
+        RedisTokenCache.from_env({"PROPAGATION_CACHE_URL": "redis://127.0.0.1:1", "PROPAGATION_CACHE_KEY": KEY_B64, **environ})
+
+
+def test_near_size_setting(password_server):
+    base = {"PROPAGATION_CACHE_URL": f"redis://:{PASSWORD}@127.0.0.1:{password_server.port}", "PROPAGATION_CACHE_KEY": KEY_B64}
+    assert RedisTokenCache.from_env({**base, "PROPAGATION_CACHE_NEAR_SIZE": "0"}).near is None
+    assert RedisTokenCache.from_env({**base, "PROPAGATION_CACHE_NEAR_SIZE": "250"}).near.maxsize == 250
+    assert RedisTokenCache.from_env(base).near.maxsize == 10_000

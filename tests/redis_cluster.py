@@ -19,12 +19,63 @@ from typing import Any
 
 from redis_server import ensure_redis_server, free_port
 
-__all__ = ["RedisCluster", "start_cluster"]
+__all__ = ["RedisCluster", "NodeCertificates", "start_cluster"]
 
 
-def _ping(port: int) -> bool:
+class NodeCertificates:
+    """A throw-away CA and one certificate for ``127.0.0.1``/``localhost`` usable by a server
+    *and* a client (a TLS cluster's nodes authenticate each other on the cluster bus: Redis
+    demands a client certificate there whatever ``tls-auth-clients`` says)."""
+
+    def __init__(self) -> None:
+        import datetime as dt
+        import ipaddress
+        from pathlib import Path
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        self.directory = Path(tempfile.mkdtemp(prefix="propagation-redis-tls-"))
+        now = dt.datetime.now(dt.timezone.utc)
+        ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "redis test CA")])
+
+        def build(subject: x509.Name, public: Any) -> x509.CertificateBuilder:
+            return (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public)
+                    .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+                    .not_valid_after(now + dt.timedelta(days=1)))
+
+        ca = build(ca_name, ca_key.public_key()).add_extension(
+            x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(ca_key, hashes.SHA256())
+        sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        cert = (build(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]), key.public_key())
+                .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                               critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        self.ca_file, self.cert_file, self.key_file = (self.directory / n for n in ("ca.pem", "node.pem", "node-key.pem"))
+        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        self.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.key_file.touch(mode=0o600)
+        self.key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+
+    def client_context(self) -> Any:
+        import ssl
+
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _ping(port: int, tls: Any = None) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as plain:
+            s = tls.client_context().wrap_socket(plain, server_hostname="localhost") if tls is not None else plain
             s.sendall(b"PING\r\n")
             return s.recv(16).startswith(b"+PONG")
     except OSError:
@@ -35,7 +86,7 @@ class RedisCluster:
     """``masters`` cluster nodes (no replicas), each in its own directory; ``url`` is the
     first node with ``?cluster=true`` (any node works as a configuration endpoint)."""
 
-    def __init__(self, binary: str, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+    def __init__(self, binary: str, masters: int = 3, node_timeout_ms: int = 1000, tls: Any = None) -> None:
         self.binary = binary
         self.cli = os.path.join(os.path.dirname(binary), "redis-cli")
         if not os.access(self.cli, os.X_OK):
@@ -44,16 +95,28 @@ class RedisCluster:
         self.dir = tempfile.mkdtemp(prefix="propagation-redis-cluster-")
         self.node_timeout_ms = node_timeout_ms
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        #: :class:`NodeCertificates`: every node speaks TLS only (clients and cluster bus).
+        self.tls = tls
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.ports[0]}?cluster=true"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.ports[0]}?cluster=true"
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return ["--tls-cert-file", str(self.tls.cert_file), "--tls-key-file", str(self.tls.key_file),
+                "--tls-ca-cert-file", str(self.tls.ca_file), "--tls-auth-clients", "no", "--tls-cluster", "yes"]
+
+    def _cli(self) -> list[str]:
+        return [self.cli, *(["--tls", "--cacert", str(self.tls.ca_file)] if self.tls is not None else [])]
 
     def _start_node(self, port: int) -> None:
         home = os.path.join(self.dir, str(port))
         os.makedirs(home, exist_ok=True)
         self.procs[port] = subprocess.Popen(
-            [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", home, "--save", "", "--appendonly", "no",
+            [self.binary, *(["--port", "0", "--tls-port", str(port)] if self.tls else ["--port", str(port)]),
+             *self._tls_args(), "--bind", "127.0.0.1", "--dir", home, "--save", "", "--appendonly", "no",
              "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning", "--cluster-enabled", "yes",
              "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(self.node_timeout_ms),
              "--cluster-require-full-coverage", "no"],
@@ -64,12 +127,12 @@ class RedisCluster:
         for port in self.ports:
             self._start_node(port)
         deadline = time.monotonic() + 10
-        while not all(_ping(p) for p in self.ports):
+        while not all(_ping(p, self.tls) for p in self.ports):
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs.values()):
                 self.close()
                 raise RuntimeError("cluster nodes did not answer PING within 10 s")
             time.sleep(0.02)
-        created = subprocess.run([self.cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+        created = subprocess.run([*self._cli(), "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
                                   "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=60)
         if created.returncode != 0:
             self.close()
@@ -91,7 +154,7 @@ class RedisCluster:
         return [p for p, proc in self.procs.items() if proc.poll() is None]
 
     def command(self, port: int, *args: str) -> str:
-        done = subprocess.run([self.cli, "-p", str(port), *args], capture_output=True, text=True, timeout=10)
+        done = subprocess.run([*self._cli(), "-p", str(port), *args], capture_output=True, text=True, timeout=10)
         return done.stdout
 
     def kill(self, port: int) -> None:
@@ -115,11 +178,11 @@ class RedisCluster:
         self.close()
 
 
-def start_cluster(masters: int = 3) -> RedisCluster:
+def start_cluster(masters: int = 3, tls: Any = None) -> RedisCluster:
     binary = ensure_redis_server()
     if binary is None:
         raise RuntimeError("redis-server is not installed and could not be installed: apt-get install -y redis-server")
-    return RedisCluster(binary, masters).start()
+    return RedisCluster(binary, masters, tls=tls).start()
 
 
 def cluster_worker(environ: dict[str, str], users: list[tuple[str, str]], names: list[str], threads: int,

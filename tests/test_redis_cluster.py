@@ -234,3 +234,29 @@ def test_resharding_a_slot_range_while_calls_run(cluster, prefix, caplog):
     raw.close()
     assert moved, "no stored key was in the moved slots"
 
+
+
+def test_tls_cluster_from_a_btp_binding(prefix, monkeypatch, caplog):
+    """``tls: true`` and ``cluster_mode: true``: a cluster whose nodes speak TLS only (clients
+    and bus), certificates checked against the trust store (the sandbox CA via SSL_CERT_FILE)."""
+    from redis_cluster import NodeCertificates
+
+    pki = NodeCertificates()
+    nodes = start_cluster(3, tls=pki)
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))
+        creds = {"hostname": "127.0.0.1", "port": nodes.ports[2], "password": "", "tls": True, "cluster_mode": True}
+        binding = Binding(name="cache", label="redis-cache", credentials=creds, plan="standard", tags=("cache",), source="t")
+        cache = RedisTokenCache.from_env({"PROPAGATION_CACHE_KEY": KEY_B64}, Bindings([binding]), prefix=prefix)
+        assert cache is not None and cache.cluster and cache.where.startswith("rediss://")
+        for i in range(30):
+            cache.get_or_fetch(key(f"fp-{i}"), lambda: token())
+        assert cache.available and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        raw = redis.RedisCluster(host="127.0.0.1", port=nodes.ports[0], ssl=True, ssl_ca_certs=str(pki.ca_file))
+        owners = {raw.get_node_from_key(cache._name(key(f"fp-{i}").digest())).port for i in range(30)}
+        assert owners == set(nodes.ports) and all(raw.exists(cache._name(key(f"fp-{i}").digest())) for i in range(30))
+        raw.close()
+        cache.close()
+    finally:
+        nodes.close()
+        pki.cleanup()

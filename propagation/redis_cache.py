@@ -1,7 +1,7 @@
 """A :class:`~propagation.cache.TokenCache` in Redis, shared by every worker process.
 
-* Keys are ``"{prefix}:{<CacheKey.digest()>}"``: hashes only, never a token. The braces are a
-  Redis Cluster hash tag: a value and its lock (``{prefix}:lock:{<digest>}``) share one slot,
+* Keys are ``"<prefix>:{<CacheKey.digest()>}"``: hashes only, never a token. The braces are a
+  Redis Cluster hash tag: a value and its lock (``<prefix>:lock:{<digest>}``) share one slot,
   so the lock protocol stays on one node in cluster mode.
 * Values are the :class:`TokenResponse` as JSON, encrypted with AES-256-GCM under a key
   from the configuration (``PROPAGATION_CACHE_KEY``), a random 96-bit nonce per value and
@@ -10,7 +10,7 @@
   rotated key, garbage) is a miss, never an error.
 * The Redis TTL is the token's usable lifetime, computed exactly as
   :class:`~propagation.cache.MemoryTokenCache` does (its :meth:`usable_until`).
-* Single-flight across processes: ``SET {prefix}:lock:{digest} <random> NX PX lock_ms``;
+* Single-flight across processes: ``SET <prefix>:lock:{<digest>} <random> NX PX lock_ms``;
   the winner fetches, stores and deletes its own lock (compare-and-delete in Lua); the
   others poll the value with a short bounded back-off up to ``max_wait`` seconds, then
   fetch themselves. Within a process, threads asking for one key share one flight first.
@@ -18,7 +18,6 @@
   one per ``cooldown``, without secrets), then an in-process :class:`MemoryTokenCache`
   serves until the cooldown has passed and Redis is tried again. A request never fails
   because of the cache.
-
 * Redis Cluster (``cluster_mode: true`` in the binding, ``?cluster=true`` in the URL): redis-py's
   ``RedisCluster`` follows ``MOVED``/``ASK`` and re-reads the slot map after a failover; a node
   that stays down falls back as above. See :mod:`propagation.redis_config` for the sources.
@@ -31,8 +30,6 @@ when a :class:`RedisTokenCache` is built, so the core does not need them.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import secrets
 import threading
 import time

@@ -17,7 +17,7 @@ import tempfile
 import time
 from typing import Any
 
-from redis_server import ensure_redis_server, free_port
+from redis_server import ensure_redis_server
 
 __all__ = ["RedisCluster", "NodeCertificates", "start_cluster"]
 
@@ -72,6 +72,28 @@ class NodeCertificates:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _node_port() -> int:
+    """A port whose cluster-bus port (port + 10000) is free too, both below the kernel's
+    ephemeral range (32768 on Linux by default), so no outgoing connection takes either
+    between this check and the node's start: a node whose bus port is taken exits."""
+    import random
+
+    for _ in range(500):
+        port = random.randint(12_000, 22_700)
+        if all(_bindable(p) for p in (port, port + 10_000)):
+            return port
+    raise RuntimeError("no free port pair (port, port + 10000) for a cluster node")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _ping(port: int, tls: Any = None) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as plain:
@@ -91,7 +113,7 @@ class RedisCluster:
         self.cli = os.path.join(os.path.dirname(binary), "redis-cli")
         if not os.access(self.cli, os.X_OK):
             self.cli = shutil.which("redis-cli") or "redis-cli"
-        self.ports = [free_port() for _ in range(masters)]
+        self.ports = [_node_port() for _ in range(masters)]
         self.dir = tempfile.mkdtemp(prefix="propagation-redis-cluster-")
         self.node_timeout_ms = node_timeout_ms
         self.procs: dict[int, subprocess.Popen[bytes]] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from typing import Any
 
@@ -27,7 +28,32 @@ async def _ticker() -> None:
         await asyncio.sleep(TICK)
         now = time.perf_counter()
         LAG["max"] = max(LAG["max"], now - last - TICK)
-        last = now
+        LAG["beat"] = last = now
+
+
+def _stall_sampler(path: str, loop_thread: int) -> None:
+    """Diagnostics (``BENCH_LAG_PROFILE=<file>``): while the ticker is late by more than 3 ms,
+    sample the loop thread's stack every millisecond; the file gets the most frequent frames."""
+    import collections
+    import sys
+    import threading
+    import traceback
+
+    seen: collections.Counter[str] = collections.Counter()
+
+    def run() -> None:
+        while True:
+            time.sleep(0.001)
+            if time.perf_counter() - LAG.get("beat", time.perf_counter()) > 0.003 + TICK:
+                frame = sys._current_frames().get(loop_thread)
+                if frame is not None:
+                    stack = traceback.extract_stack(frame)[-8:]
+                    seen[" <- ".join(f"{f.name}@{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in reversed(stack))] += 1
+                    if sum(seen.values()) % 20 == 0:
+                        with open(path, "w") as out:
+                            out.writelines(f"{n} {s}\n" for s, n in seen.most_common(30))
+
+    threading.Thread(target=run, daemon=True).start()
 
 
 async def _reply(send: Any, status: int, payload: dict[str, Any]) -> None:
@@ -43,6 +69,10 @@ async def inner(scope: Any, receive: Any, send: Any) -> None:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 LAG["task"] = asyncio.get_running_loop().create_task(_ticker())  # type: ignore[assignment]
+                if os.environ.get("BENCH_LAG_PROFILE"):
+                    import threading
+
+                    _stall_sampler(os.environ["BENCH_LAG_PROFILE"], threading.get_ident())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})

@@ -3,12 +3,16 @@
     python bench/loadtest.py              # 200 users x 2 destinations, 4,000 requests
     python bench/loadtest.py --quick      # CI-sized (tests/test_loadtest.py runs this)
     python bench/loadtest.py --json       # the figures as one JSON object on stdout
-    python bench/loadtest.py --cache memory   # control: per-process caches, no Redis
+    python bench/loadtest.py --cache memory   # per-process caches, no Redis
+    python bench/loadtest.py --cache redis-cluster   # a real 3-master Redis Cluster
+    python bench/loadtest.py --cache all      # memory, redis and redis-cluster, one table
+    python bench/loadtest.py --no-control     # skip the control arm
 
 What runs, all on 127.0.0.1:
 
 * ``redis-server`` (``tests/redis_server.py`` starts it; installed from Debian's packages
-  when missing), no persistence;
+  when missing), no persistence — or, with ``--cache redis-cluster``, a 3-master Redis Cluster
+  (``tests/redis_cluster.py``, ``PROPAGATION_CACHE_URL=redis://…?cluster=true``);
 * an XSUAA stand-in over TLS (``bench/servers.py``): ``GET /token_keys`` for sap-xssec's
   key fetch and ``POST /oauth/token`` (jwt-bearer) with a 20 ms delay, counting exchanges
   per (user, client); a self-signed certificate that the workers trust via
@@ -23,6 +27,14 @@ each (user, destination) ``--rounds`` times over keep-alive connections; each pa
 requests go out as a burst of ``--burst`` concurrent copies, so different worker processes
 miss the cache for the same key at the same moment — what the cross-process single-flight
 (Redis ``SET NX`` lock) has to absorb.
+
+The control arm (unless ``--no-control``): the same gunicorn, Flask app shape and route
+(``bench/loadtest_control.py``) calling the same backend with a static bearer and one pooled
+``requests.Session`` per thread — no library. Both arms get the same request list; the figure
+that matters is gunicorn *worker CPU per request*, library arm / control arm (the ratio). With
+the default 10 requests per (user, destination) spread over 4 workers, much of the library
+arm's CPU is one-time work — each worker's first validation of each user's token (RS256) and
+the exchanges; ``--users 20 --rounds 100`` (same 4,000 requests) shows the cached steady state.
 
 Reported: throughput, latency percentiles (client side, queueing included), exchanges at
 the token endpoint against distinct (user, destination) pairs — equal with Redis —, how
@@ -60,7 +72,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(BENCH)]
 
 import jwtkit  # noqa: E402
 from redis_server import RedisServer, ensure_redis_server, free_port  # noqa: E402
-from servers import LoopbackServer  # noqa: E402
+from servers import Gunicorn, LoopbackServer  # noqa: E402
 
 from propagation.sandbox.pki import Pki  # noqa: E402
 
@@ -100,69 +112,6 @@ class Outcome:
 
 def say(text: str, *, quiet: bool) -> None:
     print(text, file=sys.stderr if quiet else sys.stdout, flush=True)
-
-
-# -- processes ---------------------------------------------------------------------------------
-class Gunicorn:
-    """``python -m gunicorn`` in our process group; stopped with SIGTERM, then SIGKILL for
-    the master and every worker it still has."""
-
-    def __init__(self, port: int, workers: int, threads: int, env: dict[str, str], log: Path, ready: Path) -> None:
-        self.port, self.workers, self.log, self.ready = port, workers, log, ready
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-             "--worker-class", "gthread", "--threads", str(threads), "--keep-alive", "5",
-             "--graceful-timeout", "5", "--timeout", "60", "--backlog", "512",
-             "--log-level", "warning", "--error-logfile", str(log),
-             "--pythonpath", f"{ROOT},{BENCH}", "loadtest_app:app"],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Every worker has imported the app, and one answers ``/health``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if len(list(self.ready.iterdir())) >= self.workers:
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                    conn.request("GET", "/health")
-                    if conn.getresponse().status == 200:
-                        conn.close()
-                        return
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        raise RuntimeError(f"gunicorn workers not ready within {timeout:.0f} s:\n{self.log_tail()}")
-
-    def _children(self) -> list[int]:
-        try:
-            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        except OSError:
-            return []
-        return [int(pid) for pid in text.split()]
-
-    def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        children = self._children()
-        self.proc.send_signal(signal.SIGTERM)  # graceful: the master stops its workers
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            children += self._children()
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        for pid in children:  # only these pids: the workers this master forked
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
 
 # -- client -------------------------------------------------------------------------------------
@@ -217,7 +166,8 @@ def fire(port: int, work: list[tuple[str, str, str]], clients: int, outcome: Out
                 try:
                     answer = json.loads(body)
                     pid = int(answer["pid"])
-                    ok_user = answer["user"] == user and answer["destination"] == name and answer["own_token"] is True
+                    ok_user = answer.get("control") is True or (
+                        answer["user"] == user and answer["destination"] == name and answer["own_token"] is True)
                 except (ValueError, KeyError, TypeError):
                     ok_user = False
             with outcome.lock:
@@ -280,21 +230,58 @@ def stack_on_signals() -> Iterator[contextlib.ExitStack]:
             signal.signal(sig, handler)
 
 
-def run(plan: Plan, *, quiet: bool) -> dict[str, Any]:
+def serve_and_fire(plan: Plan, env: dict[str, str], scratch: Path, app: str, work: list[tuple[str, str, str]],
+                   others: dict[str, list[int]], *, quiet: bool) -> dict[str, Any]:
+    """One arm: gunicorn with ``app``, every worker up, ``work`` fired; CPU seconds per side."""
+    ready = scratch / f"ready-{app.partition(':')[0]}"
+    ready.mkdir()
+    port = free_port()
+    server = Gunicorn(port, plan.workers, plan.threads, {**env, "LOADTEST_READY_DIR": str(ready)},
+                      scratch / f"gunicorn-{app.partition(':')[0]}.log", ready, app=app)
+    try:
+        server.wait_ready()
+        say(f"  {app}: gunicorn up, {plan.workers} workers x {plan.threads} threads (gthread); "
+            f"firing {len(work):,} requests from {plan.clients} client threads ...", quiet=quiet)
+        # CPU seconds spent while firing, per side: where the machine's 2 vCPUs went.
+        processes = {"workers": [int(p.name) for p in ready.iterdir()], **others}
+        before = {side: sum(cpu_seconds(pid) for pid in pids) for side, pids in processes.items()}
+        before["driver"] = cpu_seconds()
+        outcome = Outcome()
+        elapsed = fire(port, work, plan.clients, outcome)
+        cpu = {side: round(sum(cpu_seconds(pid) for pid in pids) - before[side], 3) for side, pids in processes.items()}
+        cpu["driver"] = round(cpu_seconds() - before["driver"], 3)
+        log = server.log_tail(200)
+    finally:
+        server.stop()
+    return {"outcome": outcome, "elapsed": elapsed, "cpu": cpu, "log": log,
+            "pids": [server.proc.pid, *processes["workers"]]}
+
+
+def start_cache(plan: Plan, stack: contextlib.ExitStack) -> tuple[str, str, list[int]]:
+    """The shared cache of ``plan.cache``: (URL, redis version, server pids)."""
+    if plan.cache == "memory":
+        return "", "-", []
+    binary = ensure_redis_server()
+    if binary is None:
+        raise RuntimeError("redis-server is not installed and could not be installed (apt-get).")
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.split()[2]
+    if plan.cache == "redis-cluster":
+        from redis_cluster import RedisCluster
+
+        cluster = RedisCluster(binary, 3)
+        stack.callback(cluster.close)
+        cluster.start()
+        return cluster.url, version, [p.pid for p in cluster.procs.values()]
+    redis = RedisServer(binary).start()
+    stack.callback(redis.close)
+    return redis.url, version, [redis.proc.pid] if redis.proc is not None else []
+
+
+def run(plan: Plan, *, quiet: bool, control: bool = True) -> dict[str, Any]:
     with stack_on_signals() as stack:
         scratch = Path(tempfile.mkdtemp(prefix="propagation-loadtest-"))
         stack.callback(shutil.rmtree, scratch, True)
-        redis_version = "-"
-        cache_url = ""
-        redis: RedisServer | None = None
-        if plan.cache == "redis":
-            binary = ensure_redis_server()
-            if binary is None:
-                raise RuntimeError("redis-server is not installed and could not be installed (apt-get).")
-            redis = RedisServer(binary).start()
-            stack.callback(redis.close)
-            cache_url = redis.url
-            redis_version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.split()[2]
+        cache_url, redis_version, redis_pids = start_cache(plan, stack)
 
         pki = Pki(prefix="propagation-loadtest-pki-")  # the sandbox's throw-away CA and loopback certificate
         stack.callback(pki.cleanup)
@@ -317,42 +304,29 @@ def run(plan: Plan, *, quiet: bool) -> dict[str, Any]:
             "SSL_CERT_FILE": cert,  # httpx (sap-xssec's key fetch) trusts the stand-in, and only it
             "REQUESTS_CA_BUNDLE": cert,  # requests (the token exchange) likewise
             "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
-            "LOADTEST_READY_DIR": str(scratch / "ready"),
             "PYTHONUNBUFFERED": "1",
         }
         if cache_url:
             env["PROPAGATION_CACHE_URL"] = cache_url
             env["PROPAGATION_CACHE_KEY"] = base64.b64encode(os.urandom(32)).decode()
-        (scratch / "ready").mkdir()
 
         say(f"  minting {plan.users} user tokens (RS256) ...", quiet=quiet)
         tokens = [(f"user{i}@example.com", xsuaa.token(f"user{i}@example.com")) for i in range(plan.users)]
         work = work_list(tokens, plan)
 
-        port = free_port()
-        server = Gunicorn(port, plan.workers, plan.threads, env, scratch / "gunicorn.log", scratch / "ready")
-        stack.callback(server.stop)
-        server.wait_ready()
-        say(f"  gunicorn up: {plan.workers} workers x {plan.threads} threads (gthread); "
-            f"firing {len(work):,} requests from {plan.clients} client threads ...", quiet=quiet)
-
-        # CPU seconds spent while firing, per side: where the machine's 2 vCPUs went.
-        processes = {"workers": [int(p.name) for p in (scratch / "ready").iterdir()],
-                     "redis": [redis.proc.pid] if redis is not None and redis.proc is not None else []}
-        before = {side: sum(cpu_seconds(pid) for pid in pids) for side, pids in processes.items()}
-        before["driver"] = cpu_seconds()
-        outcome = Outcome()
-        elapsed = fire(port, work, plan.clients, outcome)
-        cpu = {side: round(sum(cpu_seconds(pid) for pid in pids) - before[side], 2) for side, pids in processes.items()}
-        cpu["driver"] = round(cpu_seconds() - before["driver"], 2)
-        log = server.log_tail(200)
-        server.stop()
+        arm = serve_and_fire(plan, env, scratch, "loadtest_app:app", work, {"redis": redis_pids}, quiet=quiet)
+        exchanges, counts, key_fetches, backend_gets = idp.exchanges, dict(idp.counts), idp.key_fetches, backend.gets
+        outcome, elapsed, cpu, log = arm["outcome"], arm["elapsed"], arm["cpu"], arm["log"]
+        control_arm = None
+        if control:
+            control_arm = serve_and_fire(plan, env, scratch, "loadtest_control:app", work, {}, quiet=quiet)
 
     latencies = sorted(outcome.latencies)
     served_by_many = sum(1 for workers in outcome.workers_of_pair.values() if len(workers) > 1)
     worker_pairs = sum(len(workers) for workers in outcome.workers_of_pair.values())
     non_2xx = sum(n for status, n in outcome.statuses.items() if not 200 <= status < 300)
-    expected = plan.pairs if plan.cache == "redis" else worker_pairs
+    shared = plan.cache != "memory"
+    expected = plan.pairs if shared else worker_pairs
     report = {
         "mode": plan.cache,
         "python": sys.version.split()[0],
@@ -372,16 +346,16 @@ def run(plan: Plan, *, quiet: bool) -> dict[str, Any]:
         "p99_ms": round(percentile(latencies, 99) * 1000, 2),
         "max_ms": round(latencies[-1] * 1000, 2) if latencies else None,
         "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
-        "exchanges": idp.exchanges,
+        "exchanges": exchanges,
         "expected_exchanges": expected,
-        "max_exchanges_per_pair": max(idp.counts.values(), default=0),
+        "max_exchanges_per_pair": max(counts.values(), default=0),
         "pairs_seen": len(outcome.workers_of_pair),
         "pairs_served_by_several_workers": served_by_many,
         "worker_pair_combinations": worker_pairs,
         "workers_seen": len(outcome.pids),
         "requests_per_worker": sorted(outcome.pids.values(), reverse=True),
-        "key_fetches": idp.key_fetches,
-        "backend_calls": backend.gets,
+        "key_fetches": key_fetches,
+        "backend_calls": backend_gets,
         "statuses": {str(k): v for k, v in sorted(outcome.statuses.items())},
         "non_2xx": non_2xx,
         "failures": outcome.failures,
@@ -389,14 +363,31 @@ def run(plan: Plan, *, quiet: bool) -> dict[str, Any]:
         "redis_fallbacks": log.count("token cache: Redis at"),
         "cpu_seconds": cpu,  # driver = client threads + XSUAA stand-in + backend, one process
         # Everything this run started, all stopped by now (tests/test_loadtest.py checks).
-        "server_pids": [server.proc.pid, *processes["workers"], *processes["redis"]],
+        "server_pids": [*arm["pids"], *redis_pids, *(control_arm["pids"] if control_arm else [])],
+        "cpu_per_request_us": round(cpu["workers"] / max(1, len(latencies)) * 1e6, 1),
     }
+    if control_arm is not None:
+        c_outcome = control_arm["outcome"]
+        c_requests = len(c_outcome.latencies)
+        c_sorted = sorted(c_outcome.latencies)
+        report["control"] = {
+            "requests": c_requests,
+            "statuses": {str(k): v for k, v in sorted(c_outcome.statuses.items())},
+            "failures": c_outcome.failures,
+            "throughput": round(c_requests / control_arm["elapsed"], 1),
+            "p50_ms": round(percentile(c_sorted, 50) * 1000, 2),
+            "cpu_seconds": control_arm["cpu"],
+            "cpu_per_request_us": round(control_arm["cpu"]["workers"] / max(1, c_requests) * 1e6, 1),
+        }
+        report["cpu_ratio"] = round(report["cpu_per_request_us"] / max(0.1, report["control"]["cpu_per_request_us"]), 3)
     checks = {
-        f"exchanges == {'pairs' if plan.cache == 'redis' else 'worker x pair combinations'}": idp.exchanges == expected,
+        f"exchanges == {'pairs' if shared else 'worker x pair combinations'}": exchanges == expected,
         "every pair was requested": report["pairs_seen"] == plan.pairs,
         "no errors (non-2xx, failures, wrong user)": non_2xx == 0 and outcome.failures == 0 and outcome.wrong_user == 0,
-        "every request reached the backend": backend.gets == len(latencies),
+        "every request reached the backend": backend_gets == len(latencies),
     }
+    if control_arm is not None:
+        checks["control arm: every request answered 200"] = report["control"]["statuses"] == {"200": len(work)}
     report["checks"] = checks
     report["ok"] = all(checks.values())
     if not report["ok"]:
@@ -404,12 +395,38 @@ def run(plan: Plan, *, quiet: bool) -> dict[str, Any]:
     return report
 
 
+def describe(r: dict[str, Any]) -> None:
+    print(f"  throughput   {r['throughput']:,.0f} req/s ({r['requests']:,} requests in {r['seconds']:.2f} s)")
+    print(f"  latency      p50 {r['p50_ms']:.1f} ms, p90 {r['p90_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+          f"max {r['max_ms']:.1f} ms (client side)")
+    print(f"  exchanges    {r['exchanges']} at the token endpoint for {r['pairs']} (user, destination) pairs "
+          f"(expected {r['expected_exchanges']}); max per pair {r['max_exchanges_per_pair']}")
+    print(f"  workers      {r['workers_seen']} served requests {r['requests_per_worker']}; "
+          f"{r['pairs_served_by_several_workers']} of {r['pairs']} pairs were served by more than one worker")
+    print(f"  cpu          gunicorn workers {r['cpu_seconds']['workers']:.1f} s, redis {r['cpu_seconds']['redis']:.1f} s, "
+          f"driver (clients, stand-ins) {r['cpu_seconds']['driver']:.1f} s, in {r['seconds']:.1f} s on {r['cpus']} CPUs")
+    if "control" in r:
+        c = r["control"]
+        print(f"  control arm  {c['throughput']:,.0f} req/s, p50 {c['p50_ms']:.1f} ms (static bearer, no library)")
+        print(f"  worker CPU   {r['cpu_per_request_us']:.0f} us/request with propagation vs {c['cpu_per_request_us']:.0f} us "
+              f"control = {r['cpu_ratio']:.2f} x (target <= 1.15 x)")
+    print(f"  key fetches  {r['key_fetches']} (sap-xssec, per worker); Redis fallbacks {r['redis_fallbacks']}")
+    print(f"  errors       {r['non_2xx']} non-2xx, {r['failures']} without answer, "
+          f"{r['wrong_user']} with another user's identity or token")
+    for name, ok in r["checks"].items():
+        print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    if not r["ok"]:
+        print(r.get("gunicorn_log_tail", ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CI-sized: 40 users, 8 rounds (640 requests)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout (progress on stderr)")
-    parser.add_argument("--cache", choices=("redis", "memory"), default="redis",
-                        help="memory: per-process caches, the control run (exchanges = worker x pair combinations)")
+    parser.add_argument("--cache", choices=("redis", "redis-cluster", "memory", "all"), default="redis",
+                        help="memory: per-process caches (exchanges = worker x pair combinations); "
+                             "redis-cluster: a 3-master cluster; all: the three, one after the other")
+    parser.add_argument("--no-control", action="store_true", help="skip the control arm (no library)")
     parser.add_argument("--users", type=int)
     parser.add_argument("--rounds", type=int, help="requests per (user, destination)")
     parser.add_argument("--burst", type=int, default=4, help="adjacent first requests per pair")
@@ -417,41 +434,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=4, help="gthread threads per worker")
     args = parser.parse_args(argv)
-    plan = Plan(
-        users=args.users or (40 if args.quick else 200),
-        rounds=args.rounds or (8 if args.quick else 10),
-        burst=args.burst,
-        clients=args.clients or (16 if args.quick else 32),
-        workers=args.workers,
-        threads=args.threads,
-        cache=args.cache,
-    )
+    modes = ["memory", "redis", "redis-cluster"] if args.cache == "all" else [args.cache]
     quiet = args.json
-    say(f"propagation load test ({'quick' if args.quick else 'full'}, cache={plan.cache}): "
-        f"{plan.users} users x {len(DESTINATIONS)} destinations, {plan.requests:,} requests; "
-        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs", quiet=quiet)
-    report = run(plan, quiet=quiet)
+    reports = {}
+    for mode in modes:
+        plan = Plan(
+            users=args.users or (40 if args.quick else 200),
+            rounds=args.rounds or (8 if args.quick else 10),
+            burst=args.burst,
+            clients=args.clients or (16 if args.quick else 32),
+            workers=args.workers,
+            threads=args.threads,
+            cache=mode,
+        )
+        say(f"propagation load test ({'quick' if args.quick else 'full'}, cache={plan.cache}): "
+            f"{plan.users} users x {len(DESTINATIONS)} destinations, {plan.requests:,} requests; "
+            f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs", quiet=quiet)
+        reports[mode] = run(plan, quiet=quiet, control=not args.no_control)
+        if not args.json:
+            describe(reports[mode])
     if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        r = report
-        print(f"  throughput   {r['throughput']:,.0f} req/s ({r['requests']:,} requests in {r['seconds']:.2f} s)")
-        print(f"  latency      p50 {r['p50_ms']:.1f} ms, p90 {r['p90_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-              f"max {r['max_ms']:.1f} ms (client side)")
-        print(f"  exchanges    {r['exchanges']} at the token endpoint for {r['pairs']} (user, destination) pairs "
-              f"(expected {r['expected_exchanges']}); max per pair {r['max_exchanges_per_pair']}")
-        print(f"  workers      {r['workers_seen']} served requests {r['requests_per_worker']}; "
-              f"{r['pairs_served_by_several_workers']} of {r['pairs']} pairs were served by more than one worker")
-        print(f"  cpu          gunicorn workers {r['cpu_seconds']['workers']:.1f} s, redis {r['cpu_seconds']['redis']:.1f} s, "
-              f"driver (clients, stand-ins) {r['cpu_seconds']['driver']:.1f} s, in {r['seconds']:.1f} s on {r['cpus']} CPUs")
-        print(f"  key fetches  {r['key_fetches']} (sap-xssec, per worker); Redis fallbacks {r['redis_fallbacks']}")
-        print(f"  errors       {r['non_2xx']} non-2xx, {r['failures']} without answer, "
-              f"{r['wrong_user']} with another user's identity or token")
-        for name, ok in r["checks"].items():
-            print(f"  {'PASS' if ok else 'FAIL'}  {name}")
-        if not r["ok"]:
-            print(r.get("gunicorn_log_tail", ""))
-    return 0 if report["ok"] else 1
+        print(json.dumps(reports[modes[0]] if len(modes) == 1 else reports, indent=2))
+    elif len(modes) > 1:
+        print("summary: worker CPU per request, propagation / control (target <= 1.15 x); exchanges / pairs")
+        for mode, r in reports.items():
+            ratio = f"{r['cpu_ratio']:.2f} x" if "cpu_ratio" in r else "-"
+            print(f"  {mode:<14} {r['cpu_per_request_us']:7.0f} us  {ratio:>8}   "
+                  f"{r['exchanges']} / {r['pairs']} (expected {r['expected_exchanges']})  {'ok' if r['ok'] else 'FAIL'}")
+    return 0 if all(r["ok"] for r in reports.values()) else 1
 
 
 if __name__ == "__main__":

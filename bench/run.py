@@ -14,6 +14,9 @@ Sections:
 (c) 64 threads, U users x 3 destinations, thousands of requests: exactly U x 3 exchanges,
     counted at a loopback token endpoint.
 (d) memory per cached token (tracemalloc) with 100,000 users, and the LRU bound that caps it.
+(e) a new session()/client() per call; (f) async: an ASGI app calling on premise; (g) SAP's
+    clients (Cloud SDK for JS, sap-cloud-sdk for Python) vs session()/client() on one sandbox
+    destination (``bench/sdk_compare.py``).
 
 The load test across processes (gunicorn workers, Redis token cache) is ``bench/loadtest.py``.
 
@@ -336,8 +339,22 @@ def memory(quick: bool) -> None:
             f"{len(default):,} entries kept of {users_n:,}; {per:,.0f} B/token")
 
 
+def sdk_clients(quick: bool) -> None:
+    import sdk_compare
+
+    print("(g) SAP's clients vs propagation on the same sandbox destination (S4_CLOUD, alice), per cached call")
+    r = sdk_compare.run(quick)
+    for name in ("cloud-sdk-js", "sap-cloud-sdk", "propagation.session", "propagation.client"):
+        print(f"        {name:<20} {r[name]['us_per_call']:9.0f} us/call")
+    ratios = r["ratios"]
+    verdict("session() per call <= 0.75 x the Cloud SDK for JS", ratios["session_vs_cloud_sdk_js"] <= 0.75,
+            f"{ratios['session_vs_cloud_sdk_js']:.2f} x (client() {ratios['client_vs_cloud_sdk_js']:.2f} x)")
+    verdict("sap-cloud-sdk per call >= 2 x session()", ratios["sap_cloud_sdk_vs_session"] >= 2.0,
+            f"{ratios['sap_cloud_sdk_vs_session']:.1f} x")
+
+
 SECTIONS: dict[str, Callable[[bool], None]] = {
-    "a": inbound, "b": outbound, "c": concurrency, "d": memory, "e": per_call, "f": async_onprem,
+    "a": inbound, "b": outbound, "c": concurrency, "d": memory, "e": per_call, "f": async_onprem, "g": sdk_clients,
 }
 
 

@@ -10,14 +10,24 @@ processes race for one key); its certificate comes from :class:`propagation.sand
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
 import json
+import os
+import signal
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
 
 
 class _Server(ThreadingHTTPServer):
@@ -132,3 +142,67 @@ def rate(fn: Any, n: int) -> float:
     for _ in range(n):
         fn()
     return n / (time.perf_counter() - start)
+
+
+# -- gunicorn (bench/loadtest.py) ---------------------------------------------------------------------------------
+class Gunicorn:
+    """``python -m gunicorn`` in our process group; stopped with SIGTERM, then SIGKILL for
+    the master and every worker it still has."""
+
+    def __init__(self, port: int, workers: int, threads: int, env: dict[str, str], log: Path, ready: Path,
+                 app: str = "loadtest_app:app") -> None:
+        self.port, self.workers, self.log, self.ready = port, workers, log, ready
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+             "--worker-class", "gthread", "--threads", str(threads), "--keep-alive", "5",
+             "--graceful-timeout", "5", "--timeout", "60", "--backlog", "512",
+             "--log-level", "warning", "--error-logfile", str(log),
+             "--pythonpath", f"{ROOT},{BENCH}", app],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Every worker has imported the app, and one answers ``/health``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if len(list(self.ready.iterdir())) >= self.workers:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                    conn.request("GET", "/health")
+                    if conn.getresponse().status == 200:
+                        conn.close()
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gunicorn workers not ready within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def _children(self) -> list[int]:
+        try:
+            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(pid) for pid in text.split()]
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        children = self._children()
+        self.proc.send_signal(signal.SIGTERM)  # graceful: the master stops its workers
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            children += self._children()
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        for pid in children:  # only these pids: the workers this master forked
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"

@@ -105,6 +105,7 @@ class Propagator:
             "public_clients": public_clients,
         }
         self._ias_flows: Any = None
+        self._warm = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, cwd: str | os.PathLike[str] | None = None) -> "Propagator":
@@ -228,8 +229,19 @@ class Propagator:
         """An ``httpx.AsyncClient`` bound to destination ``name``; nothing blocks the event loop."""
         from .outbound.clients import AsyncDestinationClient
 
+        if not self._warm:
+            self.warm_up()
+
         lookup = LookupOptions.of(**_pop_lookup(kwargs))
         return AsyncDestinationClient(self, name, user_token=user_token, csrf=csrf, lookup=lookup, **kwargs)
+
+    def warm_up(self) -> None:
+        """Import and prepare now what the first outbound connection would do lazily (inside
+        the event loop, for async apps): call at start-up, e.g. in a FastAPI lifespan."""
+        from .outbound.warmup import warm_up
+
+        warm_up()
+        self._warm = True
 
     def destinations(self, *, user_token: str | UserToken | None = None, service: bool = True) -> list[Any]:
         """Every destination this engine can resolve, described without secrets (see

@@ -100,7 +100,7 @@ class Propagation:
 
         @asynccontextmanager
         async def lifespan(asgi_app: Any) -> AsyncIterator[Any]:
-            self.start()
+            self.start().propagator.warm_up()  # what the first connection imports, before the first request
             async with original(asgi_app) as state:
                 yield state
 

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from propagation.sandbox.ports import free_port
@@ -58,22 +58,33 @@ class _Server(ThreadingHTTPServer):
 
 
 class RedisServer:
-    """One ``redis-server`` process: no persistence, loopback only, its own temp dir."""
+    """One ``redis-server`` process: no persistence, loopback only, its own temp dir.
 
-    def __init__(self, binary: str) -> None:
+    ``args``: more ``redis-server`` options (e.g. ``--requirepass``); ``tls``: a sandbox
+    :class:`~propagation.sandbox.pki.Pki` whose loopback certificate the server presents on
+    its (only) port, TLS without client certificates."""
+
+    def __init__(self, binary: str, args: tuple[str, ...] = (), tls: Any = None) -> None:
         self.binary = binary
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="propagation-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.args = args
+        self.tls = tls
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert_file),
+                     "--tls-key-file", str(self.tls.key_file), "--tls-ca-cert-file", str(self.tls.ca_file),
+                     "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning"],
+            [self.binary, *ports, "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
+             "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "warning", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -81,9 +92,10 @@ class RedisServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as plain:
+                    s = self.tls.client_context().wrap_socket(plain, server_hostname="localhost") if self.tls else plain
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return self
             except OSError:
                 time.sleep(0.02)
@@ -105,10 +117,12 @@ class TokenEndpoint:
     """``POST /oauth/token`` on loopback: issues ``at-<user>-<client>-<n>`` and counts
     requests per (user, client). ``delay`` seconds of latency make races likely."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, on_exchange: Callable[[int], None] | None = None) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.total = 0
         self.delay = delay
+        #: Called with the running count before the n-th exchange is answered (fault injection).
+        self.on_exchange = on_exchange
         self._lock = threading.Lock()
         endpoint = self
 
@@ -125,6 +139,8 @@ class TokenEndpoint:
                     endpoint.counts[(user, client)] += 1
                     endpoint.total += 1
                     n = endpoint.total
+                if endpoint.on_exchange is not None:
+                    endpoint.on_exchange(n)
                 if endpoint.delay:
                     time.sleep(endpoint.delay)
                 payload = json.dumps({"access_token": f"at-{user}-{client}-{n}", "token_type": "bearer",

@@ -1,4 +1,4 @@
-"""``bench/run.py --quick`` runs to completion and reports its six sections (no timed
+"""``bench/run.py --quick`` runs to completion and reports its seven sections (no timed
 assertions: the figures are for people, not for the test-suite)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ def test_bench_quick_completes_and_prints_every_section():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     for section in ("(a) inbound", "(b) outbound cache hit", "(c) 64 threads", "(d) memory per cached token",
-                    "(e) a new session()/client() per call", "(f) async: ASGI app"):
+                    "(e) a new session()/client() per call", "(f) async: ASGI app", "(g) SAP's clients vs propagation"):
         assert section in done.stdout
-    assert done.stdout.count("PASS") + done.stdout.count("MISS") == 7
+    assert done.stdout.count("PASS") + done.stdout.count("MISS") == 9
     assert "PASS  exchanges == users (on-premise, async)" in done.stdout  # a count, not a timing
     assert "summary:" in done.stdout

@@ -89,6 +89,11 @@ def test_redis_cache_makes_one_exchange_per_user_and_destination_across_workers(
     report = run_loadtest()
     assert_common(report)
     context = json.dumps({k: v for k, v in report.items() if k != "_stderr"}, indent=1)[:3000]
+    # The control arm (same gunicorn and route, static bearer, no library) ran beside it and
+    # the ratio of worker CPU per request is reported (a figure for people: no bound here).
+    assert report["control"]["statuses"] == {"200": 640} and report["control"]["failures"] == 0, context
+    assert report["control"]["cpu_per_request_us"] > 0 and report["cpu_per_request_us"] > 0, context
+    assert report["cpu_ratio"] == round(report["cpu_per_request_us"] / report["control"]["cpu_per_request_us"], 3), context
     # The race happened: the same pair was served by several worker processes ...
     assert report["pairs_served_by_several_workers"] > 0, context
     assert report["worker_pair_combinations"] > report["pairs"], context
@@ -102,8 +107,22 @@ def test_redis_cache_makes_one_exchange_per_user_and_destination_across_workers(
 def test_without_redis_the_same_load_exchanges_once_per_worker_and_pair() -> None:
     """The control: per-process caches make one exchange per (worker, pair) — more than the
     pairs — so the Redis test's ``exchanges == pairs`` is a claim that can fail."""
-    report = run_loadtest("--cache", "memory")
+    report = run_loadtest("--cache", "memory", "--no-control")
     assert_common(report)
     context = json.dumps({k: v for k, v in report.items() if k != "_stderr"}, indent=1)[:3000]
     assert report["exchanges"] == report["worker_pair_combinations"] > report["pairs"], context
     assert report["_returncode"] == 0, context
+
+
+def test_redis_cluster_makes_one_exchange_per_user_and_destination_across_workers() -> None:
+    """The same load against a real 3-master Redis Cluster (``?cluster=true``): the lock and
+    value of a key share a slot, so the cross-process single-flight holds there too."""
+    report = run_loadtest("--cache", "redis-cluster", "--no-control")
+    assert_common(report)
+    context = json.dumps({k: v for k, v in report.items() if k != "_stderr"}, indent=1)[:3000]
+    assert report["mode"] == "redis-cluster" and "control" not in report, context
+    assert report["pairs_served_by_several_workers"] > 0, context
+    assert report["exchanges"] == report["pairs"] == 80 and report["max_exchanges_per_pair"] == 1, context
+    assert report["redis_fallbacks"] == 0, context
+    assert len(report["server_pids"]) == 1 + 4 + 3, context  # master, workers, three cluster nodes: all gone
+    assert report["ok"] is True and report["_returncode"] == 0, context

@@ -93,7 +93,7 @@ def test_redis_holds_no_readable_token(server, prefix, raw):
     plain = token()
     cache.get_or_fetch(key(), lambda: plain)
     names = list(raw.scan_iter(match=f"{prefix}:*"))
-    assert names == [f"{prefix}:{key().digest()}".encode()]  # a hash; the lock is gone
+    assert names == [f"{prefix}:{{{key().digest()}}}".encode()]  # a hash; the lock is gone
     value = raw.get(names[0])
     assert JWT_ACCESS.encode() not in value
     for part in JWT_ACCESS.split("."):
@@ -111,14 +111,14 @@ def test_ttl_is_the_usable_lifetime(server, prefix, raw):
     cache.get_or_fetch(key(), lambda: token(ttl=3600))
     cache.get_or_fetch(key(user="fp-short"), lambda: token(ttl=60))
     cache.get_or_fetch(key(user="fp-none"), lambda: TokenResponse(access_token="opaque-VALUE"))
-    long_ms = raw.pttl(f"{prefix}:{key().digest()}")
-    short_ms = raw.pttl(f"{prefix}:{key(user='fp-short').digest()}")
-    none_ms = raw.pttl(f"{prefix}:{key(user='fp-none').digest()}")
+    long_ms = raw.pttl(f"{prefix}:{{{key().digest()}}}")
+    short_ms = raw.pttl(f"{prefix}:{{{key(user='fp-short').digest()}}}")
+    none_ms = raw.pttl(f"{prefix}:{{{key(user='fp-none').digest()}}}")
     assert 3530_000 < long_ms <= 3540_000  # expires_in - 60 s skew
     assert 28_000 < short_ms <= 30_000  # short tokens: half the lifetime
     assert 290_000 < none_ms <= 300_000  # default_ttl
     cache.get_or_fetch(key(user="fp-dead"), lambda: token(ttl=-1))
-    assert not raw.exists(f"{prefix}:{key(user='fp-dead').digest()}")  # expired: handed out once, not stored
+    assert not raw.exists(f"{prefix}:{{{key(user='fp-dead').digest()}}}")  # expired: handed out once, not stored
 
 
 @pytest.mark.parametrize("field, other", [("destination", "S5"), ("grant", "token-exchange"), ("client", "c2"),
@@ -134,7 +134,7 @@ def test_isolation_per_key_field(server, prefix, field, other):
 def test_value_moved_to_another_key_does_not_decrypt(server, prefix, raw):
     cache = make(server.url, prefix)
     cache.get_or_fetch(key(), lambda: token())
-    raw.set(f"{prefix}:{key(user='fp-mallory').digest()}", raw.get(f"{prefix}:{key().digest()}"))
+    raw.set(f"{prefix}:{{{key(user='fp-mallory').digest()}}}", raw.get(f"{prefix}:{{{key().digest()}}}"))
     assert cache.get(key(user="fp-mallory")) is None
 
 
@@ -149,7 +149,7 @@ def test_wrong_encryption_key_is_a_miss_not_an_error(server, prefix):
 
 def test_garbage_value_is_a_miss(server, prefix, raw):
     cache = make(server.url, prefix)
-    raw.set(f"{prefix}:{key().digest()}", b"not-encrypted")
+    raw.set(f"{prefix}:{{{key().digest()}}}", b"not-encrypted")
     assert cache.get(key()) is None
 
 
@@ -204,9 +204,9 @@ def test_threads_of_one_process_fetch_once(server, prefix):
 
 def test_waiter_takes_the_value_another_process_stores(server, prefix, raw):
     holder, waiter = make(server.url, prefix), make(server.url, prefix, max_wait=5)
-    lock = f"{prefix}:lock:{key().digest()}"
+    lock = f"{prefix}:lock:{{{key().digest()}}}"
     raw.set(lock, "someone-else", px=10_000)
-    threading.Timer(0.2, lambda: holder._write(f"{prefix}:{key().digest()}", token("theirs-VALUE"))).start()
+    threading.Timer(0.2, lambda: holder._write(key().digest(), token("theirs-VALUE"), 0)).start()
     started = time.monotonic()
     got, hit = waiter.get_or_fetch(key(), lambda: pytest.fail("the lock holder fetches"))
     assert (got.access_token, hit) == ("theirs-VALUE", True)
@@ -217,7 +217,7 @@ def test_waiter_takes_the_value_another_process_stores(server, prefix, raw):
 
 def test_waiter_gives_up_after_a_bounded_wait(server, prefix, raw):
     cache = make(server.url, prefix, max_wait=0.3)
-    lock = f"{prefix}:lock:{key().digest()}"
+    lock = f"{prefix}:lock:{{{key().digest()}}}"
     raw.set(lock, "stuck", px=60_000)
     started = time.monotonic()
     got, hit = cache.get_or_fetch(key(), lambda: token("mine-VALUE"))

@@ -1,6 +1,8 @@
 """A :class:`~propagation.caches.memory.TokenCache` in Redis, shared by every worker process.
 
-* Keys are ``"{prefix}:{CacheKey.digest()}"``: hashes only, never a token.
+* Keys are ``"<prefix>:{<CacheKey.digest()>}"``: hashes only, never a token. The braces are a
+  Redis Cluster hash tag: a value and its lock (``<prefix>:lock:{<digest>}``) share one slot,
+  so the lock protocol stays on one node in cluster mode.
 * Values are the :class:`TokenResponse` as JSON, encrypted with AES-256-GCM under a key
   from the configuration (``PROPAGATION_CACHE_KEY``), a random 96-bit nonce per value and
   the Redis key as associated data: a dump of Redis holds no usable token, and a value
@@ -8,7 +10,7 @@
   rotated key, garbage) is a miss, never an error.
 * The Redis TTL is the token's usable lifetime, computed exactly as
   :class:`~propagation.caches.memory.MemoryTokenCache` does (its :meth:`usable_until`).
-* Single-flight across processes: ``SET {prefix}:lock:{digest} <random> NX PX lock_ms``;
+* Single-flight across processes: ``SET <prefix>:lock:{<digest>} <random> NX PX lock_ms``;
   the winner fetches, stores and deletes its own lock (compare-and-delete in Lua); the
   others poll the value with a short bounded back-off up to ``max_wait`` seconds, then
   fetch themselves. Within a process, threads asking for one key share one flight first.
@@ -16,6 +18,11 @@
   one per ``cooldown``, without secrets), then an in-process :class:`MemoryTokenCache`
   serves until the cooldown has passed and Redis is tried again. A request never fails
   because of the cache.
+* Redis Cluster (``cluster_mode: true`` in the binding, ``?cluster=true`` in the URL): redis-py's
+  ``RedisCluster`` follows ``MOVED``/``ASK`` and re-reads the slot map after a failover; a node
+  that stays down falls back as above. See :mod:`propagation.caches.redis_config` for the sources.
+* A near cache (:mod:`propagation.caches.near`) in front: a hit is a dict lookup; invalidations
+  reach every process over pub/sub before their next use of the token.
 
 ``redis`` and ``cryptography`` are the ``propagation[redis]`` extra; they are imported only
 when a :class:`RedisTokenCache` is built, so the core does not need them.
@@ -23,44 +30,32 @@ when a :class:`RedisTokenCache` is built, so the core does not need them.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Mapping
-from urllib.parse import urlsplit
 
 from .._log import logger
 from .memory import CacheKey, MemoryTokenCache, TokenCache
 from ..errors import ConfigurationError, TokenExchangeError
+from ..events import NULL_EVENTS, Events
+from .near import InvalidationListener, NearCache
 from ..exchange.oauth import TokenResponse
+from .redis_async import _RELEASE, AsyncRedisMixin, _RedisDown
+from .redis_config import CACHE_URL_ENV, PLACEHOLDER_USER, REDIS_LABEL, RedisTarget, target_from_env
 from .sealing import Sealer, decode_key
 
 if TYPE_CHECKING:
     from ..bindings import Bindings
 
-__all__ = ["RedisTokenCache", "cache_from_env", "CACHE_URL_ENV", "CACHE_KEY_ENV", "REDIS_LABEL"]
+__all__ = ["RedisTokenCache", "cache_from_env", "CACHE_URL_ENV", "CACHE_KEY_ENV", "REDIS_LABEL", "PLACEHOLDER_USER"]
 
-CACHE_URL_ENV = "PROPAGATION_CACHE_URL"
 CACHE_KEY_ENV = "PROPAGATION_CACHE_KEY"
 CACHE_PREFIX_ENV = "PROPAGATION_CACHE_PREFIX"
 CACHE_TIMEOUT_ENV = "PROPAGATION_CACHE_TIMEOUT"
-#: Label of a bound Redis service (BTP "Redis on SAP BTP, hyperscaler option").
-REDIS_LABEL = "redis-cache"
-
-# KEYS[1] = lock key, ARGV[1] = our random lock value: delete only a lock we still own.
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0
-"""
-
-
-class _RedisDown(Exception):
-    """Internal: Redis could not be used for this call (already logged)."""
-
+#: Entries of the near cache (0 turns it off).
+CACHE_NEAR_SIZE_ENV = "PROPAGATION_CACHE_NEAR_SIZE"
 
 class _Flight:
     __slots__ = ("done", "result", "error", "owner")
@@ -72,13 +67,15 @@ class _Flight:
         self.owner = owner
 
 
-class RedisTokenCache:
-    """Shared, encrypted token cache in Redis with cross-process single-flight.
+class RedisTokenCache(AsyncRedisMixin):
+    """Shared, encrypted token cache in Redis (or Redis Cluster) with cross-process
+    single-flight and a near cache.
 
-    Build it with ``url`` (``redis://`` or ``rediss://``), ``client`` (a ``redis.Redis``)
-    or ``connection`` (keyword arguments for ``redis.Redis``), and ``key``, the 32-byte
-    AES key. ``skew`` and ``default_ttl`` mean what they mean for :class:`MemoryTokenCache`
-    (which is also the fallback, bounded by ``fallback_maxsize``).
+    Build it with ``url`` (``redis://`` or ``rediss://``; ``?cluster=true`` for a cluster),
+    ``client`` (a ``redis.Redis`` or ``redis.cluster.RedisCluster``) or ``connection`` (keyword
+    arguments for ``redis.Redis``), and ``key``, the 32-byte AES key. ``skew`` and
+    ``default_ttl`` mean what they mean for :class:`MemoryTokenCache` (which is also the
+    fallback, bounded by ``fallback_maxsize``). ``near_maxsize=0`` turns the near cache off.
     """
 
     def __init__(
@@ -88,6 +85,7 @@ class RedisTokenCache:
         key: bytes,
         client: Any = None,
         connection: Mapping[str, Any] | None = None,
+        cluster: bool = False,
         prefix: str = "propagation:tokens",
         skew: float = 60.0,
         default_ttl: float = 300.0,
@@ -96,6 +94,8 @@ class RedisTokenCache:
         max_wait: float = 5.0,
         cooldown: float = 5.0,
         fallback_maxsize: int = 10_000,
+        near_maxsize: int = 10_000,
+        events: Events = NULL_EVENTS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(key, (bytes, bytearray)) or len(key) != 32:
@@ -105,17 +105,21 @@ class RedisTokenCache:
         try:
             import redis
             from redis.backoff import NoBackoff
+            from redis.exceptions import RedisClusterException
             from redis.retry import Retry
         except ImportError as exc:  # pragma: no cover - depends on the installation
             raise ConfigurationError("The Redis token cache needs the extra: pip install 'propagation[redis]'.") from exc
 
-        self._redis_errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._redis_errors: tuple[type[BaseException], ...] = (redis.RedisError, RedisClusterException, OSError)
         self._sealer = Sealer(bytes(key))
         self.prefix = prefix.rstrip(":")
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ConfigurationError("The Redis cache prefix must not contain '{' or '}' (they make the hash tag).")
         self.lock_ms = int(lock_ms)
         self.max_wait = float(max_wait)
         self.cooldown = float(cooldown)
         self.clock = clock
+        self.events = events
         # The fallback doubles as the TTL policy: one implementation of skew/default_ttl.
         self.fallback = MemoryTokenCache(maxsize=fallback_maxsize, skew=skew, default_ttl=default_ttl, clock=clock)
         options: dict[str, Any] = {
@@ -124,30 +128,36 @@ class RedisTokenCache:
             "retry": Retry(NoBackoff(), 0),  # fail fast: the fallback is the retry
             "health_check_interval": 30,
         }
-        # How to build a redis.asyncio client for aget_or_fetch (one per event loop).
-        self._async_spec: tuple[str, Any] = ("client", client) if client is not None else (
-            ("url", url) if url is not None else ("connection", dict(connection or {})))
-        self._async_options = {k: v for k, v in options.items() if k != "retry"}
+        self._options = options
+        self._target: RedisTarget | None = None
         self._async_clients: Any = weakref.WeakKeyDictionary()
         if client is not None:
+            from redis.cluster import RedisCluster
+
             self.redis = client
-            self.where = "redis"
+            self.cluster = isinstance(client, RedisCluster)
+            self.where = "redis cluster" if self.cluster else "redis"
         elif url is not None:
-            scheme = urlsplit(url).scheme
-            if scheme not in ("redis", "rediss"):
-                raise ConfigurationError(f"{CACHE_URL_ENV} must be a redis:// or rediss:// URL (got scheme {scheme!r}).")
-            self.redis = redis.Redis.from_url(url, **options)
-            parts = urlsplit(url)
-            self.where = f"{scheme}://{parts.hostname}:{parts.port or 6379}"  # no user info, ever
+            self._target = RedisTarget.parse(url, cluster=cluster)
+            self.redis = self._target.client(**options)
+            self.cluster, self.where = self._target.cluster, self._target.where
         else:
             assert connection is not None
             self.redis = redis.Redis(**{**options, **dict(connection)})
+            self.cluster = False
             self.where = f"redis://{connection.get('host', 'localhost')}:{connection.get('port', 6379)}"
+        self._connection = dict(connection) if connection is not None else None
         self._release = self.redis.register_script(_RELEASE)
         self._down_until = 0.0
         self._warned_at = -1e18
         self._state = threading.Lock()
         self._flights: dict[str, _Flight] = {}
+        self.channel = f"{self.prefix}:invalidations"
+        self.near: NearCache | None = None
+        self._listener: InvalidationListener | None = None
+        if near_maxsize:
+            self.near = NearCache(near_maxsize, clock)
+            self._listener = InvalidationListener(self.near, self.channel, self._pubsub, self._redis_errors)
 
     def __repr__(self) -> str:
         return f"RedisTokenCache(where={self.where!r}, prefix={self.prefix!r}, available={self.available})"
@@ -156,24 +166,8 @@ class RedisTokenCache:
     @classmethod
     def from_env(cls, environ: Mapping[str, str], bindings: "Bindings | None" = None, **options: Any) -> "RedisTokenCache | None":
         """The cache ``PROPAGATION_CACHE_URL`` or a ``redis-cache`` binding describes, else ``None``."""
-        url = (environ.get(CACHE_URL_ENV) or "").strip()
-        connection: dict[str, Any] | None = None
-        if not url and bindings is not None:
-            binding = bindings.find(label=REDIS_LABEL)
-            if binding is not None:
-                creds = binding.credentials
-                if creds.get("uri"):
-                    url = str(creds["uri"])
-                elif creds.get("hostname"):
-                    connection = {"host": str(creds["hostname"]), "port": int(creds.get("port") or 6379)}
-                    if creds.get("password"):
-                        connection["password"] = str(creds["password"])
-                    tls = creds.get("tls")
-                    if tls is True or str(tls).lower() in ("true", "1", "yes"):
-                        connection["ssl"] = True
-                else:
-                    raise ConfigurationError(f"Binding '{binding.name}' (label {REDIS_LABEL}) has neither 'uri' nor 'hostname'.")
-        if not url and connection is None:
+        target = target_from_env(environ, bindings)
+        if target is None:
             return None
         raw_key = environ.get(CACHE_KEY_ENV)
         if not raw_key:
@@ -182,14 +176,15 @@ class RedisTokenCache:
         key = decode_key(raw_key)
         if environ.get(CACHE_PREFIX_ENV):
             options.setdefault("prefix", environ[CACHE_PREFIX_ENV])
-        if environ.get(CACHE_TIMEOUT_ENV):
-            try:
-                options.setdefault("socket_timeout", float(environ[CACHE_TIMEOUT_ENV]))
-            except ValueError:
-                raise ConfigurationError(f"{CACHE_TIMEOUT_ENV} must be a number of seconds.") from None
-        if url:
-            return cls(url, key=key, **options)
-        return cls(key=key, connection=connection, **options)
+        for name, option, kind in ((CACHE_TIMEOUT_ENV, "socket_timeout", float), (CACHE_NEAR_SIZE_ENV, "near_maxsize", int)):
+            if environ.get(name):
+                try:
+                    options.setdefault(option, kind(environ[name]))
+                except ValueError:
+                    raise ConfigurationError(f"{name} must be a {'number of seconds' if kind is float else 'whole number'}.") from None
+        if options.get("near_maxsize", 0) < 0:
+            raise ConfigurationError(f"{CACHE_NEAR_SIZE_ENV} must be 0 (off) or a positive number of entries.")
+        return cls(target.url, key=key, cluster=target.cluster, **options)
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -220,41 +215,91 @@ class RedisTokenCache:
             self._failed(exc, doing)
             raise _RedisDown() from None
 
+    def _report(self, key: CacheKey, what: str, layer: str) -> None:
+        self.events.point("cache", **{
+            "propagation.caches.memory": what, "propagation.caches.memory.layer": layer, "propagation.destination": key.destination,
+            "propagation.grant": key.grant, "propagation.tenant": key.tenant, "propagation.user.fingerprint": key.user})
+
+    # -- near cache -------------------------------------------------------------------------------
+    def _pubsub(self, attempt: int) -> Any:
+        """A fresh PubSub for the listener; in a cluster, on the next node each attempt."""
+        if self.cluster:
+            nodes = self.redis.get_nodes()
+            return self.redis.pubsub(node=nodes[attempt % len(nodes)])
+        return self.redis.pubsub()
+
+    def _near_get(self, key: CacheKey, digest: str) -> TokenResponse | None:
+        near = self.near
+        if near is None:
+            return None
+        token = near.get(digest)
+        if token is not None:
+            if self.events.enabled:
+                self._report(key, "hit", "near")
+            return token
+        assert self._listener is not None
+        self._listener.ensure()
+        return None
+
+    def _near_seq(self) -> int:
+        return self.near.seq if self.near is not None else 0
+
+    def _keep(self, digest: str, opened: tuple[TokenResponse, float] | None, seq: int) -> TokenResponse | None:
+        """The token of an opened value (``None`` when absent or past its time), kept near."""
+        if opened is None:
+            return None
+        token, until = opened
+        if self.clock() >= until:
+            return None
+        if self.near is not None:
+            self.near.put(digest, token, until, seq)
+        return token
+
     # -- encryption ---------------------------------------------------------------------------
     def _name(self, digest: str) -> str:
-        return f"{self.prefix}:{digest}"
+        return f"{self.prefix}:{{{digest}}}"
+
+    def _lock_name(self, digest: str) -> str:
+        return f"{self.prefix}:lock:{{{digest}}}"
 
     def _seal(self, name: str, token: TokenResponse, until: float) -> bytes:
         return self._sealer.seal(name, token, until)
 
     def _open(self, name: str, value: bytes | None) -> TokenResponse | None:
         opened = self._sealer.open(name, value)
-        if opened is None:
-            return None
-        token, until = opened
-        return None if self.clock() >= until else token
+        return None if opened is None or self.clock() >= opened[1] else opened[0]
 
-    def _read(self, name: str) -> TokenResponse | None:
-        return self._open(name, self._call("get", self.redis.get, name))
+    def _read(self, digest: str, seq: int) -> TokenResponse | None:
+        name = self._name(digest)
+        return self._keep(digest, self._sealer.open(name, self._call("get", self.redis.get, name)), seq)
 
-    def _write(self, name: str, token: TokenResponse) -> None:
+    def _write(self, digest: str, token: TokenResponse, seq: int) -> None:
         now = self.clock()
         until = self.fallback.usable_until(token, now)
         ttl_ms = int((until - now) * 1000)
         if ttl_ms <= 0:
             return
+        name = self._name(digest)
         self._call("set", self.redis.set, name, self._seal(name, token, until), px=ttl_ms)
+        self._keep(digest, (token, until), seq)
 
     # -- TokenCache -----------------------------------------------------------------------------
     def get(self, key: CacheKey) -> TokenResponse | None:
+        digest = key.digest()
+        token = self._near_get(key, digest)
+        if token is not None:
+            return token
         try:
-            return self._read(self._name(key.digest()))
+            return self._read(digest, self._near_seq())
         except _RedisDown:
             return self.fallback.get(key)
 
     def get_or_fetch(self, key: CacheKey, fetch: Callable[[], TokenResponse]) -> tuple[TokenResponse, bool]:
         """``(token, True)`` unless this caller's ``fetch()`` ran (as MemoryTokenCache)."""
         digest = key.digest()
+        near = self._near_get(key, digest)
+        if near is not None:
+            return near, True
         me = threading.get_ident()
         with self._state:
             flight = self._flights.get(digest)
@@ -264,6 +309,8 @@ class RedisTokenCache:
             elif flight.owner == me:
                 raise RuntimeError("get_or_fetch: fetch() asked the cache for its own key (recursion).")
         if not leader:
+            if self.events.enabled:
+                self._report(key, "wait", "redis")
             if not flight.done.wait(self.fallback.wait_timeout):
                 raise TokenExchangeError(
                     f"Waited {self.fallback.wait_timeout:g} s for another thread's token request "
@@ -287,12 +334,14 @@ class RedisTokenCache:
             flight.done.set()
 
     def _lead(self, key: CacheKey, digest: str, fetch: Callable[[], TokenResponse]) -> tuple[TokenResponse, bool]:
-        name = self._name(digest)
-        lock = f"{self.prefix}:lock:{digest}"
+        lock = self._lock_name(digest)
         mine = secrets.token_hex(16)
+        seq = self._near_seq()
         try:
-            token = self._read(name)
+            token = self._read(digest, seq)
             if token is not None:
+                if self.events.enabled:
+                    self._report(key, "hit", "redis")
                 return token, True
             deadline = time.monotonic() + self.max_wait
             delay = 0.005
@@ -304,29 +353,37 @@ class RedisTokenCache:
                     break
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
-                token = self._read(name)
+                token = self._read(digest, seq)
                 if token is not None:
                     return token, True
             if mine:
                 # Double check under the lock: the previous holder may have stored the value
                 # and released between our last read and our SET NX.
-                token = self._read(name)
+                token = self._read(digest, seq)
                 if token is not None:
                     self._unlock(lock, mine)
                     return token, True
         except _RedisDown:
-            return self.fallback.get_or_fetch(key, fetch)
+            return self._fallback(key, fetch)
 
+        if self.events.enabled:
+            self._report(key, "miss", "redis")
         try:
-            token = self._checked(fetch)
+            token = self._checked(fetch())
             try:
-                self._write(name, token)
+                self._write(digest, token, seq)
             except _RedisDown:
                 self.fallback.get_or_fetch(key, lambda: token)
             return token, False
         finally:
             if mine:
                 self._unlock(lock, mine)
+
+    def _fallback(self, key: CacheKey, fetch: Callable[[], TokenResponse]) -> tuple[TokenResponse, bool]:
+        token, hit = self.fallback.get_or_fetch(key, fetch)
+        if self.events.enabled:
+            self._report(key, "hit" if hit else "miss", "memory")
+        return token, hit
 
     def _unlock(self, lock: str, mine: str) -> None:
         try:
@@ -335,148 +392,68 @@ class RedisTokenCache:
             pass  # the lock expires by itself after lock_ms
 
     @staticmethod
-    def _checked(fetch: Callable[[], TokenResponse]) -> TokenResponse:
-        token = fetch()
+    def _checked(token: Any) -> TokenResponse:
         if not isinstance(token, TokenResponse):
             raise TypeError(f"fetch() returned {type(token).__name__}, not TokenResponse")
         return token
 
-    # -- async (redis.asyncio): never blocks the event loop ---------------------------------------
-    def _aredis(self) -> Any:
-        """The ``redis.asyncio`` client of the running loop, or ``None`` when one cannot be
-        built from what this cache was given (then the blocking client runs in a thread)."""
-        loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            import redis.asyncio as aredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-
-            kind, spec = self._async_spec
-            options = {**self._async_options, "retry": Retry(NoBackoff(), 0)}
-            if kind == "url":
-                client = aredis.Redis.from_url(spec, **options)
-            elif kind == "connection":
-                client = aredis.Redis(**{**options, **spec})
-            else:
-                kwargs = getattr(getattr(spec, "connection_pool", None), "connection_kwargs", None)
-                if not isinstance(kwargs, dict) or "host" not in kwargs:
-                    return None
-                client = aredis.Redis(**{k: v for k, v in kwargs.items() if k in ("host", "port", "db", "password", "username")},
-                                      **options)
-            self._async_clients[loop] = client
-        return client
-
-    async def _acall(self, doing: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if not self.available:
-            raise _RedisDown()
-        try:
-            return await fn(*args, **kwargs)
-        except self._redis_errors as exc:
-            self._failed(exc, doing)
-            raise _RedisDown() from None
-
-    async def aget_or_fetch(self, key: CacheKey, fetch: Callable[[], Any]) -> tuple[TokenResponse, bool]:
-        """:meth:`get_or_fetch` for coroutines, with ``redis.asyncio``: the same Redis lock, so
-        one exchange per key across coroutines, threads and processes; nothing blocks the loop."""
-        client = self._aredis()
-        if client is None:  # a client object we cannot mirror: its blocking calls go to a thread
-            loop = asyncio.get_running_loop()
-            return await asyncio.to_thread(
-                self.get_or_fetch, key, lambda: asyncio.run_coroutine_threadsafe(fetch(), loop).result()
-            )
-        digest = key.digest()
-        name, lock, mine = self._name(digest), f"{self.prefix}:lock:{digest}", secrets.token_hex(16)
-        try:
-            token = self._open(name, await self._acall("get", client.get, name))
-            if token is not None:
-                return token, True
-            deadline, delay = time.monotonic() + self.max_wait, 0.005
-            while not await self._acall("lock", client.set, lock, mine, nx=True, px=self.lock_ms):
-                if time.monotonic() >= deadline:  # another process's fetch takes too long: fetch here
-                    mine = ""
-                    break
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
-                token = self._open(name, await self._acall("get", client.get, name))
-                if token is not None:
-                    return token, True
-            if mine:  # the previous holder may have stored and released in between
-                token = self._open(name, await self._acall("get", client.get, name))
-                if token is not None:
-                    await self._aunlock(client, lock, mine)
-                    return token, True
-        except _RedisDown:
-            return await self.fallback.aget_or_fetch(key, fetch)
-        try:
-            token = self._checked(await fetch())
-            now = self.clock()
-            until = self.fallback.usable_until(token, now)
-            if until > now:
-                try:
-                    await self._acall("set", client.set, name, self._seal(name, token, until), px=int((until - now) * 1000))
-                except _RedisDown:
-                    await self.fallback.aget_or_fetch(key, _returning(token))
-            return token, False
-        finally:
-            if mine:
-                await self._aunlock(client, lock, mine)
-
-    async def _aunlock(self, client: Any, lock: str, mine: str) -> None:
-        try:
-            await self._acall("unlock", client.eval, _RELEASE, 1, lock, mine)
-        except _RedisDown:
-            pass  # the lock expires by itself after lock_ms
-
-    async def aclose(self) -> None:
-        client = self._async_clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
-
     def invalidate(self, key: CacheKey) -> None:
+        """Forget ``key`` here, in Redis, and (via the channel) in every process's near cache."""
+        digest = key.digest()
+        if self.near is not None:
+            self.near.drop(digest)
         self.fallback.invalidate(key)
+        if self.events.enabled:
+            self._report(key, "invalidate", "redis")
         try:
-            self._call("delete", self.redis.delete, self._name(key.digest()))
+            self._call("delete", self.redis.delete, self._name(digest))
+            self._call("publish", self.redis.publish, self.channel, digest)
         except _RedisDown:
             pass
 
     def clear(self) -> None:
         """Delete this cache's keys (``{prefix}:*``) only; never the rest of the database."""
         self.fallback.clear()
+        if self.near is not None:
+            self.near.reset(live=self.near.live)
         try:
             batch: list[Any] = []
             for name in self._call("scan", self.redis.scan_iter, match=f"{_glob_escape(self.prefix)}:*", count=500):
                 batch.append(name)
                 if len(batch) >= 500:
-                    self._call("delete", self.redis.delete, *batch)
+                    self._delete(batch)
                     batch.clear()
             if batch:
-                self._call("delete", self.redis.delete, *batch)
+                self._delete(batch)
         except _RedisDown:
             pass
         except self._redis_errors as exc:  # raised while iterating scan_iter
             self._failed(exc, "scan")
 
+    def _delete(self, names: list[Any]) -> None:
+        if self.cluster:  # keys of many slots: one DEL per key (the client routes each)
+            for name in names:
+                self._call("delete", self.redis.delete, name)
+        else:
+            self._call("delete", self.redis.delete, *names)
+
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
         try:
             self.redis.close()
         except self._redis_errors:
             pass
 
 
-def _returning(token: TokenResponse) -> Callable[[], Any]:
-    async def fetch() -> TokenResponse:
-        return token
-
-    return fetch
-
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def cache_from_env(environ: Mapping[str, str], bindings: "Bindings | None" = None) -> TokenCache:
+def cache_from_env(environ: Mapping[str, str], bindings: "Bindings | None" = None, *,
+                   events: Events = NULL_EVENTS) -> TokenCache:
     """:class:`RedisTokenCache` when ``PROPAGATION_CACHE_URL`` or a ``redis-cache`` binding
     configures one, else a :class:`MemoryTokenCache`."""
-    cache = RedisTokenCache.from_env(environ, bindings)
+    cache = RedisTokenCache.from_env(environ, bindings, events=events)
     return cache if cache is not None else MemoryTokenCache()

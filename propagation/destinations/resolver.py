@@ -12,6 +12,7 @@ from ..bindings import Bindings
 from ..errors import ConfigurationError, DestinationNotFoundError, InvalidArgumentError
 from ..rotation import Derived
 from ..tokens import UserToken
+from .env_entries import read_entries
 from .model import Destination
 
 if TYPE_CHECKING:
@@ -78,8 +79,6 @@ class DestinationResolver:
         return self._env_entries.get().destinations
 
     def _parse_env(self, bindings: Bindings) -> "EnvEntries":
-        from .env_entries import read_entries
-
         return read_entries(self.environ, bindings, cwd=self.cwd)
 
     def resolve(self, name: str, user: UserToken | None = None, options: "LookupOptions | None" = None) -> Destination:

@@ -16,6 +16,7 @@ import inspect
 from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping
 
 from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY, ENVIRON_PUBLIC_KEY, reset_current_tokens, set_current_tokens
+from .correlation import from_scope as correlation_from_scope
 from .engine import Propagator
 from .errors import InvalidTokenError
 from .inbound import Authenticated, InboundGate, PublicPaths, unauthorized
@@ -93,6 +94,7 @@ class PropagationASGIMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path") or "/"
+        correlation_from_scope(scope)
         if self.gate.is_public(path):
             await self._run(scope, receive, send, None)
             return

@@ -20,6 +20,7 @@ from .oauth import OAuthClient
 from .outbound.auth import Authorizer, OutboundAuth
 from .outbound.connectivity import MODE_ENV, Connectivity
 from .errors import ConfigurationError
+from .events import Events
 from .outbound.csrf import CookieJars, CsrfStore
 from .outbound.deadline import DEFAULT_CALL_DEADLINE
 from .outbound.plan import Plan, plan_flow
@@ -58,6 +59,7 @@ class Propagator:
         xsuaa_trust_client_id: str | None = None,
         public_clients: Any = None,
         call_deadline: float | None = None,
+        events: Events | None = None,
     ) -> None:
         self.environ: Mapping[str, str] = dict(os.environ if environ is None else environ)
         self.cwd = cwd
@@ -74,10 +76,12 @@ class Propagator:
             if hasattr(waiting, "wait_timeout"):
                 waiting.wait_timeout = self.oauth.deadline
         self.cache: TokenCache = cache
+        self._wire_events(events)
         mode = connectivity_mode or self.environ.get(MODE_ENV) or "exchange"
         self.connectivity = Connectivity(self.bindings, self.oauth, self.cache, mode)
         self.authorizer = Authorizer(self.oauth, self.cache, self.connectivity)
         self.resolver = DestinationResolver(self.environ, self.bindings, cwd=cwd, oauth=self.oauth, cache=self.cache)
+        self.resolver.events = self.events  # type: ignore[attr-defined]
         #: Seconds one call to a destination may take in all (``PROPAGATION_CALL_DEADLINE``).
         self.call_deadline = _seconds(call_deadline, self.environ.get(CALL_DEADLINE_ENV), DEFAULT_CALL_DEADLINE)
         #: Connection pools, cookie jars and CSRF tokens shared by every session and client.
@@ -93,6 +97,17 @@ class Propagator:
             "public_clients": public_clients,
         }
         self._ias_flows: Any = None
+
+    def _wire_events(self, events: Events | None) -> None:
+        """The engine's event hub (DESIGN §2c) handed to every producer; the correlation header."""
+        from .correlation import outbound_header
+        from .events.sinks import default_events
+
+        #: What the library did → sinks (OpenTelemetry, log records, the sandbox trace).
+        self.events = events if events is not None else default_events()
+        #: Outbound header carrying :func:`propagation.correlation_id` (``None``: not sent).
+        self.correlation_header = outbound_header(self.environ)
+        self.oauth.events = self.events  # type: ignore[attr-defined]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, cwd: str | os.PathLike[str] | None = None) -> "Propagator":

@@ -23,6 +23,7 @@ from ._log import logger
 from .errors import ConfigurationError, TokenExchangeError
 from .redaction import sanitize as _sanitize
 from .resilience import Breakers, resilient_flow
+from .events.instrument import traced_token_flow
 from .flow import Answer, AsyncIO, Flow, HttpCall, SyncIO, TransportFailure, run_async, run_sync
 from .tokens import fingerprint
 
@@ -315,6 +316,7 @@ class OAuthClient:
         )
         return await run_async(flow, self.aio)
 
+    @traced_token_flow
     def token_flow(
         self,
         token_url: str,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from ..bindings import Bindings
 from ..errors import ConfigurationError, DestinationNotFoundError
+from ..events.instrument import traced_resolve_flow
 from ..rotation import Derived
 from ..tokens import UserToken
 from .model import Destination
@@ -88,6 +89,7 @@ class DestinationResolver:
         io = service.oauth.io if service is not None else None
         return run_sync(self.resolve_flow(name, user, options), io)  # type: ignore[arg-type]
 
+    @traced_resolve_flow
     def resolve_flow(
         self, name: str, user: UserToken | None = None, options: "LookupOptions | None" = None
     ) -> "Flow[Destination]":

@@ -16,7 +16,7 @@ import inspect
 from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping
 
 from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY, ENVIRON_PUBLIC_KEY, reset_current_tokens, set_current_tokens
-from .correlation import from_scope as correlation_from_scope
+from .correlation import correlated_asgi
 from .engine import Propagator
 from .errors import InvalidTokenError
 from .inbound import Authenticated, InboundGate, PublicPaths, unauthorized
@@ -88,13 +88,13 @@ class PropagationASGIMiddleware:
             validate_x5t=validate_x5t,
         )
 
+    @correlated_asgi
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         path = scope.get("path") or "/"
-        correlation_from_scope(scope)
         if self.gate.is_public(path):
             await self._run(scope, receive, send, None)
             return

@@ -15,11 +15,12 @@ megabyte — is replaced by a fresh UUID.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import uuid
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from .context import CORRELATION_ID
 
@@ -31,6 +32,8 @@ __all__ = [
     "use_correlation_id",
     "from_environ",
     "from_scope",
+    "correlated_wsgi",
+    "correlated_asgi",
     "outbound_header",
     "CorrelationFilter",
 ]
@@ -78,19 +81,16 @@ def _usable(value: Any) -> str | None:
 
 
 def from_environ(environ: Mapping[str, Any]) -> str:
-    """The WSGI request's id (first usable inbound header), else a new UUID; made current."""
+    """The WSGI request's id: the first usable inbound header, else a new UUID."""
     for key in _WSGI_KEYS:
         found = _usable(environ.get(key))
         if found is not None:
-            break
-    else:
-        found = _new()
-    CORRELATION_ID.set(found)
-    return found
+            return found
+    return _new()
 
 
 def from_scope(scope: Mapping[str, Any]) -> str:
-    """The ASGI request's id (first usable inbound header), else a new UUID; made current."""
+    """The ASGI request's id: the first usable inbound header, else a new UUID."""
     headers = {bytes(k).lower(): v for k, v in scope.get("headers") or ()}
     found = None
     for key in _ASGI_KEYS:
@@ -98,9 +98,40 @@ def from_scope(scope: Mapping[str, Any]) -> str:
         found = _usable(bytes(raw).decode("latin-1")) if raw is not None else None
         if found is not None:
             break
-    found = found or _new()
-    CORRELATION_ID.set(found)
-    return found
+    return found or _new()
+
+
+def correlated_wsgi(call: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a WSGI middleware's ``__call__``: the request's id is current while it runs
+    (validation, the app, its outbound calls) and reset after. A streamed body's chunks, produced
+    after ``__call__`` returned, run without it."""
+
+    @functools.wraps(call)
+    def wrapper(self: Any, environ: Any, start_response: Any) -> Any:
+        handle = CORRELATION_ID.set(from_environ(environ))
+        try:
+            return call(self, environ, start_response)
+        finally:
+            CORRELATION_ID.reset(handle)
+
+    return wrapper
+
+
+def correlated_asgi(call: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate an ASGI middleware's ``__call__``: the request's id is current for the whole
+    request (its response is sent inside the call) and reset after."""
+
+    @functools.wraps(call)
+    async def wrapper(self: Any, scope: Any, receive: Any, send: Any) -> Any:
+        if scope.get("type") not in ("http", "websocket"):
+            return await call(self, scope, receive, send)
+        handle = CORRELATION_ID.set(from_scope(scope))
+        try:
+            return await call(self, scope, receive, send)
+        finally:
+            CORRELATION_ID.reset(handle)
+
+    return wrapper
 
 
 def outbound_header(environ: Mapping[str, str]) -> str | None:

@@ -26,6 +26,8 @@ __all__ = [
     "traced_call",
     "traced_token_flow",
     "traced_resolve_flow",
+    "traced_lookup_flow",
+    "traced_authenticate",
     "note_plan",
     "note_cache",
     "cache_point",
@@ -56,7 +58,34 @@ def safe_url(url: str) -> str:
 
 
 def _events(owner: Any) -> Events:
-    return getattr(owner, "events", None) or _HUB.get() or NULL_EVENTS
+    return (getattr(owner, "events", None) or getattr(getattr(owner, "oauth", None), "events", None)
+            or _HUB.get() or NULL_EVENTS)
+
+
+def _drive(inner: Any, event: Any) -> Any:
+    """Run the flow ``inner`` step by step inside ``event``: counts its HTTP attempts, keeps the
+    last answer's status, and notes an open breaker."""
+    attempts, value, error = 0, None, None
+    try:
+        while True:
+            try:
+                step = inner.throw(error) if error is not None else inner.send(value)
+            except StopIteration as stop:
+                return stop.value
+            if type(step).__name__ == "HttpCall":  # (flow.py imports this module)
+                attempts += 1
+            try:
+                value, error = (yield step), None
+            except Exception as exc:
+                value, error = None, exc
+            if type(value).__name__ == "Answer":
+                event.set(**{"http.response.status_code": value.status})
+    except Exception as exc:
+        if type(exc).__name__ == "CircuitOpenError":
+            event.set(**{"propagation.breaker": "open"})
+        raise
+    finally:
+        event.set(**{"propagation.attempts": attempts})
 
 
 def _reset(var: ContextVar[Any], handle: Any) -> None:
@@ -275,32 +304,65 @@ def traced_token_flow(fn: Callable[..., Any]) -> Callable[..., Any]:
         hub = _HUB.set(events)
         try:
             with events.span("token", **attrs) as event:
-                inner = fn(self, token_url, client, grant_type, form, **kw)
-                attempts, value, error = 0, None, None
-                try:
-                    while True:
-                        try:
-                            step = inner.throw(error) if error is not None else inner.send(value)
-                        except StopIteration as stop:
-                            return stop.value
-                        if type(step).__name__ == "HttpCall":  # (flow.py imports this module)
-                            attempts += 1
-                        try:
-                            value, error = (yield step), None
-                        except Exception as exc:
-                            value, error = None, exc
-                        if type(value).__name__ == "Answer":
-                            event.set(**{"http.response.status_code": value.status})
-                except Exception as exc:
-                    if type(exc).__name__ == "CircuitOpenError":
-                        event.set(**{"propagation.breaker": "open"})
-                    raise
-                finally:
-                    event.set(**{"propagation.attempts": attempts})
+                return (yield from _drive(fn(self, token_url, client, grant_type, form, **kw), event))
         finally:
             _reset(_HUB, hub)
 
     return flow
+
+
+# -- Destination-service lookups and inbound validation ----------------------------------------
+def traced_lookup_flow(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate ``DestinationService._fetch``: one ``lookup`` span per find call (destination,
+    level, tenant, user fingerprint, authentication, status, attempts)."""
+
+    @functools.wraps(fn)
+    def flow(self: Any, base: str, level: Any, tenant: Any, headers: Any, **kw: Any) -> Any:
+        events = _events(self)
+        if not events.enabled:
+            return (yield from fn(self, base, level, tenant, headers, **kw))
+        user = kw.get("user")
+        uri = getattr(getattr(self, "config", None), "uri", None)
+        attrs = {
+            "propagation.destination": base + (f"@{level}" if level else ""),
+            "server.address": urlsplit(uri).hostname if isinstance(uri, str) else None,
+            "propagation.tenant": getattr(tenant, "id", None),
+            "propagation.user.fingerprint": getattr(user, "fingerprint", None),
+            "propagation.authentication": kw.get("authentication"),
+            "propagation.lookup": "configuration" if kw.get("skip") else "tokens",
+        }
+        hub = _HUB.set(events)
+        try:
+            with events.span("lookup", **attrs) as event:
+                return (yield from _drive(fn(self, base, level, tenant, headers, **kw), event))
+        finally:
+            _reset(_HUB, hub)
+
+    return flow
+
+
+def traced_authenticate(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate ``InboundGate.authenticate`` (validation that was not answered from the cache):
+    one ``inbound`` span (token kind, tenant, user fingerprint, outcome; user name on opt-in)."""
+
+    @functools.wraps(fn)
+    def authenticate(self: Any, raw: str) -> Any:
+        events = _events(getattr(self, "propagator", None))
+        if not events.enabled:
+            return fn(self, raw)
+        from ..tokens import fingerprint
+
+        with events.span("inbound", **{"propagation.user.fingerprint": fingerprint(raw)}) as event:
+            result = fn(self, raw)
+            token = result.token
+            event.set(**{"propagation.token.kind": getattr(token, "kind", None),
+                         "propagation.tenant": getattr(token, "tenant", None),
+                         "propagation.user.fingerprint": getattr(token, "fingerprint", None),
+                         "propagation.user.name": getattr(token, "user", None),
+                         "propagation.xsuaa_exchange": result.xsuaa_token is not None or None})
+            return result
+
+    return authenticate
 
 
 # -- destination resolution -------------------------------------------------------------------

@@ -225,3 +225,25 @@ def test_attributes_shaped_like_secrets_are_refused_by_the_hub() -> None:
     named = Events([Keep()], user_names=True)
     named.point("inbound", **{"propagation.user.name": "bob"})
     assert seen[-1] == {"propagation.user.name": "bob"}
+
+
+def test_without_an_sdk_the_default_sink_is_idle_and_wakes_up_when_the_app_configures_one(
+        web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry import trace
+
+    counting_idp(web)
+    web.on("GET", "https://s4.example.com/", lambda r: (200, {}, {}))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)
+    engine = Propagator(environ={"destinations": json.dumps([DEST])}, bindings=Bindings([]), cache=MemoryTokenCache(),
+                        oauth=OAuthClient(retries=0, sleep=lambda s: None), events=Events([OTelSink()]))
+    assert not engine.events.enabled  # opentelemetry-api alone: nothing is built per call
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with propagation.use_token(user("alice")):
+        engine.session("S4").get("Items")
+        assert exporter.get_finished_spans() == ()
+        monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)  # what trace.set_tracer_provider() does
+        assert engine.events.enabled
+        engine.session("S4").get("Items")
+    assert [s.name for s in exporter.get_finished_spans()] == ["propagation.destination", "propagation.call"]

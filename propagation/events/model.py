@@ -106,19 +106,29 @@ class Events:
     def __init__(self, sinks: "tuple[Sink, ...] | list[Sink]" = (), *, user_names: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._sinks: tuple[Sink, ...] = tuple(sinks)
+        self._dynamic = any(hasattr(type(s), "active") for s in self._sinks)
         self._lock = threading.Lock()
         self.user_names = user_names
         self.clock = clock
 
     @property
     def enabled(self) -> bool:
-        """Whether any sink listens (producers may skip building attributes when not)."""
-        return bool(self._sinks)
+        """Whether any sink listens (producers may skip building attributes when not). A sink
+        with an ``active`` attribute (the OTel sink: is an SDK configured?) counts only while
+        that is true."""
+        return bool(self._live())
+
+    def _live(self) -> "tuple[Sink, ...]":
+        sinks = self._sinks
+        if not self._dynamic:
+            return sinks
+        return tuple(s for s in sinks if getattr(s, "active", True))
 
     def subscribe(self, sink: Sink) -> Callable[[], None]:
         """Add ``sink``; returns the function that removes it again."""
         with self._lock:
             self._sinks = (*self._sinks, sink)
+            self._dynamic = self._dynamic or hasattr(type(sink), "active")
 
         def unsubscribe() -> None:
             with self._lock:
@@ -130,7 +140,7 @@ class Events:
     def span(self, kind: str, **attributes: Any) -> Iterator[Event]:
         """Report a ``span`` kind around a block; an exception leaving the block ends the event
         with ``outcome="error"`` and ``error_type`` = its class name, and propagates."""
-        sinks = self._sinks
+        sinks = self._live()
         if not sinks:
             yield Event(kind, attributes)
             return
@@ -153,7 +163,7 @@ class Events:
 
     def point(self, kind: str, **attributes: Any) -> None:
         """Report a ``point`` kind (cache lookup, refusal, breaker change)."""
-        sinks = self._sinks
+        sinks = self._live()
         if not sinks:
             return
         now = self.clock()

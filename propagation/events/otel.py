@@ -43,6 +43,10 @@ _METRIC_LABELS = {
 }
 
 
+#: The API's own providers: what is installed while no SDK is configured (or it is disabled).
+_IDLE = frozenset({"ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider"})
+
+
 def _value(value: Any) -> Any:
     if isinstance(value, (str, bool, int, float)):
         return value
@@ -72,6 +76,17 @@ class OTelSink:
 
         self._context = context
         self._trace = trace
+        self._metrics = metrics
+        self._given = tracer_provider is not None or meter_provider is not None
+        # The API's globals, read directly on the hot path (the public getters cost µs each);
+        # the public getters when this API version has other names or the env picks providers.
+        import os
+
+        from opentelemetry.metrics import _internal as metrics_internal
+
+        fast = (hasattr(trace, "_TRACER_PROVIDER") and hasattr(metrics_internal, "_METER_PROVIDER")
+                and not any(k in os.environ for k in ("OTEL_PYTHON_TRACER_PROVIDER", "OTEL_PYTHON_METER_PROVIDER")))
+        self._globals = (trace, metrics_internal) if fast else None
         self._tracer = trace.get_tracer("propagation", __version__, tracer_provider)
         meter = metrics.get_meter("propagation", __version__, meter_provider)
         self._exchanges = meter.create_counter("propagation.token.requests", "{request}", "Token requests to IdPs")
@@ -81,6 +96,17 @@ class OTelSink:
         self._cache = meter.create_counter("propagation.cache.lookups", "{lookup}", "Token-cache lookups")
         self._breaker = meter.create_counter("propagation.breaker.changes", "{change}", "Circuit breaker state changes")
         self._refusals = meter.create_counter("propagation.refusals", "{refusal}", "Calls the library refused to send")
+
+    @property
+    def active(self) -> bool:
+        """False while the app has configured no SDK (the API's proxy providers are still in
+        place): then the library does not even build its events — no cost without an SDK."""
+        if self._given:
+            return True
+        if self._globals is not None:
+            return self._globals[0]._TRACER_PROVIDER is not None or self._globals[1]._METER_PROVIDER is not None
+        return (type(self._trace.get_tracer_provider()).__name__ not in _IDLE
+                or type(self._metrics.get_meter_provider()).__name__ not in _IDLE)
 
     def begin(self, event: Event) -> Any:
         span = self._tracer.start_span(f"propagation.{event.kind}", attributes=_attributes(event.attributes))

@@ -104,7 +104,7 @@ class Propagator:
         from .events.sinks import default_events
 
         #: What the library did → sinks (OpenTelemetry, log records, the sandbox trace).
-        self.events = events if events is not None else default_events()
+        self.events = events if events is not None else default_events(self.environ)
         #: Outbound header carrying :func:`propagation.correlation_id` (``None``: not sent).
         self.correlation_header = outbound_header(self.environ)
         self.oauth.events = self.events  # type: ignore[attr-defined]

@@ -247,3 +247,22 @@ def test_without_an_sdk_the_default_sink_is_idle_and_wakes_up_when_the_app_confi
         assert engine.events.enabled
         engine.session("S4").get("Items")
     assert [s.name for s in exporter.get_finished_spans()] == ["propagation.destination", "propagation.call"]
+
+
+def test_a_single_flight_waiter_is_a_cache_wait(web: Web, otel: Otel) -> None:
+    import asyncio
+
+    issued = counting_idp(web)
+    web.on("GET", "https://s4.example.com/", lambda r: (200, {}, {}))
+    engine = otel.engine()
+
+    async def main() -> None:
+        async with engine.async_client("S4") as s4:
+            with propagation.use_token(user("alice")):
+                await asyncio.gather(s4.get("Items"), s4.get("Items"))
+
+    asyncio.run(main())
+    assert len(issued) == 1
+    calls = [attrs(s)["propagation.cache"] for s in otel.named("propagation.call")]
+    assert sorted(calls) == ["miss", "wait"]
+    assert sorted((a["propagation.cache"], v) for a, v in otel.metrics()["propagation.cache.lookups"]) == [("miss", 1), ("wait", 1)]

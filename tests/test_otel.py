@@ -266,3 +266,15 @@ def test_a_single_flight_waiter_is_a_cache_wait(web: Web, otel: Otel) -> None:
     calls = [attrs(s)["propagation.cache"] for s in otel.named("propagation.call")]
     assert sorted(calls) == ["miss", "wait"]
     assert sorted((a["propagation.cache"], v) for a, v in otel.metrics()["propagation.cache.lookups"]) == [("miss", 1), ("wait", 1)]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_the_call_span_goes_out_as_w3c_traceparent_without_an_instrumented_client(web: Web, otel: Otel,
+                                                                                   transport: Transport) -> None:
+    counting_idp(web)
+    web.on("GET", "https://s4.example.com/", lambda r: (200, {}, {}))
+    with propagation.use_token(user("alice")):
+        transport.call(transport.make(otel.engine(), "S4"), "GET", "Items")
+    call = otel.named("propagation.call")[0]
+    (sent,) = web.to("https://s4.example.com/")
+    assert sent.header("traceparent") == f"00-{call.context.trace_id:032x}-{call.context.span_id:016x}-{int(call.context.trace_flags):02x}"

@@ -135,6 +135,22 @@ def _call_start(bound: Any, method: Any, kwargs: dict[str, Any]) -> tuple[Events
     return _events(engine), attrs
 
 
+def _trace_context(kwargs: dict[str, Any]) -> None:
+    """W3C ``traceparent`` (and whatever else OTel's global propagator writes) of the running
+    call span, for a backend behind no instrumented client. With
+    ``opentelemetry-instrumentation-requests``/``-httpx`` installed, their client span's context
+    replaces it when the request is sent. Not a secret: it goes with every hop, like the
+    correlation id."""
+    try:
+        from opentelemetry.propagate import inject
+    except ImportError:
+        return
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    for name, value in carrier.items():
+        kwargs["headers"] = _with_header(kwargs.get("headers"), name, value)
+
+
 def _call_end(event: Any, response: Any) -> None:
     status = getattr(response, "status_code", None)
     if status is not None:
@@ -162,6 +178,7 @@ def traced_call(fn: Callable[..., Any]) -> Callable[..., Any]:
             hub = _HUB.set(events)
             try:
                 with events.span("call", **attrs) as event:
+                    _trace_context(kwargs)
                     try:
                         response = await fn(self, method, url, *args, **kwargs)
                     except REFUSALS as exc:
@@ -182,6 +199,7 @@ def traced_call(fn: Callable[..., Any]) -> Callable[..., Any]:
         hub = _HUB.set(events)
         try:
             with events.span("call", **attrs) as event:
+                _trace_context(kwargs)
                 try:
                     response = fn(self, method, url, *args, **kwargs)
                 except REFUSALS as exc:

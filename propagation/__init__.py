@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .context import current_token, current_xsuaa_token, use_token
+from .correlation import correlation_id, use_correlation_id
 from .errors import (
     ConfigurationError,
     DestinationNotFoundError,
@@ -54,6 +55,8 @@ __all__ = [
     "async_client",
     "async_headers",
     "destinations",
+    "correlation_id",
+    "use_correlation_id",
 ]
 
 

@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping
 
 from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY, ENVIRON_PUBLIC_KEY, reset_current_tokens, set_current_tokens
 from .checks import built_from_env, startup_check
+from .correlation import correlated_asgi
 from .engine import Propagator
 from .errors import InvalidTokenError
 from .inbound import Authenticated, InboundGate, PublicPaths, unauthorized
@@ -97,6 +98,7 @@ class PropagationASGIMiddleware:
             cors_preflight=cors_preflight,
         )
 
+    @correlated_asgi
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
         if kind not in ("http", "websocket"):

@@ -20,6 +20,7 @@ __all__ = [
     "reset_current",
     "set_current_tokens",
     "reset_current_tokens",
+    "CORRELATION_ID",
 ]
 
 #: WSGI environ / ASGI scope key holding the validated inbound :class:`UserToken`.
@@ -37,6 +38,9 @@ _NONE: _Tokens = (None, None)
 _current: ContextVar[_Tokens] = ContextVar("propagation.current_tokens", default=_NONE)
 
 CurrentHandle = Token[_Tokens]
+
+#: The running request's correlation id (see :mod:`propagation.correlation`), else ``None``.
+CORRELATION_ID: ContextVar["str | None"] = ContextVar("propagation.correlation_id", default=None)
 
 #: The variable itself, for the middlewares' per-request and per-chunk hot path (a direct
 #: ``set``/``reset`` of a prepared ``(token, xsuaa_token)`` pair costs no function call).

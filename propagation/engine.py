@@ -20,6 +20,7 @@ from .exchange.oauth import OAuthClient
 from .outbound.auth import Authorizer, OutboundAuth
 from .outbound.connectivity import MODE_ENV, Connectivity
 from .errors import ConfigurationError
+from .events import Events
 from .outbound.csrf import CookieJars, CsrfStore
 from .outbound.deadline import DEFAULT_CALL_DEADLINE
 from .outbound.loopcheck import check_blocking
@@ -63,6 +64,7 @@ class Propagator:
         public_clients: Any = None,
         call_deadline: float | None = None,
         clock_skew_leeway: float | str | None = None,
+        events: Events | None = None,
     ) -> None:
         self.environ: Mapping[str, str] = dict(os.environ if environ is None else environ)
         self.cwd = cwd
@@ -79,10 +81,12 @@ class Propagator:
             if hasattr(waiting, "wait_timeout"):
                 waiting.wait_timeout = self.oauth.deadline
         self.cache: TokenCache = cache
+        self._wire_events(events)
         mode = connectivity_mode or self.environ.get(MODE_ENV) or "exchange"
         self.connectivity = Connectivity(self.bindings, self.oauth, self.cache, mode)
         self.authorizer = Authorizer(self.oauth, self.cache, self.connectivity)
         self.resolver = DestinationResolver(self.environ, self.bindings, cwd=cwd, oauth=self.oauth, cache=self.cache)
+        self.resolver.events = self.events  # type: ignore[attr-defined]
         #: Seconds one call to a destination may take in all (``PROPAGATION_CALL_DEADLINE``).
         self.call_deadline = _seconds(call_deadline, self.environ.get(CALL_DEADLINE_ENV), DEFAULT_CALL_DEADLINE)
         #: Connection pools, cookie jars and CSRF tokens shared by every session and client.
@@ -106,6 +110,17 @@ class Propagator:
         }
         self._ias_flows: Any = None
         self._warm = False
+
+    def _wire_events(self, events: Events | None) -> None:
+        """The engine's event hub (DESIGN §2c) handed to every producer; the correlation header."""
+        from .correlation import outbound_header
+        from .events.sinks import default_events
+
+        #: What the library did → sinks (OpenTelemetry, log records, the sandbox trace).
+        self.events = events if events is not None else default_events(self.environ)
+        #: Outbound header carrying :func:`propagation.correlation_id` (``None``: not sent).
+        self.correlation_header = outbound_header(self.environ)
+        self.oauth.events = self.events  # type: ignore[attr-defined]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, cwd: str | os.PathLike[str] | None = None) -> "Propagator":

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from .context import CURRENT_TOKENS as _VAR
 from .context import ENVIRON_EXCHANGED_KEY, ENVIRON_KEY, ENVIRON_PUBLIC_KEY
 from .checks import built_from_env, startup_check
+from .correlation import correlated_wsgi
 from .engine import Propagator
 from .errors import InvalidTokenError
 from .inbound import InboundGate, PublicPaths, unauthorized
@@ -128,6 +129,7 @@ class PropagationMiddleware:
     def require_token(self) -> bool:
         return self.gate.require_token
 
+    @correlated_wsgi
     def __call__(self, environ: "WSGIEnvironment", start_response: "StartResponse") -> Iterable[bytes]:
         if self._has_public_paths and self.gate.is_public(environ.get("PATH_INFO") or "/"):
             return self._run(environ, start_response, _ANONYMOUS)

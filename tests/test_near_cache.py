@@ -242,10 +242,10 @@ def test_cache_events_name_the_layer(single):
     other.get_or_fetch(key(user="fp-bob"), lambda: token())
     cache.get_or_fetch(key(user="fp-bob"), lambda: token())  # Redis hit
     cache.invalidate(key())
-    got = [(e.kind, e.attributes["propagation.caches.memory"], e.attributes["propagation.caches.memory.layer"]) for e in seen]
+    got = [(e.kind, e.attributes["propagation.cache"], e.attributes["propagation.cache.layer"]) for e in seen]
     assert got == [("cache", "miss", "redis"), ("cache", "hit", "near"), ("cache", "hit", "redis"),
                    ("cache", "invalidate", "redis")]
-    assert seen[0].attributes == {"propagation.caches.memory": "miss", "propagation.caches.memory.layer": "redis",
+    assert seen[0].attributes == {"propagation.cache": "miss", "propagation.cache.layer": "redis",
                                   "propagation.destination": "S4", "propagation.grant": "jwt-bearer",
                                   "propagation.tenant": "t1", "propagation.user.fingerprint": "fp-alice"}
     cache.close()

@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
 
 from .._log import logger
 from ..errors import TokenExchangeError
+from ..events.instrument import note_cache
 from ..exchange.oauth import TokenResponse
 
 __all__ = ["CacheKey", "TokenCache", "MemoryTokenCache"]
@@ -353,6 +354,7 @@ class MemoryTokenCache:
 
     @staticmethod
     def _log(key: CacheKey, event: str) -> None:
+        note_cache(event)
         logger.debug(
             "token cache %s destination=%s grant=%s client=%s tenant=%s user=%s",
             event, key.destination, key.grant, key.client, key.tenant, key.user,

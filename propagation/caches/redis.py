@@ -217,7 +217,7 @@ class RedisTokenCache(AsyncRedisMixin):
 
     def _report(self, key: CacheKey, what: str, layer: str) -> None:
         self.events.point("cache", **{
-            "propagation.caches.memory": what, "propagation.caches.memory.layer": layer, "propagation.destination": key.destination,
+            "propagation.cache": what, "propagation.cache.layer": layer, "propagation.destination": key.destination,
             "propagation.grant": key.grant, "propagation.tenant": key.tenant, "propagation.user.fingerprint": key.user})
 
     # -- near cache -------------------------------------------------------------------------------

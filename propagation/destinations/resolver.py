@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from ..bindings import Bindings
 from ..errors import ConfigurationError, DestinationNotFoundError, InvalidArgumentError
+from ..events.instrument import traced_resolve_flow
 from ..rotation import Derived
 from ..tokens import UserToken
 from .env_entries import read_entries
@@ -89,6 +90,7 @@ class DestinationResolver:
         io = service.oauth.io if service is not None else None
         return run_sync(self.resolve_flow(name, user, options), io)  # type: ignore[arg-type]
 
+    @traced_resolve_flow
     def resolve_flow(
         self, name: str, user: UserToken | None = None, options: "LookupOptions | None" = None
     ) -> "Flow[Destination]":

@@ -64,6 +64,7 @@ from .._log import logger
 from ..bindings import Bindings
 from ..caches.memory import CacheKey, TokenCache
 from ..errors import ConfigurationError, DestinationNotFoundError, TokenExchangeError
+from ..events.instrument import traced_lookup_flow
 from ..exchange.flow import Cached, Flow, Invalidate, run_sync
 from ..exchange.oauth import OAuthClient, TokenResponse, _expires_in
 from ..tokens import UserToken
@@ -354,6 +355,7 @@ class DestinationService:
         )
         return json.loads(cached.access_token), key
 
+    @traced_lookup_flow
     def _fetch(
         self,
         base: str,

@@ -19,6 +19,7 @@ the flow — not the executor — decides what is retried.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import functools
 import os
@@ -31,6 +32,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator, Mapping, Protocol, TypeVar
 
+from ..events.instrument import cache_point
 from . import peer_json
 
 if TYPE_CHECKING:
@@ -261,7 +263,7 @@ class SyncIO:
             return self._http(call, left)
         import concurrent.futures
 
-        future = self.workers.submit(self._http, call, left)
+        future = self.workers.submit(contextvars.copy_context().run, self._http, call, left)  # spans nest
         try:
             return future.result(timeout=left)  # type: ignore[no-any-return]
         except concurrent.futures.TimeoutError:
@@ -392,6 +394,7 @@ def _drive_sync(flow: "Flow[T]", io: SyncIO) -> T:
                 io.sleep(step.seconds)
             elif isinstance(step, Cached):
                 value = step.cache.get_or_fetch(step.key, lambda s=step: _capped(run_sync(s.fetch(), io), s.not_after))
+                cache_point(step, value)
             elif isinstance(step, Invalidate):
                 step.cache.invalidate(step.key)
             else:  # pragma: no cover - a programming error
@@ -426,6 +429,7 @@ async def _drive_async(flow: "Flow[T]", io: AsyncIO) -> T:
                 await io.sleep(step.seconds)
             elif isinstance(step, Cached):
                 value = await aget_or_fetch(step.cache, step.key, lambda s=step: _acapped(run_async(s.fetch(), io), s.not_after))
+                cache_point(step, value)
             elif isinstance(step, Invalidate):
                 ainvalidate = getattr(step.cache, "ainvalidate", None)
                 if ainvalidate is not None:

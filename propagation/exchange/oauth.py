@@ -25,6 +25,7 @@ from .http_headers import checked_header as _checked
 from . import peer_json
 from .redaction import sanitize as _sanitize
 from .resilience import Breakers, resilient_flow
+from ..events.instrument import traced_token_flow
 from .flow import Answer, AsyncIO, Flow, HttpCall, SyncIO, TransportFailure, run_async, run_sync
 from ..tokens import fingerprint
 
@@ -322,6 +323,7 @@ class OAuthClient:
         )
         return await run_async(flow, self.aio)
 
+    @traced_token_flow
     def token_flow(
         self,
         token_url: str,

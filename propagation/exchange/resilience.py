@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from .._log import logger
 from ..errors import TokenExchangeError
+from ..events.instrument import breaker_changed
 from .flow import Answer, Flow, HttpCall, Sleep, TransportFailure
 
 __all__ = ["Breakers", "CircuitOpenError", "resilient_flow"]
@@ -71,6 +72,7 @@ class Breakers:
             if waited >= self.cooldown and not state.probing:
                 state.probing = True  # this caller is the probe
                 logger.info("breaker %s: cool-down over, letting one probe through", _name(key))
+                breaker_changed(key, "half-open")
                 return True
             remaining = max(self.cooldown - waited, 0.0)
         raise CircuitOpenError(
@@ -92,6 +94,7 @@ class Breakers:
             state = self._states.pop(key, None)
         if state is not None and state.opened_at is not None:
             logger.info("breaker %s: closed again (the peer answered)", _name(key))
+            breaker_changed(key, "closed")
 
     def failure(self, key: Any) -> None:
         if self.threshold <= 0:
@@ -104,6 +107,7 @@ class Breakers:
             if state.opened_at is None and state.failures < self.threshold:
                 return
             state.opened_at = self.clock()
+        breaker_changed(key, "open")
         logger.warning("breaker %s: %s; failing fast for %.0f s", _name(key),
                        "probe failed, open again" if reopened else f"open after {self.threshold} consecutive failures",
                        self.cooldown)

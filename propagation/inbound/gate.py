@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from .._log import logger
 from ..errors import InvalidTokenError
+from ..events.instrument import traced_authenticate
 from ..tokens import MAX_TOKEN_LENGTH, UserToken
 from .ias_flows import IasFlows
 from .public_paths import PublicPaths
@@ -178,6 +179,7 @@ class InboundGate:
             logger.error("inbound token %s: validator failed (%s)", _fingerprint(raw), type(exc).__name__)
             raise InvalidTokenError("Token could not be validated.") from None
 
+    @traced_authenticate
     def authenticate(self, raw: str) -> Authenticated:
         """:meth:`validate` plus the IAS flows when on; same error contract. A technical
         token (no user: XSUAA or IAS client credentials) is refused unless ``allow_technical``."""

@@ -26,6 +26,7 @@ from ..destinations.lookup import LookupOptions
 from .deadline import deadline
 from .loopcheck import Pending, check_blocking
 from .plan import Engine, Plan, PoolKey, is_protected, origin, plan_flow
+from ..events.instrument import note_csrf_fetch, note_reexchange, traced_call
 
 __all__ = ["DestinationClient", "AsyncDestinationClient", "PlanAuth"]
 
@@ -122,6 +123,7 @@ class PlanAuth(httpx.Auth):
             "destination=%s answered %d: dropping cached %s token and retrying once",
             plan.destination.name, response.status_code, "proxy" if response.status_code == 407 else "destination",
         )
+        note_reexchange(response.status_code)
         fresh: Plan = yield _Replan(plan, response.status_code)
         request.extensions = {**request.extensions, PLAN: fresh}
         _apply(request, fresh, jar)
@@ -138,6 +140,7 @@ class PlanAuth(httpx.Auth):
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
             if isinstance(step, Fetch):
+                note_csrf_fetch()
                 fetch = httpx.Request(step.method, step.root, params=plan.params, headers={CSRF_HEADER: "Fetch"},
                                       extensions=request.extensions)
                 _apply(fetch, plan, jar)
@@ -330,6 +333,7 @@ class DestinationClient(_Bound, httpx.Client):
     def __repr__(self) -> str:
         return f"DestinationClient(name={self.name!r})"
 
+    @traced_call
     def request(self, method: str, url: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
         check_blocking("client(...)", "propagation.async_client(...) with await", self.engine.environ)
         plan = run_sync(self._flow(method, url), self.engine.oauth.io)
@@ -368,6 +372,7 @@ class AsyncDestinationClient(_Bound, httpx.AsyncClient):
         the fix when it is used like a response from sync code)."""
         return Pending(self._arequest(method, url, **kwargs), "request")
 
+    @traced_call
     async def _arequest(self, method: str, url: Any, **kwargs: Any) -> httpx.Response:
         plan = await run_async(self._flow(method, url), self.engine.oauth.aio)
         with deadline(self.engine.call_deadline):

@@ -31,6 +31,7 @@ from .auth import Authorizer, OutboundAuth
 from .csrf import MODIFYING_METHODS, CookieJars, CsrfStore
 
 from .pools import PoolKey, Pools
+from ..events.instrument import note_plan
 
 __all__ = ["Engine", "Plan", "PoolKey", "plan_flow", "join_url", "origin", "DEFAULT_TIMEOUT", "is_protected"]
 
@@ -159,6 +160,7 @@ def plan_flow(
     ``lookup``: selection, fragment… of a Destination service lookup."""
     destination = yield from engine.resolver.resolve_flow(name, user, lookup)
     target = join_url(destination.url, url)
+    note_plan(destination, user, target)
     scheme, host, port = origin(target)
     if origin(target) != origin(destination.url):
         # Elsewhere: nothing of the destination's goes with it.

@@ -30,6 +30,7 @@ from ..destinations.lookup import LookupOptions
 from .deadline import DEADLINE
 from .loopcheck import check_blocking
 from .plan import Engine, Plan, is_protected, origin, plan_flow
+from ..events.instrument import note_csrf_fetch, note_reexchange, traced_call
 
 __all__ = ["DestinationSession", "PlanAuth"]
 
@@ -80,6 +81,7 @@ class PlanAuth(AuthBase):
             response.status_code,
             "proxy" if response.status_code == 407 else "destination",
         )
+        note_reexchange(response.status_code)
         self.session.propagator.cache.invalidate(stale)
         response.content  # consume so the connection can be reused
         response.close()
@@ -171,6 +173,7 @@ class DestinationSession(requests.Session):
         self.propagator.cookie_jars.replace(self.name, user.fingerprint if user is not None else None, jar)
 
     # -- requests.Session overrides ---------------------------------------------------------
+    @traced_call
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         check_blocking("session(...)", "propagation.async_client(...) with await", self.propagator.environ)
         method = method.decode() if isinstance(method, bytes) else method
@@ -231,6 +234,7 @@ class DestinationSession(requests.Session):
                     answer.history.insert(0, step.first)
 
     def _fetch_csrf(self, plan: Plan, step: Fetch) -> requests.Response:
+        note_csrf_fetch()
         kwargs: dict[str, Any] = {
             "headers": {CSRF_HEADER: "Fetch"},
             "params": dict(plan.params),

@@ -22,6 +22,7 @@ from typing import Any, Callable, TextIO
 
 import requests
 
+from ..events.trace import TRACE_ENV
 from ..tokens import fingerprint
 from .client import password_login
 from .ports import free_port
@@ -131,6 +132,8 @@ class Seen:
     calls: list[Any]
     traffic: list[Any]
     forwarded: list[Forwarded]
+    #: The app's own trace lines for this call (its engine's events: ``PROPAGATION_TRACE``).
+    library: list[str] = field(default_factory=list)
 
     def token_requests(self, **where: Any) -> list[Any]:
         return [e for e in self.exchanges if all(getattr(e, k) == v for k, v in where.items())]
@@ -169,6 +172,8 @@ class Demo:
         self.http = requests.Session()
         self.http.trust_env = False  # the app is plain HTTP on loopback
         self.tokens: dict[str, str] = {}
+        #: Where the app appends its trace lines (``PROPAGATION_TRACE``), if it does.
+        self.events_file: Path | None = None
 
     def say(self, line: str = "") -> None:
         print(line, file=self.out, flush=True)
@@ -179,6 +184,7 @@ class Demo:
         slice from before to after is exactly this step's; the demo calls one at a time)."""
         ls = self.landscape
         marks = len(ls.exchanges), len(ls.calls), len(ls.traffic), len(self.proxy.forwarded)
+        offset = self._events_size()
         r = action()
         status, text, body = 0, "", None
         if r is not None:
@@ -189,7 +195,25 @@ class Demo:
                 pass
             self.responses.append(text)
         return Seen(status, text, body, list(ls.exchanges[marks[0]:]), list(ls.calls[marks[1]:]),
-                    list(ls.traffic[marks[2]:]), list(self.proxy.forwarded[marks[3]:]))
+                    list(ls.traffic[marks[2]:]), list(self.proxy.forwarded[marks[3]:]), self._events_since(offset))
+
+    def _events_size(self) -> int:
+        try:
+            return self.events_file.stat().st_size if self.events_file is not None else 0
+        except OSError:
+            return 0
+
+    def _events_since(self, offset: int) -> list[str]:
+        """The app's trace lines written since ``offset`` (time stamp and ``lib`` label cut)."""
+        if self.events_file is None:
+            return []
+        try:
+            with open(self.events_file, "rb") as handle:
+                handle.seek(offset)
+                text = handle.read().decode("utf-8", errors="replace")
+        except OSError:
+            return []
+        return [line.split(None, 2)[2] for line in text.splitlines() if len(line.split(None, 2)) == 3]
 
     def call(self, method: str, path: str, user: str | None = None, **kwargs: Any) -> Seen:
         headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
@@ -199,6 +223,8 @@ class Demo:
         """The chain of one call, from the records: inbound → keys → lookups → exchanges → proxy → backend."""
         if user:
             self.say(f"    inbound    {user} {fp(self.tokens[user])} (XSUAA user token, client {self.landscape.app_client})")
+        for line in seen.library:  # what the library did, from its events (the same lines as exec --trace)
+            self.say(f"    library    {_redact(line)}")
         for t in seen.traffic:
             if t.url.endswith("/token_keys") or t.url.endswith("/oauth2/certs"):
                 self.say(f"    keys       GET {t.url} -> {t.status} (sap-xssec verifies the inbound token)")
@@ -403,8 +429,10 @@ def run_demo(app: Path | None = None, *, timeout: float = 30.0, out: TextIO | No
     with Sandbox() as sandbox:
         for name, url in sandbox.urls().items():
             print(f"  {name:<19} {url}", file=out)
-        with AppProcess(app, {**os.environ, **sandbox.environ()}, sandbox.directory) as api:
+        events_file = Path(sandbox.directory) / "events.log"
+        with AppProcess(app, {**os.environ, **sandbox.environ(), TRACE_ENV: str(events_file)}, sandbox.directory) as api:
             demo = Demo(sandbox, api.url, out)
+            demo.events_file = events_file
             try:
                 took = api.wait_healthy(demo.http, timeout)
             except RuntimeError as exc:

@@ -2,20 +2,26 @@
 lookup, proxy hop and backend call, printed as it happens — the tool for a call that
 "should be alice" and is not. Built from the landscape's records (so it shows exactly what
 the emulated services saw) and the proxy's forwarding records; tokens as fingerprints only.
+Under ``exec --trace`` the app's own engine adds the library's side — ``lib`` lines from its
+events (:mod:`propagation.events.trace`, the same events its OpenTelemetry spans come from).
 
     12:00:01.204 token   xsuaa jwt-bearer  client=sb-connectivity-instance!b137 user=alice tenant=provider -> 200 assertion #1a2b.. issued #3c4d.. [xsuaa#2]
     12:00:01.231 proxy   GET http://s4-virtual:44300/sap/... location=LOC1 proxy-token #3c4d.. -> forwarded to the Cloud Connector [connectivity-proxy#1]
     12:00:01.233 backend onprem GET /sap/... user=alice carried-by=proxy-token tenant=provider -> 200 [connectivity-proxy#1]
+    12:00:01.240 lib     call S4 GET https://s4-virtual:44300/sap/... auth=PrincipalPropagation location=LOC1 user=#1a2b3c4d5e6f -> 200 (38.0 ms)
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Callable, TextIO
 from urllib.parse import unquote
 
-__all__ = ["format_record", "Tracer"]
+from ..events.trace import TRACE_ENV, TraceSink, format_event
+
+__all__ = ["format_record", "format_event", "Tracer", "TraceSink"]
 
 _SERVICES = {"destination": "lookup", "connectivity-proxy": "proxy", "onprem": "backend", "backend": "backend",
              "iflow": "backend"}
@@ -88,8 +94,13 @@ class Tracer:
             print(f"{_stamp(self.clock())} {line}", file=self.out, flush=True)
 
     def attach(self, sandbox: Any) -> Callable[[], None]:
-        """Subscribe to the sandbox's landscape and proxy; returns the unsubscriber."""
+        """Subscribe to the sandbox's landscape and proxy; returns the unsubscriber. Processes
+        started after this (``exec``'s command) print the library's own lines too: their
+        engine's events, through ``PROPAGATION_TRACE`` (unless it is set already)."""
         undo: list[Callable[[], None]] = []
+        if TRACE_ENV not in os.environ:
+            os.environ[TRACE_ENV] = "stderr"
+            undo.append(lambda: os.environ.pop(TRACE_ENV, None))
         observe = getattr(sandbox.landscape, "observe", None)
         if observe is not None:
             undo.append(observe(self))

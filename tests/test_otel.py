@@ -177,7 +177,9 @@ def test_an_idp_outage_opens_the_breaker_and_the_next_call_fails_fast(web: Web, 
         (1, 503, "closed"), (1, 503, "open"), (0, None, "open")]
     assert [t["error.type"] for t in tokens] == ["TokenExchangeError", "TokenExchangeError", "CircuitOpenError"]
     breaker_events = [dict(e.attributes or {}) for s in otel.named("propagation.token") for e in s.events]
-    assert breaker_events == [{"propagation.breaker": "open", "server.address": "idp.example.com"}]
+    # breakers are per (host, tenant): the event names both; the metric's labels never a tenant
+    assert breaker_events == [{"propagation.breaker": "open", "server.address": "idp.example.com",
+                               "propagation.tenant": "provider-zid"}]
     assert otel.metrics()["propagation.breaker.changes"] == [
         ({"propagation.breaker": "open", "server.address": "idp.example.com"}, 1)]
     outcomes = sorted((a["propagation.outcome"], v) for a, v in otel.metrics()["propagation.token.requests"])

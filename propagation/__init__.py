@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING, Any
 from .context import current_token, current_xsuaa_token, use_token
 from .correlation import correlation_id, use_correlation_id
 from .errors import (
+    BlockingCallError,
     ConfigurationError,
     DestinationNotFoundError,
+    InvalidArgumentError,
     InvalidTokenError,
     MissingUserTokenError,
     PathOutsideDestinationError,
+    PeerAnswerError,
     PropagationError,
     TokenExchangeError,
 )
@@ -51,6 +54,9 @@ __all__ = [
     "DestinationNotFoundError",
     "ConfigurationError",
     "PathOutsideDestinationError",
+    "InvalidArgumentError",
+    "PeerAnswerError",
+    "BlockingCallError",
     "client",
     "async_client",
     "async_headers",

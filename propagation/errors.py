@@ -18,6 +18,8 @@ __all__ = [
     "ConfigurationError",
     "PathOutsideDestinationError",
     "InvalidArgumentError",
+    "PeerAnswerError",
+    "BlockingCallError",
 ]
 
 

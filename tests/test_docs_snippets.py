@@ -262,8 +262,21 @@ def run(code: str, name: str, namespace: dict[str, Any]) -> None:
         exec(compiled, namespace)
 
 
+@pytest.fixture
+def logging_levels() -> Any:
+    """A snippet may set logger levels (the logging page does): give them back, so no later test
+    runs with, e.g., the library's DEBUG event records switched on."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)] + [logging.getLogger()]
+    levels = [(logger, logger.level) for logger in loggers]
+    yield
+    for logger, level in levels:
+        logger.setLevel(level)
+
+
 @pytest.mark.parametrize("block", [pytest.param(b, id=b.id) for b in EXECUTED])
-def test_snippet_runs(block: Block, landscape: Any) -> None:
+def test_snippet_runs(block: Block, landscape: Any, logging_levels: Any) -> None:
     check = block.marker[1] if block.marker else None
     namespace: dict[str, Any] = {"__name__": f"docs_snippet_{block.line}",
                                  "raw_jwt": landscape.user_token("alice", scopes=["Read"]),

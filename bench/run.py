@@ -8,7 +8,7 @@ Sections:
 
 (a) inbound: requests/s of a small Flask app called as a WSGI loop — bare, under
     ``PropagationMiddleware`` with a repeated valid token, and validating with sap-xssec on
-    every request (naive). Target: middleware >= 0.85 x bare.
+    every request (naive). Target: middleware >= 0.95 x bare (issue 18).
 (b) outbound cache hit: ``session(name).get`` vs plain ``requests.Session.get`` against a
     loopback server. Target: <= 1.10 x the plain time per call.
 (c) 64 threads, U users x 3 destinations, thousands of requests: exactly U x 3 exchanges,
@@ -150,7 +150,7 @@ def inbound(quick: bool) -> None:
     ratio = rates["middleware"] / rates["bare"]
     print(f"        middleware overhead {1e6 / rates['middleware'] - 1e6 / rates['bare']:.1f} us/req")
     print(f"        naive / bare = {rates['naive'] / rates['bare']:.3f}; middleware / naive = {rates['middleware'] / rates['naive']:.1f}x")
-    verdict("middleware >= 0.85 x bare", ratio >= 0.85, f"{ratio:.3f} x bare")
+    verdict("middleware >= 0.95 x bare", ratio >= 0.95, f"{ratio:.3f} x bare")
 
 
 # -- (b) outbound cache hit ---------------------------------------------------------------------

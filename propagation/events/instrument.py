@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from ..context import CORRELATION_ID
+from ..correlation import correlation_id
 from ..errors import MissingUserTokenError, PathOutsideDestinationError
 from .model import NULL_EVENTS, Events, annotate, current_event
 
@@ -127,7 +127,7 @@ def _with_header(headers: Any, name: str, value: str) -> Any:
 def _call_start(bound: Any, method: Any, kwargs: dict[str, Any]) -> tuple[Events, dict[str, Any]]:
     engine = getattr(bound, "propagator", None) or getattr(bound, "engine", None)
     header = getattr(engine, "correlation_header", "X-CorrelationID")
-    cid = CORRELATION_ID.get()
+    cid = correlation_id()
     if header and cid:
         kwargs["headers"] = _with_header(kwargs.get("headers"), header, cid)
     attrs = {"propagation.destination": bound.name, "http.request.method": str(method).upper(),

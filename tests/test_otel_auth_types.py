@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -22,7 +22,7 @@ from propagation.exchange.oauth import OAuthClient
 from propagation.exchange.redaction import encodings
 from propagation.tokens import fingerprint
 
-from test_otel import Otel, attrs
+from test_otel import Otel, attrs, otel  # noqa: F401  (fixture)
 from test_outbound_core import TRANSPORTS, Req, Transport, Web, user, web  # noqa: F401  (fixture)
 
 CLIENT_SECRET = "cs-SECRET-4711"
@@ -38,14 +38,6 @@ CASES = [
     pytest.param("OAuth2UserTokenExchange", IDP, "jwt-bearer", id="OAuth2UserTokenExchange"),
     pytest.param("OAuth2TokenExchange", IDP, "token-exchange", id="OAuth2TokenExchange"),
 ]
-
-
-@pytest.fixture
-def otel() -> Iterator[Otel]:
-    kit = Otel()
-    yield kit
-    kit.tracer_provider.shutdown()
-    kit.meter_provider.shutdown()
 
 
 def engine(otel: Otel, authentication: str, properties: dict[str, Any]) -> Propagator:

@@ -85,3 +85,38 @@ def test_one_call_as_alice_per_authentication_type(web: Web, otel: Otel, transpo
     basic = base64.b64encode(f"u:{PASSWORD}".encode()).decode()
     for variant in encodings((alice, alice.split(".")[1], CLIENT_SECRET, PASSWORD, basic, "at-SECRET-1")):
         assert not [d for d in exported if variant in d], variant
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_one_on_premise_call_as_alice_principal_propagation(web: Web, otel: Otel, transport: Transport) -> None:
+    """PrincipalPropagation through the Connectivity proxy: the token span is the connectivity
+    jwt-bearer exchange for alice, the call span says OnPremise — and no proxy token is exported."""
+    from test_connectivity import CONN_SECRET, CONN_TOKEN_URL, ONPREM, connectivity_binding
+
+    issued: list[Req] = []
+
+    def token(req: Req) -> tuple[int, dict[str, str], Any]:
+        issued.append(req)
+        return 200, {}, {"access_token": f"px-SECRET-{len(issued)}", "expires_in": 3600}
+
+    web.on("POST", CONN_TOKEN_URL, token)
+    web.on("GET", "http://s4-virtual:44300/", lambda r: (200, {}, {}))
+    dest = {"name": "S4", "url": ONPREM, "Authentication": "PrincipalPropagation", "ProxyType": "OnPremise"}
+    eng = Propagator(environ={"destinations": json.dumps([dest])}, bindings=Bindings([connectivity_binding()]),
+                     cache=MemoryTokenCache(), oauth=OAuthClient(retries=0, sleep=lambda s: None), events=Events([otel.sink]))
+    alice = user("alice")
+    with propagation.use_token(alice):
+        assert transport.call(transport.make(eng, "S4"), "GET", "Items").status_code == 200
+    assert otel.tree() == [("propagation.destination", "propagation.call"), ("propagation.token", "propagation.call"),
+                           ("propagation.call", None)]
+    [call] = otel.named("propagation.call")
+    assert attrs(call)["propagation.authentication"] == "PrincipalPropagation"
+    assert attrs(call)["propagation.proxy_type"] == "OnPremise"
+    [token_span] = otel.named("propagation.token")
+    assert attrs(token_span)["propagation.grant"] == "jwt-bearer"
+    assert attrs(token_span)["propagation.user.fingerprint"] == fingerprint(alice)
+    assert [r.form["grant_type"].rpartition(":")[2] for r in issued] == ["jwt-bearer"]
+    exported = [json.dumps([attrs(s), [dict(e.attributes or {}) for e in s.events]]) for s in otel.spans]
+    exported.append(json.dumps(otel.metrics(), default=str))
+    for variant in encodings((alice, alice.split(".")[1], CONN_SECRET, "px-SECRET-1")):
+        assert not [d for d in exported if variant in d], variant

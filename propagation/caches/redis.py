@@ -391,20 +391,21 @@ class RedisTokenCache(AsyncRedisMixin):
         except _RedisDown:
             pass  # the lock expires by itself after lock_ms
 
-    @staticmethod
-    def _checked(token: Any) -> TokenResponse:
-        if not isinstance(token, TokenResponse):
-            raise TypeError(f"fetch() returned {type(token).__name__}, not TokenResponse")
-        return token
+    _checked = staticmethod(MemoryTokenCache._checked)  # one check of what fetch() returned
 
-    def invalidate(self, key: CacheKey) -> None:
-        """Forget ``key`` here, in Redis, and (via the channel) in every process's near cache."""
+    def _forget_here(self, key: CacheKey) -> str:
+        """The in-process half of an invalidation (near cache, fallback, event); the digest."""
         digest = key.digest()
         if self.near is not None:
             self.near.drop(digest)
         self.fallback.invalidate(key)
         if self.events.enabled:
             self._report(key, "invalidate", "redis")
+        return digest
+
+    def invalidate(self, key: CacheKey) -> None:
+        """Forget ``key`` here, in Redis, and (via the channel) in every process's near cache."""
+        digest = self._forget_here(key)
         try:
             self._call("delete", self.redis.delete, self._name(digest))
             self._call("publish", self.redis.publish, self.channel, digest)

@@ -66,6 +66,7 @@ class AsyncRedisMixin:
         def _report(self, key: CacheKey, what: str, layer: str) -> None: ...
         @staticmethod
         def _checked(token: Any) -> TokenResponse: ...
+        def _forget_here(self, key: CacheKey) -> str: ...
         def get_or_fetch(self, key: CacheKey, fetch: Callable[[], TokenResponse]) -> tuple[TokenResponse, bool]: ...
         def invalidate(self, key: CacheKey) -> None: ...
 
@@ -186,12 +187,7 @@ class AsyncRedisMixin:
         if client is None:
             await asyncio.to_thread(self.invalidate, key)
             return
-        digest = key.digest()
-        if self.near is not None:
-            self.near.drop(digest)
-        self.fallback.invalidate(key)
-        if self.events.enabled:
-            self._report(key, "invalidate", "redis")
+        digest = self._forget_here(key)
         try:
             await self._acall("delete", client.delete, self._name(digest))
             await self._acall("publish", client.publish, self.channel, digest)

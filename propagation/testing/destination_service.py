@@ -262,19 +262,26 @@ class _DestinationService(_DestinationTokens):
             return _json(401, {"ErrorMessage": "Unauthorized"}, {"WWW-Authenticate": 'Bearer realm="destination"'})
         return verified, raw
 
-    def _destination_list(self, request: Request, path: str, level: str) -> Response:
-        """A list API: the configurations at ``level`` of the caller's tenant (an array, maybe empty)."""
-        query = {k: v[0] for k, v in parse_qs(urlsplit(request.url).query, keep_blank_values=True).items()}
-        call = dict(service="destination", method=request.method, path=path, query=query)
+    def _get_by_service(self, request: Request, call: dict[str, Any]) -> "Response | tuple[Any, str]":
+        """What every Destination-service API checks first: a GET, with the service's own token
+        as bearer → ``(verified token, raw token)``, its tenant set; else the refusal (recorded)."""
         if request.method != "GET":
             self._record(self.calls, Call(status=405, error="method not allowed", **call))
             return _json(405, {"ErrorMessage": "Method not allowed"})
         caller = self._service_caller(request, call)
         if isinstance(caller, Response):
             return caller
+        assert caller[0].tenant is not None
+        return caller
+
+    def _destination_list(self, request: Request, path: str, level: str) -> Response:
+        """A list API: the configurations at ``level`` of the caller's tenant (an array, maybe empty)."""
+        call = dict(service="destination", method=request.method, path=path, query=_query(request))
+        caller = self._get_by_service(request, call)
+        if isinstance(caller, Response):
+            return caller
         verified, raw = caller
         tenant = verified.tenant
-        assert tenant is not None
         found: dict[str, EmulatedDestination] = {}
         with self._lock:
             for owner in (None, tenant.subdomain):  # the tenant's own copy wins over the shared one
@@ -297,17 +304,13 @@ class _DestinationService(_DestinationTokens):
         name, level = rest, None
         if version == 2 and "@" in rest:
             name, _, level = rest.rpartition("@")
-        query = {k: v[0] for k, v in parse_qs(urlsplit(request.url).query, keep_blank_values=True).items()}
+        query = _query(request)
         call = dict(service="destination", method=request.method, path=path, destination=name, query=query)
-        if request.method != "GET":
-            self._record(self.calls, Call(status=405, error="method not allowed", **call))
-            return _json(405, {"ErrorMessage": "Method not allowed"})
-        caller = self._service_caller(request, call)
+        caller = self._get_by_service(request, call)
         if isinstance(caller, Response):
             return caller
         verified, raw = caller
         tenant = verified.tenant
-        assert tenant is not None
         seen = dict(tenant=tenant.subdomain, client=self.destination_client, carried_by="service-token",
                     token=fingerprint(raw), **call)
 
@@ -366,3 +369,7 @@ def _merged(destination: EmulatedDestination, fragment_name: str, fragment: Mapp
     props.update({k: v for k, v in fragment.items() if k not in _TOP_LEVEL and k not in ("Name", "Type")})
     props["FragmentName"] = fragment_name
     return replace(destination, properties=props, **top)
+
+
+def _query(request: Request) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(request.url).query, keep_blank_values=True).items()}

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 from ._log import logger
+from ._settings import env_flag
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -239,7 +240,7 @@ def startup_check(propagator: Any, *, strict: bool | None = None) -> list[str]:
     (the app starts; what is broken fails when it is used)."""
     environ: Mapping[str, str] = getattr(propagator, "environ", None) or {}
     if strict is None:
-        strict = _flag(environ.get(STRICT_ENV), STRICT_ENV)
+        strict = env_flag(environ.get(STRICT_ENV), STRICT_ENV, True)
     bindings = getattr(propagator, "bindings", None)
     own_validator = getattr(propagator, "_validator", None) is not None
     found = find_problems(environ, getattr(propagator, "cwd", None), bindings=bindings, inbound=not own_validator,
@@ -315,7 +316,7 @@ def check_scope_fit(app: Any, gate: Any, *, strict: bool | None = None) -> list[
     for warning in warnings:
         logger.warning("%s", warning)
     if strict is None:
-        strict = _flag((getattr(propagator, "environ", None) or {}).get(STRICT_ENV), STRICT_ENV)
+        strict = env_flag((getattr(propagator, "environ", None) or {}).get(STRICT_ENV), STRICT_ENV, True)
     if problems and strict:
         raise ConfigurationError(startup_message(problems))
     for problem in problems:
@@ -333,12 +334,3 @@ def built_from_env(build: Callable[[], _T], environ: Mapping[str, str] | None = 
         if found.problems:
             raise ConfigurationError(startup_message(found.problems)) from None
         raise
-
-
-def _flag(value: str | None, name: str) -> bool:
-    text = (value or "").strip().lower()
-    if text in ("", "1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigurationError(f"{name} must be true or false, not {text[:20]!r}.")

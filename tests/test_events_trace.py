@@ -109,3 +109,17 @@ def test_format_event_leaves_out_cache_points_and_successful_resolutions() -> No
     assert format_event(Event("destination", {"propagation.destination": "S4"}, 0, 1, "ok")) is None
     failed = Event("destination", {"propagation.destination": "S4"}, 0, 1, "error", "DestinationNotFoundError")
     assert format_event(failed) == "resolve S4 -> DestinationNotFoundError"
+
+
+@pytest.mark.parametrize("value, names", [
+    pytest.param("true", True, id="on"), pytest.param("0", False, id="off"), pytest.param("", False, id="unset"),
+])
+def test_the_user_names_switch(value: str, names: bool) -> None:
+    assert engine(PROPAGATION_EVENT_USER_NAMES=value).events.user_names is names
+
+
+def test_a_misspelt_user_names_switch_is_refused_not_read_as_off() -> None:
+    from propagation.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="PROPAGATION_EVENT_USER_NAMES must be true or false, not 'ture'."):
+        engine(PROPAGATION_EVENT_USER_NAMES="ture")

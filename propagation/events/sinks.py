@@ -7,7 +7,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
+from .._settings import env_flag
 from .model import Events
+
+#: Lets user names into events (default: fingerprints only).
+USER_NAMES_ENV = "PROPAGATION_EVENT_USER_NAMES"
 
 __all__ = ["default_events"]
 
@@ -21,7 +25,7 @@ def default_events(environ: Mapping[str, str] | None = None, *, user_names: bool
 
     environ = environ or {}
     if user_names is None:
-        user_names = (environ.get("PROPAGATION_EVENT_USER_NAMES") or "").strip().lower() in ("1", "true", "yes", "on")
+        user_names = env_flag(environ.get(USER_NAMES_ENV), USER_NAMES_ENV, False)
 
     sinks: list[Any] = []
     otel = otel_sink()
